@@ -1,0 +1,39 @@
+# resforce: `make demo` and `make test` do all set-up on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# CPU path: pin torch to the local CPU wheel so no install ever pulls a multi-GB CUDA build.
+TORCH_CPU := torch==2.13.0
+
+.PHONY: venv demo test test-slow bench clean browser
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_CPU)
+	$(BIN)/pip install -q -e ".[test]" "$(TORCH_CPU)"
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/resforce demo
+
+test: venv browser
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -x --durations=10
+
+test-slow: venv browser
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -m slow --durations=10
+
+bench: venv
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+# Headless Chromium for the report test; best effort: the test skips with a reason without it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1) || \
+	  echo "note: chromium not installed; the report browser test will skip"; }
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

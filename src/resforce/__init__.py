@@ -1,0 +1,1 @@
+"""resforce: Resampling Forcing for autoregressive video diffusion."""
