@@ -1,0 +1,91 @@
+"""Rectified flow: noising, velocity targets, timestep samplers, the shifted Euler grid.
+
+Convention (METHOD.md section 2): x_t = (1 - t) x + t eps, t = 1 is pure noise; the model
+predicts v = eps - x; sampling integrates dx/dt = v from t = 1 down to 0.
+Timesteps are per chunk: t has shape (B, chunks) and is broadcast over each chunk's frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+def per_frame(t: torch.Tensor, frames_per_chunk: int) -> torch.Tensor:
+    """(B, chunks) -> (B, 1, F, 1, 1), broadcastable against a (B, C, F, H, W) video."""
+    return t.repeat_interleave(frames_per_chunk, dim=1)[:, None, :, None, None]
+
+
+def add_noise(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, frames_per_chunk: int) -> torch.Tensor:
+    tt = per_frame(t, frames_per_chunk).to(x.dtype)
+    return (1 - tt) * x + tt * noise
+
+
+def velocity_target(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    return noise - x
+
+
+def shift_timesteps(t: torch.Tensor | float, shift: float):
+    """t -> s t / (1 + (s - 1) t). s > 1 pushes t toward noise, s < 1 toward clean."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+@dataclass
+class TimestepSampler:
+    """How training draws t in (0, 1).
+
+    kind: 'uniform' or 'logit_normal' (t = sigmoid(mean + std * n), n ~ N(0, 1));
+    mean, std: of the logit-normal; shift: applied after drawing (1.0 = none)."""
+
+    kind: str = "logit_normal"
+    mean: float = 0.0
+    std: float = 1.0
+    shift: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in ("uniform", "logit_normal"):
+            raise ValueError(f"timestep sampler kind must be 'uniform' or 'logit_normal', got {self.kind!r}")
+        if self.shift <= 0 or self.std < 0:
+            raise ValueError(f"timestep sampler needs shift > 0 and std >= 0, got shift={self.shift}, std={self.std}")
+
+    def __call__(self, shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        if self.kind == "uniform":
+            t = torch.rand(shape, generator=generator, device=device)
+        else:
+            n = torch.randn(shape, generator=generator, device=device)
+            t = torch.sigmoid(self.mean + self.std * n)
+        return shift_timesteps(t, self.shift) if self.shift != 1.0 else t
+
+
+def euler_grid(steps: int, shift: float = 1.0, t_start: float = 1.0, device=None) -> torch.Tensor:
+    """steps + 1 decreasing times from t_start to 0, shifted by `shift` (Wan: 5.0 at inference)."""
+    if steps < 1:
+        raise ValueError(f"sampling needs steps >= 1, got {steps}")
+    t = torch.linspace(t_start, 0.0, steps + 1, device=device, dtype=torch.float64)
+    return shift_timesteps(t, shift).float()
+
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def guided(velocity_cond: VelocityFn, velocity_uncond: VelocityFn | None, scale: float) -> VelocityFn:
+    """Classifier-free guidance: v = v_u + scale * (v_c - v_u); scale 1 or no uncond = plain."""
+    if velocity_uncond is None or scale == 1.0:
+        return velocity_cond
+
+    def v(x, t):
+        vu = velocity_uncond(x, t)
+        return vu + scale * (velocity_cond(x, t) - vu)
+
+    return v
+
+
+def euler_sample(velocity: VelocityFn, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Integrate dx/dt = velocity(x, t) along the grid; t is passed as a python-float tensor
+    of shape (B, 1) per step (one chunk at a time)."""
+    for t_cur, t_next in zip(grid[:-1], grid[1:]):
+        t = torch.full((x.shape[0], 1), float(t_cur), device=x.device)
+        x = x + (t_next - t_cur).item() * velocity(x, t)
+    return x

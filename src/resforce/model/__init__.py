@@ -1,0 +1,5 @@
+"""The model math: CausalVideoDiT, RoPE, attention layouts, KV cache (routing in routing.py)."""
+from .cache import KVCache
+from .dit import PRESETS, CausalVideoDiT, DiTConfig, build_model
+
+__all__ = ["CausalVideoDiT", "DiTConfig", "KVCache", "PRESETS", "build_model"]

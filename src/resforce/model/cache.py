@@ -1,0 +1,74 @@
+"""KV cache for chunk-by-chunk rollout.
+
+Per layer it holds the keys/values of every finished chunk, shaped (B, heads, chunks,
+tokens_per_chunk, head_dim), in a buffer that doubles its capacity so appending a chunk
+costs amortised O(1). It also keeps each chunk's mean key (B, heads, chunks, head_dim):
+history routing scores chunks by q . mean(K_j) and must not re-read old keys to do so.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LayerCache:
+    """Keys, values and mean keys of the cached chunks for one attention layer."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.k_mean: torch.Tensor | None = None
+        self.num_chunks = 0
+
+    def _grow(self, k: torch.Tensor) -> None:
+        b, h, _, l, d = k.shape
+        cap = max(4, 2 * (0 if self.k is None else self.k.shape[2]))
+        new_k = k.new_empty(b, h, cap, l, d)
+        new_v = k.new_empty(b, h, cap, l, d)
+        new_m = k.new_empty(b, h, cap, d)
+        if self.k is not None:
+            n = self.num_chunks
+            new_k[:, :, :n] = self.k[:, :, :n]
+            new_v[:, :, :n] = self.v[:, :, :n]
+            new_m[:, :, :n] = self.k_mean[:, :, :n]
+        self.k, self.v, self.k_mean = new_k, new_v, new_m
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, tokens_per_chunk: int) -> None:
+        """Append (B, heads, c * tokens_per_chunk, d) keys/values of c whole chunks."""
+        k = k.unflatten(2, (-1, tokens_per_chunk))
+        v = v.unflatten(2, (-1, tokens_per_chunk))
+        c = k.shape[2]
+        while self.k is None or self.num_chunks + c > self.k.shape[2]:
+            self._grow(k)
+        n = self.num_chunks
+        self.k[:, :, n:n + c] = k
+        self.v[:, :, n:n + c] = v
+        self.k_mean[:, :, n:n + c] = k.mean(dim=3)
+        self.num_chunks = n + c
+
+    def chunks(self, index: torch.Tensor | slice | None = None):
+        """(k, v) of the cached chunks, (B, heads, n, L, d); all of them by default."""
+        n = self.num_chunks
+        if self.k is None or n == 0:
+            return None, None
+        if index is None:
+            index = slice(0, n)
+        return self.k[:, :, index], self.v[:, :, index]
+
+    def means(self) -> torch.Tensor | None:
+        return None if self.k is None else self.k_mean[:, :, : self.num_chunks]
+
+
+class KVCache:
+    """One LayerCache per transformer block, plus the number of cached chunks."""
+
+    def __init__(self, num_layers: int, tokens_per_chunk: int) -> None:
+        self.layers = [LayerCache() for _ in range(num_layers)]
+        self.tokens_per_chunk = tokens_per_chunk
+
+    @property
+    def num_chunks(self) -> int:
+        return self.layers[0].num_chunks
+
+    def __getitem__(self, layer: int) -> LayerCache:
+        return self.layers[layer]

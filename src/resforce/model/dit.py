@@ -1,0 +1,409 @@
+"""CausalVideoDiT: an autoregressive video diffusion transformer laid out like Wan2.1.
+
+Parameter names follow diffusers' `WanTransformer3DModel` one to one (patch_embedding,
+condition_embedder.{time_embedder,time_proj,text_embedder}, blocks.i.{norm1, attn1, norm2,
+attn2, ffn.net.0.proj, ffn.net.2, norm3, scale_shift_table}, scale_shift_table, proj_out), so
+Wan weights can be mapped onto it. What differs from Wan:
+- every chunk (`frames_per_chunk` latent frames) carries its own timestep and therefore its
+  own AdaLN modulation (the paper's per-frame modulation);
+- self-attention goes through a *layout* (see attention.py) that makes it causal over
+  chunks: two-stream training, KV-cached rollout or plain block-causal.
+
+Video tensors are (B, C, F, H, W); timesteps t are in [0, 1] (1 = pure noise), one per chunk:
+(B, num_chunks). Like Wan, the sinusoidal embedding sees t * 1000.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .attention import CachedLayout, Layout, block_causal_layout, two_stream_layout
+from .cache import KVCache
+from .rope import apply_rope, grid_positions, rope_cos_sin
+
+
+@dataclass
+class DiTConfig:
+    """Shape and behaviour of the CausalVideoDiT (field names follow Wan's config)."""
+
+    in_channels: int = 3
+    """Channels of the (latent) video: 3 for RGB pixels, 16 for Wan's VAE latents."""
+    out_channels: int = 3
+    """Channels the model predicts (same as in_channels for velocity / x0 prediction)."""
+    patch_size: tuple[int, int, int] = (1, 4, 4)
+    """(pt, ph, pw) patch of the Conv3d patch embedding; pt must divide frames_per_chunk."""
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32
+    """Per-head width; hidden size = heads * head_dim. Must be even (RoPE)."""
+    ffn_dim: int = 512
+    num_layers: int = 4
+    freq_dim: int = 256
+    """Width of the sinusoidal timestep features."""
+    text_dim: int = 0
+    """Width of condition tokens for cross-attention (4096 for Wan's umT5); 0 = no attn2."""
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+    rope_theta: float = 10000.0
+    frames_per_chunk: int = 1
+    """Latent frames per autoregressive chunk (the paper: 3)."""
+    prediction: str = "velocity"
+    """What the network outputs: 'velocity' (v = eps - x, Wan) or 'x0' (the clean video,
+    converted to velocity as v = (x_t - x0) / t). x0 trains better for tiny pixel-space
+    models with wide patches (see CPU-BUDGET.md)."""
+    attention_backend: str = "sdpa"
+    """'sdpa' (CPU and GPU) or 'flex' (FlexAttention BlockMask, for CUDA; forward only on CPU)."""
+    gradient_checkpointing: bool = False
+    """Recompute each block in the backward pass (saves memory on long clips)."""
+    init: str = "zero_adaln"
+    """'zero_adaln' (DiT: gates and output projection start at zero, for training from
+    scratch) or 'wan' (Wan's random scale_shift_table, before loading weights)."""
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    def validate(self) -> None:
+        pt = self.patch_size[0]
+        if len(self.patch_size) != 3:
+            raise ValueError(f"model.patch_size must be (pt, ph, pw), got {self.patch_size}")
+        if self.frames_per_chunk % pt:
+            raise ValueError(f"model.frames_per_chunk={self.frames_per_chunk} must be a multiple "
+                             f"of the temporal patch size {pt}")
+        if self.prediction not in ("velocity", "x0"):
+            raise ValueError(f"model.prediction must be 'velocity' or 'x0', got {self.prediction!r}")
+        if self.attention_head_dim % 2:
+            raise ValueError(f"model.attention_head_dim must be even, got {self.attention_head_dim}")
+
+
+PRESETS: dict[str, dict] = {
+    # 1.3M-parameter pixel-space model for 32x32 bouncing balls on the CPU
+    "tiny": dict(in_channels=3, out_channels=3, patch_size=(1, 4, 4), num_attention_heads=4,
+                 attention_head_dim=32, ffn_dim=512, num_layers=4),
+    # for unit tests: 2 layers, 2 heads
+    "test": dict(in_channels=3, out_channels=3, patch_size=(1, 2, 2), num_attention_heads=2,
+                 attention_head_dim=12, ffn_dim=48, num_layers=2),
+    # Wan2.1-T2V-1.3B shapes (latent space of Wan's VAE); for GPU users
+    "wan2.1-1.3b": dict(in_channels=16, out_channels=16, patch_size=(1, 2, 2),
+                        num_attention_heads=12, attention_head_dim=128, ffn_dim=8960,
+                        num_layers=30, text_dim=4096, frames_per_chunk=3, init="wan"),
+    "wan2.1-14b": dict(in_channels=16, out_channels=16, patch_size=(1, 2, 2),
+                       num_attention_heads=40, attention_head_dim=128, ffn_dim=13824,
+                       num_layers=40, text_dim=4096, frames_per_chunk=3, init="wan"),
+}
+
+
+# ----------------------------------------------------------------------------- pieces
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 (Wan's), whatever the autocast dtype."""
+
+    def forward(self, x):
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
+
+
+def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of t * 1000, [cos | sin] like diffusers' Timesteps(flip_sin_to_cos)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (t.float() * 1000.0)[..., None] * freqs
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+class TextProjection(nn.Module):
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.act_1 = nn.GELU(approximate="tanh")
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return self.linear_2(self.act_1(self.linear_1(x)))
+
+
+class ConditionEmbedder(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        dim = cfg.inner_dim
+        self.freq_dim = cfg.freq_dim
+        self.time_embedder = TimestepEmbedding(cfg.freq_dim, dim)
+        self.act_fn = nn.SiLU()
+        self.time_proj = nn.Linear(dim, 6 * dim)
+        self.text_embedder = TextProjection(cfg.text_dim, dim) if cfg.text_dim > 0 else None
+
+    def forward(self, t: torch.Tensor, context: torch.Tensor | None):
+        """t: (B, chunks) -> temb (B, chunks, D), modulation (B, chunks, 6, D), context."""
+        temb = self.time_embedder(timestep_features(t, self.freq_dim))
+        mod = self.time_proj(self.act_fn(temb)).unflatten(-1, (6, -1))
+        if context is not None and self.text_embedder is not None:
+            context = self.text_embedder(context)
+        return temb, mod, context
+
+
+class Attention(nn.Module):
+    """Multi-head attention with Wan's q/k RMSNorm across heads; layout-driven if self-attn."""
+
+    def __init__(self, dim: int, heads: int, eps: float, kv_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        kv_dim = kv_dim or dim
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(kv_dim, dim)
+        self.to_v = nn.Linear(kv_dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+    def _heads(self, x):
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def forward(self, x, layer: int, layout: Layout | None = None, rope=None, context=None):
+        src = x if context is None else context
+        q = self._heads(self.norm_q(self.to_q(x)))
+        k = self._heads(self.norm_k(self.to_k(src)))
+        v = self._heads(self.to_v(src))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if layout is None:  # cross-attention: every token sees every condition token
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = layout.attend(layer, q, k, v)
+        return self.to_out[0](out.transpose(1, 2).flatten(2))
+
+
+class GELUProj(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+
+    def forward(self, x):
+        return F.gelu(self.proj(x), approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.ModuleList([GELUProj(dim, hidden), nn.Dropout(0.0), nn.Linear(hidden, dim)])
+
+    def forward(self, x):
+        for m in self.net:
+            x = m(x)
+        return x
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, tpc: int) -> torch.Tensor:
+    """x (B, chunks*tpc, D) * (1 + scale) + shift, with per-chunk shift/scale (B, chunks, D)."""
+    xc = x.unflatten(1, (-1, tpc))
+    return (xc * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2)
+
+
+def _gate(x: torch.Tensor, gate: torch.Tensor, tpc: int) -> torch.Tensor:
+    return (x.unflatten(1, (-1, tpc)) * gate[:, :, None]).flatten(1, 2)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: DiTConfig, layer: int):
+        super().__init__()
+        dim = cfg.inner_dim
+        self.layer = layer
+        self.norm1 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.attn1 = Attention(dim, cfg.num_attention_heads, cfg.eps)
+        if cfg.text_dim > 0:
+            self.norm2 = (FP32LayerNorm(dim, cfg.eps, elementwise_affine=True)
+                          if cfg.cross_attn_norm else nn.Identity())
+            self.attn2 = Attention(dim, cfg.num_attention_heads, cfg.eps)
+        else:
+            self.norm2, self.attn2 = None, None
+        self.ffn = FeedForward(dim, cfg.ffn_dim)
+        self.norm3 = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
+
+    def forward(self, x, mod, layout, rope, context, tpc: int):
+        # mod: (B, chunks, 6, D); one modulation per chunk, applied to all its tokens
+        shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table[:, None] + mod).unbind(2)
+        h = _modulate(self.norm1(x), shift, scale, tpc)
+        x = x + _gate(self.attn1(h, self.layer, layout, rope), gate, tpc)
+        if self.attn2 is not None:
+            x = x + self.attn2(self.norm2(x), self.layer, context=context)
+        h = _modulate(self.norm3(x), c_shift, c_scale, tpc)
+        return x + _gate(self.ffn(h), c_gate, tpc)
+
+
+# ----------------------------------------------------------------------------- model
+class CausalVideoDiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        dim = cfg.inner_dim
+        self.patch_embedding = nn.Conv3d(cfg.in_channels, dim, kernel_size=cfg.patch_size,
+                                         stride=cfg.patch_size)
+        self.condition_embedder = ConditionEmbedder(cfg)
+        self.blocks = nn.ModuleList([TransformerBlock(cfg, i) for i in range(cfg.num_layers)])
+        self.norm_out = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
+        self.proj_out = nn.Linear(dim, cfg.out_channels * math.prod(cfg.patch_size))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
+        if cfg.init == "zero_adaln":
+            self._zero_adaln_init()
+
+    def _zero_adaln_init(self) -> None:
+        """DiT's init: every block starts as the identity and the output at zero."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.condition_embedder.time_proj.weight)
+        nn.init.zeros_(self.condition_embedder.time_proj.bias)
+        for b in self.blocks:
+            nn.init.zeros_(b.scale_shift_table)
+        nn.init.zeros_(self.scale_shift_table)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    # -- geometry ---------------------------------------------------------------------
+    def token_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        pt, ph, pw = self.config.patch_size
+        if frames % pt or height % ph or width % pw:
+            raise ValueError(f"video of {frames}x{height}x{width} (F x H x W) is not divisible by "
+                             f"the patch size {self.config.patch_size}")
+        return frames // pt, height // ph, width // pw
+
+    def tokens_per_chunk(self, height: int, width: int) -> int:
+        f, h, w = self.token_grid(self.config.frames_per_chunk, height, width)
+        return f * h * w
+
+    def num_chunks(self, frames: int) -> int:
+        if frames % self.config.frames_per_chunk:
+            raise ValueError(f"{frames} frames is not a whole number of chunks of "
+                             f"{self.config.frames_per_chunk} frames")
+        return frames // self.config.frames_per_chunk
+
+    def new_cache(self, height: int, width: int) -> KVCache:
+        return KVCache(self.config.num_layers, self.tokens_per_chunk(height, width))
+
+    def _rope(self, frames: int, height: int, width: int, chunk_offset: int, device):
+        f, h, w = self.token_grid(frames, height, width)
+        pt = self.config.patch_size[0]
+        offset = chunk_offset * self.config.frames_per_chunk // pt
+        pos = grid_positions(f, h, w, offset, device)
+        return rope_cos_sin(pos, self.config.attention_head_dim, self.config.rope_theta)
+
+    # -- the trunk --------------------------------------------------------------------
+    def _embed(self, x):
+        return self.patch_embedding(x).flatten(2).transpose(1, 2)  # (B, tokens, D)
+
+    def _trunk(self, tokens, t, layout, rope, context, tpc):
+        """tokens (B, chunks*tpc, D), t (B, chunks) -> hidden states before the head, temb."""
+        temb, mod, context = self.condition_embedder(t, context)
+        for block in self.blocks:
+            if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                tokens = checkpoint(block, tokens, mod, layout, rope, context, tpc, use_reentrant=False)
+            else:
+                tokens = block(tokens, mod, layout, rope, context, tpc)
+        return tokens, temb
+
+    def _head(self, tokens, temb, tpc, shape):
+        b, _, f, h, w = shape
+        shift, scale = (self.scale_shift_table[:, None] + temb[:, :, None]).unbind(2)
+        out = self.proj_out(_modulate(self.norm_out(tokens), shift, scale, tpc))
+        pt, ph, pw = self.config.patch_size
+        gf, gh, gw = self.token_grid(f, h, w)
+        out = out.reshape(b, gf, gh, gw, pt, ph, pw, self.config.out_channels)
+        return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, self.config.out_channels, f, h, w)
+
+    def _to_velocity(self, out, x_t, t):
+        if self.config.prediction == "velocity":
+            return out
+        # x0-prediction: v = (x_t - x0) / t; t is clamped away from 0 where v is undefined
+        tt = t.clamp_min(1e-3).repeat_interleave(self.config.frames_per_chunk, dim=1)
+        return (x_t - out) / tt[:, None, :, None, None]
+
+    def _check(self, x, t, name="x"):
+        if x.ndim != 5:
+            raise ValueError(f"{name} must be (B, C, F, H, W), got shape {tuple(x.shape)}")
+        n = self.num_chunks(x.shape[2])
+        if t.shape != (x.shape[0], n):
+            raise ValueError(f"timesteps for {name} must be (B, chunks) = ({x.shape[0]}, {n}), "
+                             f"got {tuple(t.shape)}")
+
+    # -- the three layouts ------------------------------------------------------------
+    def forward(self, x, t, *, history=None, t_history=None, context=None):
+        """Velocity for x (B, C, F, H, W) at per-chunk times t (B, chunks).
+
+        With `history` (same shape as x, per-chunk times t_history, 0 = clean) this is the
+        two-stream training pass: noisy chunk i sees history chunks < i and itself.
+        Without it, x is one block-causal stream: chunk i sees chunks <= i.
+        """
+        self._check(x, t)
+        b, _, f, hh, ww = x.shape
+        n, tpc = self.num_chunks(f), self.tokens_per_chunk(hh, ww)
+        backend = self.config.attention_backend
+        rope = self._rope(f, hh, ww, 0, x.device)
+        if history is None:
+            layout = block_causal_layout(n, tpc, backend, x.device)
+            hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc)
+            return self._to_velocity(self._head(hidden, temb, tpc, x.shape), x, t)
+        if t_history is None:
+            t_history = torch.zeros_like(t)
+        self._check(history, t_history, "history")
+        if history.shape != x.shape:
+            raise ValueError(f"history {tuple(history.shape)} and x {tuple(x.shape)} must match")
+        tokens = torch.cat([self._embed(history), self._embed(x)], dim=1)
+        layout = two_stream_layout(n, tpc, backend, x.device)
+        rope2 = tuple(torch.cat([r, r], dim=0) for r in rope)  # same positions in both streams
+        hidden, temb = self._trunk(tokens, torch.cat([t_history, t], dim=1), layout, rope2, context, tpc)
+        noisy = hidden[:, n * tpc:]
+        return self._to_velocity(self._head(noisy, temb[:, n:], tpc, x.shape), x, t)
+
+    def forward_chunk(self, x, t, cache: KVCache, context=None, layout=None):
+        """Velocity for one chunk x (B, C, frames_per_chunk, H, W) at times t (B, 1),
+        attending to the cached history (layout b). The cache is not changed."""
+        self._check(x, t)
+        tpc = self.tokens_per_chunk(*x.shape[-2:])
+        rope = self._rope(x.shape[2], *x.shape[-2:], cache.num_chunks, x.device)
+        layout = layout or CachedLayout(cache, write=False)
+        hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc)
+        return self._to_velocity(self._head(hidden, temb, tpc, x.shape), x, t)
+
+    @torch.no_grad()
+    def write_cache(self, x, cache: KVCache, t=None, context=None, layout=None) -> None:
+        """Run finished chunk(s) x through the model once (at t = 0 unless given) and append
+        their keys/values to the cache; this is how a chunk becomes history."""
+        n = self.num_chunks(x.shape[2])
+        t = torch.zeros(x.shape[0], n, device=x.device) if t is None else t
+        self._check(x, t)
+        if n > 1:  # several chunks (a given prefix): one at a time, each seeing the previous
+            fpc = self.config.frames_per_chunk
+            for i in range(n):
+                self.write_cache(x[:, :, i * fpc:(i + 1) * fpc], cache, t[:, i:i + 1], context, layout)
+            return
+        tpc = self.tokens_per_chunk(*x.shape[-2:])
+        rope = self._rope(x.shape[2], *x.shape[-2:], cache.num_chunks, x.device)
+        layout = layout or CachedLayout(cache, write=True)
+        self._trunk(self._embed(x), t, layout, rope, context, tpc)
+
+
+def build_model(cfg: DiTConfig | None = None, preset: str | None = None, **overrides) -> CausalVideoDiT:
+    """A model from a config, or from a named preset (PRESETS) with field overrides."""
+    if cfg is None:
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"unknown model preset {preset!r}; known: {sorted(PRESETS)}")
+        cfg = DiTConfig(**{**(PRESETS[preset] if preset else {}), **overrides})
+    return CausalVideoDiT(cfg)

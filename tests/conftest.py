@@ -1,0 +1,24 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+
+
+def _randomize(model, seed=0):
+    """Tiny random model with *non-zero* AdaLN and output (the zero init would hide bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1 and "scale_shift_table" not in name:  # fan-in scaled, outputs O(1)
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+@pytest.fixture
+def randomize():
+    return _randomize
