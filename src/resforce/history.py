@@ -1,0 +1,145 @@
+"""History strategies: how the history stream of a training step is built.
+
+Each strategy maps a batch of clean chunks (and the model) to (history, t_history):
+the history video the noisy chunks are conditioned on, and its per-chunk timestep, which
+the model is told (0 = clean). The training target never changes; only the history does.
+
+| strategy              | history                                                          |
+|-----------------------|------------------------------------------------------------------|
+| teacher               | ground truth, t = 0                                              |
+| noise_aug             | ground truth + Gaussian noise at a small sampled level (told)    |
+| diffusion_forcing     | ground truth noised to independent per-chunk levels (told)       |
+| parallel_resampling   | each chunk noised to t_s, denoised given GROUND-TRUTH history    |
+| resampling            | the paper's: chunk by chunk, denoised given the DEGRADED history |
+
+Resampling runs under no_grad with the current online weights and returns a detached
+history (METHOD.md section 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .flow import add_noise, shift_timesteps
+
+STRATEGIES = ("teacher", "noise_aug", "diffusion_forcing", "parallel_resampling", "resampling")
+
+
+@dataclass
+class HistoryConfig:
+    """Which history the model is trained on, and its knobs."""
+
+    strategy: str = "teacher"
+    """One of: teacher, noise_aug, diffusion_forcing, parallel_resampling, resampling."""
+    noise_max: float = 0.1
+    """noise_aug: the history noise level is drawn uniformly in [0, noise_max] per chunk."""
+    resample_shift: float = 0.6
+    """Resampling strength shift s: t_s <- s t_s / (1 + (s - 1) t_s); s < 1 favours weak
+    degradation (the paper: 0.6)."""
+    resample_mean: float = 0.0
+    """Mean of the logit-normal draw of t_s before the shift."""
+    resample_std: float = 1.0
+    """Std of the logit-normal draw of t_s before the shift."""
+    resample_steps: int = 1
+    """Euler steps from t_s to 0 when resampling (the paper: 1)."""
+    resample_per_sample: bool = False
+    """Draw t_s per sample instead of once per iteration (the paper: per iteration)."""
+    route_resampling: bool = True
+    """With history routing on, the resampling pass routes too (the paper does not say);
+    False makes it attend densely."""
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"history.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.resample_steps < 1:
+            raise ValueError(f"history.resample_steps must be >= 1, got {self.resample_steps}")
+        if not 0.0 <= self.noise_max <= 1.0:
+            raise ValueError(f"history.noise_max must be in [0, 1], got {self.noise_max}")
+        if self.resample_shift <= 0:
+            raise ValueError(f"history.resample_shift must be > 0, got {self.resample_shift}")
+
+
+def sample_resample_strength(cfg: HistoryConfig, batch: int, generator=None, device=None) -> torch.Tensor:
+    """t_s for each sample, (B,): logit-normal, then shifted by s; one value per iteration
+    unless resample_per_sample."""
+    n = torch.randn(batch if cfg.resample_per_sample else 1, generator=generator, device=device)
+    t_s = shift_timesteps(torch.sigmoid(cfg.resample_mean + cfg.resample_std * n), cfg.resample_shift)
+    return t_s.expand(batch).clone()
+
+
+def _denoise(velocity, x, t_s: torch.Tensor, steps: int) -> torch.Tensor:
+    """Euler from per-sample t_s (B,) down to 0 in `steps` equal steps (one step: x - t_s v)."""
+    for k in range(steps):
+        t_cur = t_s * (1 - k / steps)
+        dt = t_s / steps
+        x = x - dt[:, None, None, None, None] * velocity(x, t_cur)
+    return x
+
+
+@torch.no_grad()
+def autoregressive_resample(model, clean, t_s, steps, generator=None, context=None, layout_fn=None):
+    """The paper's self-resampling: for i = 1..N, noise chunk i to t_s and finish its
+    denoising with the online model, attending (KV cache) to the already degraded chunks < i."""
+    fpc = model.config.frames_per_chunk
+    b, _, f, h, w = clean.shape
+    cache = model.new_cache(h, w)
+    out = []
+    for i in range(f // fpc):
+        x = clean[:, :, i * fpc:(i + 1) * fpc]
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        x_ts = add_noise(x, noise, t_s[:, None], fpc)
+
+        def v(xx, tt):
+            layout = layout_fn(cache, False) if layout_fn else None
+            return model.forward_chunk(xx, tt[:, None], cache, context=context, layout=layout)
+
+        degraded = _denoise(v, x_ts, t_s, steps)
+        layout = layout_fn(cache, True) if layout_fn else None
+        model.write_cache(degraded, cache, context=context, layout=layout)
+        out.append(degraded)
+    return torch.cat(out, dim=2)
+
+
+@torch.no_grad()
+def parallel_resample(model, clean, t_s, steps, generator=None, context=None, history_layout_fn=None):
+    """Table 2's baseline: every chunk noised to t_s and denoised at once, conditioned on the
+    GROUND-TRUTH history (one two-stream pass per Euler step)."""
+    fpc = model.config.frames_per_chunk
+    n = clean.shape[2] // fpc
+    noise = torch.randn(clean.shape, generator=generator, device=clean.device)
+    x_ts = add_noise(clean, noise, t_s[:, None].expand(-1, n), fpc)
+
+    def v(xx, tt):
+        return model(xx, tt[:, None].expand(-1, n), history=clean, context=context)
+
+    return _denoise(v, x_ts, t_s, steps)
+
+
+def build_history(cfg: HistoryConfig, model, clean: torch.Tensor, generator=None, context=None,
+                  layout_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(history, t_history) for a batch of clean videos (B, C, F, H, W); both detached."""
+    fpc = model.config.frames_per_chunk
+    b, n = clean.shape[0], clean.shape[2] // fpc
+    zeros = torch.zeros(b, n, device=clean.device)
+    s = cfg.strategy
+    if s == "teacher":
+        return clean, zeros
+    if s in ("noise_aug", "diffusion_forcing"):
+        u = torch.rand(b, n, generator=generator, device=clean.device)
+        level = u * cfg.noise_max if s == "noise_aug" else u
+        noise = torch.randn(clean.shape, generator=generator, device=clean.device)
+        return add_noise(clean, noise, level, fpc), level
+    t_s = sample_resample_strength(cfg, b, generator, clean.device)
+    was_training = model.training
+    model.eval()  # resampling is inference with the online weights
+    try:
+        if s == "parallel_resampling":
+            hist = parallel_resample(model, clean, t_s, cfg.resample_steps, generator, context)
+        else:
+            lf = layout_fn if cfg.route_resampling else None
+            hist = autoregressive_resample(model, clean, t_s, cfg.resample_steps, generator, context, lf)
+    finally:
+        model.train(was_training)
+    return hist.detach(), zeros

@@ -1,0 +1,186 @@
+"""The training loop, readable top to bottom.
+
+step: pick the stage -> set lr -> for each micro-batch: draw clips, build the history with
+the stage's strategy (no grad), one two-stream forward, velocity MSE, backward -> clip ->
+AdamW -> EMA -> log -> checkpoint. Resume = model + EMA + optimizer + step + RNG states +
+data-stream position, so a stopped-and-resumed run ends with the same weights, bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, to_yaml
+from .data import make_dataset
+from .history import build_history
+from .loss import flow_matching_loss
+from .model.dit import CausalVideoDiT
+from .model.routing import apply_history_attention, make_layout_fn
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def stage_at(cfg: TrainConfig, step: int) -> tuple[int, object]:
+    """(index, stage) that owns global step `step` (0-based)."""
+    end = 0
+    for i, s in enumerate(cfg.stages):
+        end += s.steps
+        if step < end:
+            return i, s
+    return len(cfg.stages) - 1, cfg.stages[-1]
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    stage_lr = stage_at(cfg, step)[1].lr
+    peak = cfg.optim.lr if stage_lr is None else stage_lr
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return peak * (step + 1) / o.warmup_steps
+    if o.schedule == "cosine":
+        total = sum(s.steps for s in cfg.stages)
+        p = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+        return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+    return peak
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - decay)
+
+
+class Trainer:
+    """Holds the state of a run; `run()` trains until the recipe ends (or `stop_at`)."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = True, progress: bool = True,
+                 init_from: str | Path | None = None):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.run_dir = Path(cfg.run_dir)
+        self.progress = progress
+        torch.manual_seed(cfg.seed)
+        self.model = CausalVideoDiT(copy.deepcopy(cfg.model)).to(self.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                     weight_decay=o.weight_decay)
+        self.data = make_dataset(cfg.data, seed=cfg.seed)
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.step = 0
+        self.total = sum(s.steps for s in cfg.stages)
+        self.config_yaml = to_yaml(cfg)
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if ckpt is None and init_from is not None:
+            # branch from another run's checkpoint (e.g. a shared teacher-forcing warm-up):
+            # its full state, step included, so the recipe continues where that run stood
+            init = Path(init_from)
+            ckpt = latest_checkpoint(init) if (init / "checkpoints").is_dir() else init
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.run_dir / "config.yaml", self.config_yaml)
+        self._trim_metrics()
+
+    # -- state ------------------------------------------------------------------------
+    def _restore(self, ckpt: Path) -> None:
+        model_sd, ema_sd, state = load_checkpoint(ckpt)
+        self.model.load_state_dict(model_sd)
+        self.ema.load_state_dict(ema_sd)
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.data.load_state_dict(state["data"])
+
+    def save(self) -> Path:
+        state = {"optimizer": self.opt.state_dict(), "step": self.step,
+                 "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "data": self.data.state_dict()}
+        return save_checkpoint(self.run_dir, self.step, self.model.state_dict(),
+                               self.ema.state_dict(), state, self.config_yaml, self.cfg.keep_last)
+
+    def _trim_metrics(self) -> None:
+        """After a resume, drop logged lines past the checkpoint (they will be re-done)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [ln for ln in path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+        _write_atomic(path, "".join(ln + "\n" for ln in keep))
+
+    # -- one optimizer step -----------------------------------------------------------
+    def train_step(self) -> dict:
+        cfg, o = self.cfg, self.cfg.optim
+        stage_idx, stage = stage_at(cfg, self.step)
+        lr = learning_rate(cfg, self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        apply_history_attention(self.model, stage.attention)
+        layout_fn = make_layout_fn(stage.attention)
+        frames = stage.clip_chunks * cfg.model.frames_per_chunk
+        micro = o.batch_size // o.grad_accum
+        t0 = time.perf_counter()
+        resample_time, loss_sum = 0.0, 0.0
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        for _ in range(o.grad_accum):
+            clean = self.data.batch(micro, frames)[0].to(self.device)
+            t1 = time.perf_counter()
+            history, t_hist = build_history(stage.history, self.model, clean, self.gen, layout_fn=layout_fn)
+            resample_time += time.perf_counter() - t1
+            loss = flow_matching_loss(self.model, clean, history, t_hist, cfg.timesteps, self.gen,
+                                      space=cfg.loss_space)
+            (loss / o.grad_accum).backward()
+            loss_sum += loss.item() / o.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
+        self.opt.step()
+        self.step += 1
+        ema_update(self.ema, self.model, min(o.ema_decay, (1 + self.step) / (10 + self.step)))
+        return {"step": self.step, "stage": stage.name, "loss": loss_sum, "lr": lr,
+                "grad_norm": float(grad_norm), "step_time": time.perf_counter() - t0,
+                "resample_time": resample_time}
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self, stop_at: int | None = None) -> Path:
+        """Train to the end of the recipe (or to global step `stop_at`); returns run_dir."""
+        end = self.total if stop_at is None else min(stop_at, self.total)
+        bar = tqdm(total=self.total, initial=self.step, disable=not self.progress,
+                   desc=f"train {self.run_dir.name}", dynamic_ncols=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as log:
+            while self.step < end:
+                stage_before = stage_at(self.cfg, self.step)[0]
+                m = self.train_step()
+                bar.update(1)
+                bar.set_postfix(stage=m["stage"], loss=f"{m['loss']:.4f}")
+                if self.step % self.cfg.log_every == 0 or self.step == end:
+                    log.write(json.dumps(m) + "\n")
+                    log.flush()
+                stage_changes = self.step < self.total and stage_at(self.cfg, self.step)[0] != stage_before
+                if self.step % self.cfg.ckpt_every == 0 or self.step == end or stage_changes:
+                    self.save()
+        bar.close()
+        return self.run_dir
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, resume: bool = True, stop_at: int | None = None, progress: bool = True,
+          init_from: str | Path | None = None) -> Path:
+    return Trainer(cfg, resume=resume, progress=progress, init_from=init_from).run(stop_at)
