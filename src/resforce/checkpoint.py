@@ -111,3 +111,18 @@ def resolve_weights(path: str | Path, prefer_ema: bool = True) -> Path:
     if (p / name).is_file():
         return p / name
     raise FileNotFoundError(f"{p} holds neither a checkpoint nor {name}")
+
+
+def load_model(path: str | Path, device="cpu", prefer_ema: bool = True):
+    """(model in eval mode, TrainConfig) from a run dir, checkpoint dir or weights file."""
+    from .config import config_from_yaml
+    from .model.dit import CausalVideoDiT
+
+    weights = resolve_weights(path, prefer_ema)
+    sd, cfg_yaml = read_weights(weights)
+    if cfg_yaml is None:
+        raise ValueError(f"{weights} carries no resforce config in its metadata")
+    cfg = config_from_yaml(cfg_yaml)
+    model = CausalVideoDiT(cfg.model)
+    model.load_state_dict(sd)
+    return model.to(device).eval(), cfg

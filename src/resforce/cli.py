@@ -1,1 +1,126 @@
-def main(): pass
+"""`resforce` commands. Thin: parse arguments, call the library, print where outputs are."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (defaults: the run's `sample` config)")
+    g.add_argument("--chunks", type=int, default=None, help="chunks to generate after the prefix")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--steps", type=int, default=None, help="Euler steps per chunk")
+    g.add_argument("--shift", type=float, default=None, help="shift of the Euler grid")
+    g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
+    g.add_argument("--history-noise", type=float, default=None,
+                   help="re-noise cached history to this level (diffusion forcing / noise aug)")
+    g.add_argument("--prefix", default=None, help="video file (.npy/.mp4/.gif) whose frames start the rollout")
+    g.add_argument("--prefix-chunks", type=int, default=None,
+                   help="start from this many ground-truth chunks of the run's own data world")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--online", action="store_true", help="use the online weights, not the EMA")
+    r = p.add_argument_group("history attention at generation time")
+    r.add_argument("--topk", type=int, default=None, help="route each query to the top-k history chunks")
+    r.add_argument("--window", type=int, default=None, help="attend to the w most recent history chunks")
+    r.add_argument("--sink", type=int, default=0, help="with --window: always keep the first s chunks")
+
+
+def _attention_from_args(args):
+    from .model.routing import HistoryAttentionConfig
+
+    if args.topk is not None and args.window is not None:
+        raise SystemExit("error: --topk and --window exclude each other")
+    if args.topk is not None:
+        return HistoryAttentionConfig(mode="topk", topk=args.topk)
+    if args.window is not None:
+        return HistoryAttentionConfig(mode="window", window=args.window, sink=args.sink)
+    return HistoryAttentionConfig()
+
+
+def cmd_train(args) -> None:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = train(cfg, resume=not args.no_resume, stop_at=args.stop_at, init_from=args.init_from)
+    print(f"run directory: {run_dir}  (checkpoints/, metrics.jsonl, config.yaml)")
+
+
+def generate_from_args(args, batch: int, record_router: bool = False, with_ground_truth: bool = False):
+    from .sampling import generate
+    from .video_io import load_video
+
+    prefix = load_video(args.prefix) if args.prefix else None
+    return generate(args.run, batch=batch, chunks=args.chunks, seed=args.seed, steps=args.steps,
+                    shift=args.shift, cfg_scale=args.cfg, history_noise=args.history_noise,
+                    prefix=prefix, prefix_chunks=args.prefix_chunks or 0,
+                    attention=_attention_from_args(args), device=args.device,
+                    prefer_ema=not args.online, record_router=record_router,
+                    with_ground_truth=with_ground_truth)
+
+
+def cmd_generate(args) -> None:
+    from .video_io import save_grid_video, save_video
+
+    out = Path(args.out)
+    g = generate_from_args(args, args.batch, record_router=bool(args.router_stats))
+    videos = g.videos
+    info = {"prefix_frames": g.prefix_frames, "train_frames": g.train_frames}
+    if out.suffix == ".npy":
+        import numpy as np
+        tmp = out.with_name(f".{out.name}.tmp.npy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp, videos.numpy() if args.batch > 1 else videos[0].numpy())
+        tmp.replace(out)
+    elif args.batch > 1:
+        save_grid_video(out, list(videos), fps=args.fps)
+    else:
+        save_video(out, videos[0], fps=args.fps)
+    print(f"wrote {out}: {videos.shape[0]} video(s) of {videos.shape[2]} frames "
+          f"({info['prefix_frames']} given, training clips were {info['train_frames']} frames)")
+    if args.router_stats:
+        g.recorder.save(args.router_stats)
+        g.recorder.plot(Path(args.router_stats).with_suffix(".png"))
+        print(f"router statistics: {args.router_stats} (plot: {Path(args.router_stats).with_suffix('.png')})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="resforce", description="Resampling Forcing for autoregressive video diffusion")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train from a YAML recipe, with key=value overrides")
+    t.add_argument("config", help="YAML recipe (see configs/)")
+    t.add_argument("overrides", nargs="*", help="key=value, e.g. optim.lr=3e-4 stages.1.steps=500")
+    t.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in run_dir")
+    t.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) at this global step")
+    t.add_argument("--init-from", default=None,
+                   help="start from another run's checkpoint (full state), e.g. a shared warm-up")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="roll out a trained model chunk by chunk")
+    g.add_argument("run", help="run directory, checkpoint directory or .safetensors file")
+    g.add_argument("--out", required=True, help="output .mp4, .gif or .npy")
+    g.add_argument("--batch", type=int, default=1, help="videos to generate (side by side in mp4/gif)")
+    g.add_argument("--fps", type=int, default=8)
+    g.add_argument("--router-stats", default=None, help="save which history chunks each head selects (.json)")
+    _add_sampling_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    from . import cli_eval
+    cli_eval.add_commands(sub, _add_sampling_args)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

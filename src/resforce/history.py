@@ -79,17 +79,20 @@ def _denoise(velocity, x, t_s: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def autoregressive_resample(model, clean, t_s, steps, generator=None, context=None, layout_fn=None):
+def autoregressive_resample(model, clean, t_s, steps, generator=None, context=None, layout_fn=None,
+                            noise=None):
     """The paper's self-resampling: for i = 1..N, noise chunk i to t_s and finish its
-    denoising with the online model, attending (KV cache) to the already degraded chunks < i."""
+    denoising with the online model, attending (KV cache) to the already degraded chunks < i.
+    The noise of all chunks is drawn at once, as parallel_resample draws it."""
     fpc = model.config.frames_per_chunk
     b, _, f, h, w = clean.shape
+    if noise is None:
+        noise = torch.randn(clean.shape, generator=generator, device=clean.device)
     cache = model.new_cache(h, w)
     out = []
     for i in range(f // fpc):
-        x = clean[:, :, i * fpc:(i + 1) * fpc]
-        noise = torch.randn(x.shape, generator=generator, device=x.device)
-        x_ts = add_noise(x, noise, t_s[:, None], fpc)
+        sl = slice(i * fpc, (i + 1) * fpc)
+        x_ts = add_noise(clean[:, :, sl], noise[:, :, sl], t_s[:, None], fpc)
 
         def v(xx, tt):
             layout = layout_fn(cache, False) if layout_fn else None
@@ -103,12 +106,13 @@ def autoregressive_resample(model, clean, t_s, steps, generator=None, context=No
 
 
 @torch.no_grad()
-def parallel_resample(model, clean, t_s, steps, generator=None, context=None, history_layout_fn=None):
+def parallel_resample(model, clean, t_s, steps, generator=None, context=None, noise=None):
     """Table 2's baseline: every chunk noised to t_s and denoised at once, conditioned on the
     GROUND-TRUTH history (one two-stream pass per Euler step)."""
     fpc = model.config.frames_per_chunk
     n = clean.shape[2] // fpc
-    noise = torch.randn(clean.shape, generator=generator, device=clean.device)
+    if noise is None:
+        noise = torch.randn(clean.shape, generator=generator, device=clean.device)
     x_ts = add_noise(clean, noise, t_s[:, None].expand(-1, n), fpc)
 
     def v(xx, tt):

@@ -50,7 +50,7 @@ class BouncingBallsConfig:
     """Smallest ball radius, in pixels."""
     radius_max: float = 5.0
     """Largest ball radius, in pixels; must be < resolution / 2 so a ball can move."""
-    colors: list[tuple[float, float, float]] = field(default_factory=lambda: list(DEFAULT_PALETTE))
+    colors: list[list[float]] = field(default_factory=lambda: [list(c) for c in DEFAULT_PALETTE])
     """Palette the ball colours are drawn from, RGB triples in [0, 1]."""
     distinct_colors: bool = True
     """If True, balls in one clip get different palette colours (needs len(colors) >= num_balls_max)."""

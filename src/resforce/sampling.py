@@ -1,0 +1,88 @@
+"""Generation from a trained run: load the model, pick the prefix, roll out, with progress.
+
+Shared by `resforce generate`, `eval`, `compare` and `demo`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_model
+from .model.routing import HistoryAttentionConfig, RouterRecorder, make_layout_fn
+from .rollout import rollout
+from .train import resolve_device
+
+EVAL_SEED_OFFSET = 1_000_003
+"""Evaluation clips come from a world seed far from the training stream's."""
+
+
+@dataclass
+class Generated:
+    videos: torch.Tensor
+    """(B, C, F, H, W) in [-1, 1]: prefix frames followed by generated ones."""
+    prefix_frames: int
+    train_frames: int
+    """Frames of the longest training clip of the run (to mark the training length)."""
+    ground_truth: torch.Tensor | None
+    """(B, C, F, H, W) ground truth of the world for the same clips (bouncing balls), or None."""
+    states: object | None
+    """World states (BallStates) of the ground truth clips, or None."""
+    config: object
+    recorder: RouterRecorder | None = None
+
+
+def world_clips(cfg, batch: int, frames: int, seed: int):
+    """Ground-truth clips of the run's world, from evaluation seeds (not the training stream)."""
+    from .data.worlds import BouncingBalls
+
+    if cfg.data.kind != "bouncing_balls":
+        return None, None
+    bb = dataclasses.replace(cfg.data.bouncing_balls, seed=cfg.data.bouncing_balls.seed + EVAL_SEED_OFFSET + seed)
+    return BouncingBalls(bb).batch(batch, frames)
+
+
+def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None = None,
+             steps: int | None = None, shift: float | None = None, cfg_scale: float | None = None,
+             history_noise: float | None = None, prefix: torch.Tensor | None = None,
+             prefix_chunks: int = 0, attention: HistoryAttentionConfig | None = None,
+             device: str = "auto", prefer_ema: bool = True, record_router: bool = False,
+             progress: bool = True, with_ground_truth: bool = False) -> Generated:
+    dev = resolve_device(device)
+    model, cfg = load_model(path, dev, prefer_ema)
+    s = cfg.sample
+    overrides = dict(chunks=chunks, seed=seed, steps=steps, shift=shift, cfg_scale=cfg_scale,
+                     history_noise=history_noise)
+    s = dataclasses.replace(s, **{k: v for k, v in overrides.items() if v is not None})
+    fpc = model.config.frames_per_chunk
+    res = _resolution(cfg)
+    gt = states = None
+    if prefix is None and (prefix_chunks or with_ground_truth):
+        gt, states = world_clips(cfg, batch, (prefix_chunks + s.chunks) * fpc, s.seed)
+        if gt is None and prefix_chunks:
+            raise ValueError("--prefix-chunks needs a run trained on the built-in world; pass --prefix FILE")
+        prefix = gt[:, :, :prefix_chunks * fpc] if prefix_chunks else None
+    if prefix is not None:
+        if prefix.ndim == 4:
+            prefix = prefix[None].expand(batch, -1, -1, -1, -1)
+        res = tuple(prefix.shape[-2:])
+    recorder = RouterRecorder() if record_router else None
+    attention = attention or HistoryAttentionConfig()
+    layout_fn = make_layout_fn(attention, recorder) if (attention.mode != "dense" or recorder) else None
+    bar = tqdm(total=s.chunks, desc="generate", disable=not progress, dynamic_ncols=True)
+    videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, layout_fn=layout_fn,
+                     callback=lambda i, c: bar.update(1), device=dev)
+    bar.close()
+    train_frames = max(st.clip_chunks for st in cfg.stages) * fpc
+    n_prefix = 0 if prefix is None else prefix.shape[2]
+    return Generated(videos.clamp(-1, 1).cpu(), n_prefix, train_frames, gt, states, cfg, recorder)
+
+
+def _resolution(cfg) -> tuple[int, int]:
+    if cfg.data.kind == "bouncing_balls":
+        r = cfg.data.bouncing_balls.resolution
+        return r, r
+    return tuple(cfg.data.video_folder.size)

@@ -1,0 +1,216 @@
+"""Tests for resforce.report: the static comparison page, its plots and videos.
+
+The browser test loads the page in headless Chromium (served over HTTP on 127.0.0.1) and
+checks from the dumped DOM that every <img> and <video> really loaded and decoded.
+"""
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import threading
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resforce import metrics as M
+from resforce import report as R
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def tiny_video(frames=6, size=32, seed=0):
+    """(3, F, H, W) in [-1, 1]: a red square moving right on black."""
+    v = -np.ones((3, frames, size, size), np.float32)
+    for f in range(frames):
+        x = 2 + 3 * f
+        v[0, f, 10:18, x : x + 8] = 1.0
+    return v
+
+
+def fake_results(seed=0, m=4, f=40):
+    rng = np.random.default_rng(seed)
+    t = np.arange(f)
+    return {
+        "teacher forcing": {"drift": 0.01 * t + 0.05 * rng.random((m, f)), "flicker": rng.random((m, f))},
+        "resampling forcing": {"drift": 0.002 * t + 0.05 * rng.random((m, f)), "flicker": rng.random((m, f))},
+    }
+
+
+def build_page(out: Path, video_ext=".mp4"):
+    vids = []
+    for i, name in enumerate(["teacher forcing", "resampling forcing"]):
+        rel = f"videos/method{i}{video_ext}"
+        R.save_video(out / rel, tiny_video(seed=i), fps=8)
+        vids.append(rel)
+    res = fake_results()
+    plots = []
+    for metric in ["drift", "flicker"]:
+        rel = f"plots/{metric}.png"
+        R.plot_metric_vs_horizon(res, metric, out / rel, train_len=16, smooth=3)
+        plots.append(rel)
+    methods = [
+        {"name": name, "video_path": vids[i], "rows": M.segment_table(res[name], 10, train_len=16), "caption": "seed 0"}
+        for i, name in enumerate(res)
+    ]
+    rows = [dict(r, method=n) for n in res for r in M.segment_table(res[n], 20, train_len=16, metrics=["drift"])]
+    page = R.write_compare_page(
+        out, methods, plots, M.to_markdown(rows, ["drift"]), title="Drift <test>", notes="line one\n\nline & two"
+    )
+    return page, vids, plots
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs, self.tags = [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        for k in ("src", "href"):
+            if a.get(k):
+                self.refs.append(a[k])
+
+
+def test_page_generated_and_references_existing_files(tmp_path):
+    out = tmp_path / "site"
+    page, vids, plots = build_page(out)
+    assert page == out / "index.html" and page.is_file()
+    text = page.read_text()
+    p = _Refs()
+    p.feed(text)
+    # every referenced file exists and is relative; nothing external (no CDN, no http)
+    assert sorted(p.refs) == sorted(vids + plots)
+    for ref in p.refs:
+        assert not re.match(r"^[a-z]+:|^/", ref)
+        assert (out / ref).is_file() and (out / ref).stat().st_size > 0
+    assert "http://" not in text and "https://" not in text
+    videos = [a for t, a in p.tags if t == "video"]
+    assert len(videos) == 2 and all({"controls", "loop", "muted", "autoplay"} <= set(a) for a in videos)
+    assert text.count("<img") == 2
+    assert "Drift &lt;test&gt;" in text and "line &amp; two" in text
+    assert '<table class="metrics">' in text and 'class="beyond"' in text
+    assert "resampling forcing" in text and "20-40 *" in text and "30-40 *" in text
+    # atomic writes leave no temporary files behind
+    leftovers = [f for f in out.rglob("*") if f.name.startswith(".")]
+    assert leftovers == []
+    # PNGs and MP4s are real
+    assert (out / plots[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"ftyp" in (out / vids[0]).read_bytes()[:16]
+
+
+def test_save_video_roundtrip(tmp_path):
+    av = pytest.importorskip("av")
+    for ext in (".mp4", ".webm"):
+        path = R.save_video(tmp_path / f"v{ext}", tiny_video(frames=5, size=31), fps=8)
+        with av.open(str(path)) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        assert len(frames) == 5
+        assert frames[0].shape == (156, 156, 3)  # 31 * 5 = 155 (>= 128), padded to even
+        assert frames[0][60, 20:30, 0].mean() > 200  # red square survives encoding
+
+
+def test_page_rejects_missing_or_absolute(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        R.write_compare_page(tmp_path, [{"name": "x", "video_path": "nope.mp4"}], [])
+    with pytest.raises(ValueError):
+        R.write_compare_page(tmp_path, [{"name": "x", "video_path": "/etc/passwd"}], [], check_files=False)
+    with pytest.raises(ValueError):
+        R.write_compare_page(tmp_path, [], ["https://cdn.example/plot.png"], check_files=False)
+
+
+def test_markdown_to_html():
+    md = "| method | frames | a |\n| --- | ---: | ---: |\n| x | 0-5 | 1 ± 0.1 |\n| x | 5-10 * | 2 |\n\n* = note"
+    h = R.markdown_table_to_html(md)
+    assert h.count("<tr") == 3 and 'class="beyond"' in h and "<th>frames</th>" in h
+    assert '<p class="note">* = note</p>' in h
+
+
+def _browser():
+    for b in BROWSERS:
+        path = shutil.which(b)
+        if path:
+            return path
+    return None
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def _dump_dom(browser: str, url: str, profile: Path) -> str:
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--mute-audio",
+        "--autoplay-policy=no-user-gesture-required",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        url,
+    ]
+    env = dict(os.environ, HOME=str(profile))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def _serve(directory: Path):
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server
+
+
+def _body_attrs(dom: str) -> dict:
+    m = re.search(r"<body([^>]*)>", dom)
+    assert m, dom[:500]
+    return dict(re.findall(r'(data-[a-z-]+)="([^"]*)"', m.group(1)))
+
+
+def test_page_loads_in_headless_chromium(tmp_path):
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no chromium on PATH: install Debian's chromium package (make test does this where apt is available)")
+    out = tmp_path / "site"
+    build_page(out)
+    # negative control: an undecodable video and a missing image must be reported as not loaded
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.mp4").write_bytes(b"not a video" * 50)
+    (bad / "broken.png").write_bytes(b"not a png")
+    R.write_compare_page(bad, [{"name": "broken", "video_path": "broken.mp4"}], ["broken.png"])
+
+    server = _serve(tmp_path)
+    try:
+        port = server.server_address[1]
+        dom = _dump_dom(browser, f"http://127.0.0.1:{port}/site/index.html", tmp_path / "profile")
+        dom_bad = _dump_dom(browser, f"http://127.0.0.1:{port}/bad/index.html", tmp_path / "profile")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    a = _body_attrs(dom)
+    assert a.get("data-images-total") == "2" and a.get("data-images-loaded") == "2", a
+    assert a.get("data-videos-total") == "2" and a.get("data-videos-loaded") == "2", a
+    assert a.get("data-media-errors") == "0", a
+    assert len(re.findall(r"<video[^>]*data-loaded=\"1\"", dom)) == 2
+    assert len(re.findall(r"<img[^>]*data-loaded=\"1\"", dom)) == 2
+
+    b = _body_attrs(dom_bad)
+    assert b.get("data-videos-loaded") == "0" and b.get("data-images-loaded") == "0", b
+    assert b.get("data-media-errors") == "2", b
