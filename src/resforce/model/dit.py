@@ -260,6 +260,10 @@ class CausalVideoDiT(nn.Module):
         self.norm_out = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, cfg.out_channels * math.prod(cfg.patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
+        self.masked_layout_fn = None
+        """Optional (kind, num_chunks, tokens_per_chunk, device) -> layout replacing the masked
+        layouts of forward() (kind: 'two_stream' or 'block_causal'); history routing sets it
+        for the routed fine-tune (routing.apply_history_attention). None = dense."""
         if cfg.init == "zero_adaln":
             self._zero_adaln_init()
 
@@ -354,10 +358,9 @@ class CausalVideoDiT(nn.Module):
         self._check(x, t)
         b, _, f, hh, ww = x.shape
         n, tpc = self.num_chunks(f), self.tokens_per_chunk(hh, ww)
-        backend = self.config.attention_backend
         rope = self._rope(f, hh, ww, 0, x.device)
         if history is None:
-            layout = block_causal_layout(n, tpc, backend, x.device)
+            layout = self._masked_layout("block_causal", n, tpc, x.device)
             hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc)
             return self._to_velocity(self._head(hidden, temb, tpc, x.shape), x, t)
         if t_history is None:
@@ -366,11 +369,17 @@ class CausalVideoDiT(nn.Module):
         if history.shape != x.shape:
             raise ValueError(f"history {tuple(history.shape)} and x {tuple(x.shape)} must match")
         tokens = torch.cat([self._embed(history), self._embed(x)], dim=1)
-        layout = two_stream_layout(n, tpc, backend, x.device)
+        layout = self._masked_layout("two_stream", n, tpc, x.device)
         rope2 = tuple(torch.cat([r, r], dim=0) for r in rope)  # same positions in both streams
         hidden, temb = self._trunk(tokens, torch.cat([t_history, t], dim=1), layout, rope2, context, tpc)
         noisy = hidden[:, n * tpc:]
         return self._to_velocity(self._head(noisy, temb[:, n:], tpc, x.shape), x, t)
+
+    def _masked_layout(self, kind: str, n: int, tpc: int, device):
+        if self.masked_layout_fn is not None:
+            return self.masked_layout_fn(kind, n, tpc, device)
+        make = two_stream_layout if kind == "two_stream" else block_causal_layout
+        return make(n, tpc, self.config.attention_backend, device)
 
     def forward_chunk(self, x, t, cache: KVCache, context=None, layout=None):
         """Velocity for one chunk x (B, C, frames_per_chunk, H, W) at times t (B, 1),
