@@ -55,7 +55,7 @@ def test_resume_would_differ_without_rng_state(tmp_path, monkeypatch):
 
 
 def test_loss_falls_on_bouncing_balls(tmp_path):
-    c = load_config("configs/bb_teacher.yaml", tiny(tmp_path / "tf", "stages.0.steps=60", "optim.lr=3e-3",
+    c = load_config("configs/bb_teacher.yaml", tiny(tmp_path / "tf", "stages.0.steps=60", "stages.1.steps=0", "optim.lr=3e-3",
                                                    "optim.warmup_steps=5", "ckpt_every=1000"))
     train(c, progress=False)
     losses = [json.loads(l)["loss"] for l in open(tmp_path / "tf" / "metrics.jsonl")]
@@ -79,8 +79,17 @@ def test_stages_schedule_and_checkpoints(tmp_path):
 def test_init_from_branches_a_run(tmp_path):
     base = cfg(tmp_path, "warm")
     train(base, stop_at=3, progress=False)
-    branch = load_config("configs/bb_teacher.yaml", tiny(tmp_path / "branch", "stages.0.steps=5"))
+    branch = load_config("configs/bb_teacher.yaml", tiny(tmp_path / "branch", "stages.0.steps=3", "stages.1.steps=2"))
     t = Trainer(branch, progress=False, init_from=tmp_path / "warm")
     assert t.step == 3
     t.run()
     assert latest_checkpoint(tmp_path / "branch").name == "step_00000005"
+
+
+def test_branches_with_same_seed_match_and_other_seeds_differ(tmp_path):
+    train(cfg(tmp_path, "warm"), stop_at=3, progress=False)
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train(cfg(tmp_path, name, f"seed={seed}"), init_from=tmp_path / "warm", progress=False)
+    a, b, c = (weights(tmp_path / n)[0] for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)

@@ -118,7 +118,7 @@ def test_failed_write_keeps_existing_file_and_leaves_no_temp(tmp_path, monkeypat
     assert target.read_bytes() == before
 
     # Failure in the middle of encoding, after bytes were written.
-    def broken_writer(tmp, pixels, fps):
+    def broken_writer(tmp, pixels, fps, **encoder_options):
         tmp.write_bytes(b"half a video")
         raise RuntimeError("disk full")
 

@@ -126,3 +126,18 @@ def load_model(path: str | Path, device="cpu", prefer_ema: bool = True):
     model = CausalVideoDiT(cfg.model)
     model.load_state_dict(sd)
     return model.to(device).eval(), cfg
+
+
+def export_weights(path: str | Path, out: str | Path, dtype: str = "float16", prefer_ema: bool = True) -> Path:
+    """A single self-contained weights file (config in its metadata) from a run, in `dtype`
+    (float16 halves the size of shipped checkpoints; loading upcasts to the model's dtype)."""
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"export dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    sd, cfg_yaml = read_weights(resolve_weights(path, prefer_ema))
+    if cfg_yaml is None:
+        raise ValueError(f"{path} carries no resforce config in its metadata")
+    cast = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in sd.items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(out, cast, cfg_yaml)
+    return out

@@ -86,6 +86,13 @@ def cmd_generate(args) -> None:
         print(f"router statistics: {args.router_stats} (plot: {Path(args.router_stats).with_suffix('.png')})")
 
 
+def cmd_export(args) -> None:
+    from .checkpoint import export_weights
+
+    out = export_weights(args.run, args.out, args.dtype, prefer_ema=not args.online)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.dtype}, config in its metadata)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resforce", description="Resampling Forcing for autoregressive video diffusion")
     sub = p.add_subparsers(dest="command", required=True)
@@ -107,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--router-stats", default=None, help="save which history chunks each head selects (.json)")
     _add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
+
+    x = sub.add_parser("export", help="one self-contained .safetensors file (weights + config) from a run")
+    x.add_argument("run", help="run directory, checkpoint directory or .safetensors file")
+    x.add_argument("--out", required=True)
+    x.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
+    x.add_argument("--online", action="store_true", help="export the online weights, not the EMA")
+    x.set_defaults(func=cmd_export)
 
     from . import cli_eval
     cli_eval.add_commands(sub, _add_sampling_args)

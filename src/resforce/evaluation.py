@@ -19,7 +19,7 @@ from . import metrics as M
 from .sampling import Generated, generate
 
 TABLE_METRICS = ("drift", "count_error", "color_integrity", "size_error", "background_noise",
-                 "accel_error", "sharpness", "flicker")
+                 "accel_error", "position_error", "sharpness", "flicker", "generic_flicker", "frechet")
 
 
 @dataclass
@@ -38,7 +38,15 @@ class Evaluation:
                 "samples": int(self.generated.videos.shape[0]),
                 "frames": int(self.generated.videos.shape[2]),
                 "rows": _jsonable(self.rows),
-                "per_frame_mean": {k: np.nanmean(v, axis=0).tolist() for k, v in self.per_frame.items()}}
+                "per_frame_mean": {k: _nanmean0(v) for k, v in self.per_frame.items()}}
+
+
+def _nanmean0(v: np.ndarray) -> list:
+    """Mean over samples per frame; frames where a metric is undefined for all give None."""
+    with np.errstate(all="ignore"):
+        ok = np.isfinite(v).any(axis=0)
+        m = np.where(ok, np.nansum(np.where(np.isfinite(v), v, 0), axis=0) / np.maximum(np.isfinite(v).sum(0), 1), np.nan)
+    return [None if not np.isfinite(x) else float(x) for x in m]
 
 
 def _jsonable(x):
@@ -80,11 +88,15 @@ def evaluate(path, name: str | None = None, samples: int = 16, chunks: int | Non
     per_frame = score(g)
     seg = segment_len or g.train_frames
     rows = M.segment_table(per_frame, seg, train_len=g.train_frames)
+    if g.ground_truth is not None:  # Frechet distance of each segment to real frames
+        for row, fd in zip(rows, M.frechet_vs_horizon(g.videos.numpy(), g.ground_truth.numpy(), seg)):
+            row["mean"]["frechet"], row["se"]["frechet"], row["n"]["frechet"] = fd["frechet"], float("nan"), 1
     return Evaluation(name or Path(str(path)).stem, g, per_frame, rows, seg)
 
 
 def table_metrics(ev: Evaluation) -> list[str]:
-    return [m for m in TABLE_METRICS if m in ev.per_frame] or list(ev.per_frame)
+    have = set(ev.per_frame) | set(ev.rows[0]["mean"] if ev.rows else ())
+    return [m for m in TABLE_METRICS if m in have] or list(ev.per_frame)
 
 
 def save_json(ev: Evaluation, path) -> Path:

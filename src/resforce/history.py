@@ -90,7 +90,8 @@ def autoregressive_resample(model, clean, t_s, steps, generator=None, context=No
         noise = torch.randn(clean.shape, generator=generator, device=clean.device)
     cache = model.new_cache(h, w)
     out = []
-    for i in range(f // fpc):
+    n = f // fpc
+    for i in range(n):
         sl = slice(i * fpc, (i + 1) * fpc)
         x_ts = add_noise(clean[:, :, sl], noise[:, :, sl], t_s[:, None], fpc)
 
@@ -99,8 +100,9 @@ def autoregressive_resample(model, clean, t_s, steps, generator=None, context=No
             return model.forward_chunk(xx, tt[:, None], cache, context=context, layout=layout)
 
         degraded = _denoise(v, x_ts, t_s, steps)
-        layout = layout_fn(cache, True) if layout_fn else None
-        model.write_cache(degraded, cache, context=context, layout=layout)
+        if i < n - 1:  # the last chunk is nobody's history: skip its cache write
+            layout = layout_fn(cache, True) if layout_fn else None
+            model.write_cache(degraded, cache, context=context, layout=layout)
         out.append(degraded)
     return torch.cat(out, dim=2)
 

@@ -4,14 +4,16 @@ Video format
 ------------
 The page embeds each method's rollout with ``<video controls loop muted autoplay>``; the MIME
 type comes from the file extension. Use **MP4 / H.264 (libx264, yuv420p, even frame size,
-``+faststart``)** as written by :func:`save_video` for ``*.mp4``: Debian's Chromium (tested
-with 156 on bookworm), Chrome, Firefox and Safari all play it. ``*.webm`` (VP9, libvpx-vp9)
-also works in Chromium and Firefox and is written by :func:`save_video` for ``*.webm``. A
-method may list several files (``video_path=["a.webm", "a.mp4"]``); they become ``<source>``
-elements and the browser plays the first it supports.
+``+faststart``)** as written by :func:`resforce.video_io.save_video` (re-exported here as
+:func:`save_video`) for ``*.mp4``: Debian's Chromium (tested with 156 on bookworm), Chrome,
+Firefox and Safari all play it. ``*.webm`` (VP9, libvpx-vp9) also works in Chromium and
+Firefox and is written by :func:`save_video` for ``*.webm``. A method may list several files
+(``video_path=["a.webm", "a.mp4"]``); they become ``<source>`` elements and the browser plays
+the first it supports.
 
-Every file is written atomically (temporary file in the same directory, then ``os.replace``),
-and the page is self-contained: inline CSS and a small inline script, no external JS/CSS/CDN.
+Every file is written atomically (:func:`resforce.fileio.atomic_write`: temporary file in the
+same directory, then ``os.replace``), and the page is self-contained: inline CSS and a small
+inline script, no external JS/CSS/CDN.
 The script records on each ``<img>``/``<video>`` whether it loaded (``data-loaded="1"``, or
 ``data-error``) and a summary on ``<body>`` (``data-images-loaded``/``-total``,
 ``data-videos-loaded``/``-total``) so a headless browser's ``--dump-dom`` can verify it.
@@ -20,16 +22,16 @@ The script records on each ``<img>``/``<video>`` whether it loaded (``data-loade
 from __future__ import annotations
 
 import html
-import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .fileio import atomic_write, write_text_atomic
 from .metrics import _table_cells, mean_se
+from .video_io import save_video  # re-exported: the page's videos are written with it
 
 __all__ = [
     "save_video",
@@ -41,104 +43,6 @@ __all__ = [
 ]
 
 VIDEO_MIME = {".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm", ".ogv": "video/ogg"}
-
-
-# ----------------------------------------------------------------------------- atomic writes
-def _atomic_path(path: Path) -> Path:
-    """A fresh temporary path next to ``path`` keeping its suffix (for format detection)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-# ----------------------------------------------------------------------------- video
-def _to_uint8_frames(video: Any, scale: int | None, min_side: int) -> np.ndarray:
-    """(C,F,H,W) in [-1,1] (numpy or torch) -> (F, H', W', 3) uint8, upscaled, even size."""
-    if hasattr(video, "detach"):
-        video = video.detach().cpu().numpy()
-    v = np.asarray(video, dtype=np.float32)
-    if v.ndim != 4:
-        raise ValueError(f"expected a video shaped (C, F, H, W), got {v.shape}")
-    c, f, h, w = v.shape
-    if c == 1:
-        v = np.repeat(v, 3, axis=0)
-    elif c != 3:
-        raise ValueError(f"expected 1 or 3 channels, got {c}")
-    img = np.clip((v + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 3, 0)  # F,H,W,3
-    if scale is None:
-        scale = max(1, math.ceil(min_side / max(1, min(h, w))))
-    if scale > 1:
-        img = img.repeat(scale, axis=1).repeat(scale, axis=2)  # nearest neighbour: crisp pixels
-    ph, pw = img.shape[1] % 2, img.shape[2] % 2  # yuv420p needs even sizes
-    if ph or pw:
-        img = np.pad(img, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-    return np.ascontiguousarray(img)
-
-
-def save_video(
-    path: str | os.PathLike,
-    video: Any,
-    fps: float = 8.0,
-    scale: int | None = None,
-    min_side: int = 128,
-    crf: int = 18,
-) -> Path:
-    """Encode a video (C,F,H,W) in [-1,1] for the browser; the extension picks the codec.
-
-    ``.mp4``: H.264 (libx264, yuv420p, ``+faststart``); ``.webm``: VP9 (libvpx-vp9). Frames are
-    upscaled by an integer nearest-neighbour factor (default: smallest with the short side >=
-    ``min_side``) and padded to even size. Written atomically. Returns the path.
-    """
-    import av  # local import: only needed when writing videos
-
-    path = Path(path)
-    ext = path.suffix.lower()
-    codecs = {".mp4": ("libx264", "mp4"), ".m4v": ("libx264", "mp4"), ".webm": ("libvpx-vp9", "webm")}
-    if ext not in codecs:
-        raise ValueError(f"unsupported video extension {ext!r}; use .mp4 or .webm")
-    codec, fmt = codecs[ext]
-    frames = _to_uint8_frames(video, scale, min_side)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_path(path)
-    try:
-        options = {"movflags": "+faststart"} if fmt == "mp4" else {}
-        with av.open(str(tmp), mode="w", format=fmt, options=options) as container:
-            rate = int(round(fps)) if float(fps).is_integer() else _fraction(fps)
-            stream = container.add_stream(codec, rate=rate)
-            stream.width = frames.shape[2]
-            stream.height = frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            if codec == "libx264":
-                stream.options = {"crf": str(crf), "preset": "veryfast"}
-            else:
-                stream.options = {"crf": str(max(crf, 15)), "b": "0", "deadline": "realtime", "cpu-used": "8"}
-            for fr in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(fr, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def _fraction(fps: float):
-    from fractions import Fraction
-
-    return Fraction(fps).limit_denominator(1001)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -208,15 +112,7 @@ def plot_metric_vs_horizon(
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_path(path)
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 # ----------------------------------------------------------------------------- tables
@@ -413,5 +309,5 @@ def write_compare_page(
     parts.append(f"<script>{_JS}</script>")
     parts.append("</body></html>")
     page = out / "index.html"
-    _write_text_atomic(page, "\n".join(parts) + "\n")
+    write_text_atomic(page, "\n".join(parts) + "\n")
     return page

@@ -90,6 +90,8 @@ class Trainer:
             ckpt = latest_checkpoint(init) if (init / "checkpoints").is_dir() else init
         if ckpt is not None:
             self._restore(ckpt)
+            if ckpt.parent.parent != self.run_dir:
+                self._reseed()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.run_dir / "config.yaml", self.config_yaml)
         self._trim_metrics()
@@ -104,6 +106,14 @@ class Trainer:
         self.gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.data.load_state_dict(state["data"])
+
+    def _reseed(self) -> None:
+        """A branch (init_from) keeps the weights and optimizer of the run it starts from but
+        draws its own data and noise, from this run's seed and the branch step, so branches
+        with different seeds differ and branches with the same seed see the same stream."""
+        offset = 1_000_003 * self.step
+        self.data = make_dataset(self.cfg.data, seed=self.cfg.seed + offset)
+        self.gen.manual_seed(self.cfg.seed + 1 + offset)
 
     def save(self) -> Path:
         state = {"optimizer": self.opt.state_dict(), "step": self.step,

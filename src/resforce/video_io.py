@@ -1,4 +1,4 @@
-"""Writing and reading whole videos for users: .mp4 (H.264), .gif and .npy.
+"""Writing and reading whole videos for users: .mp4 (H.264), .webm (VP9), .gif and .npy.
 
 Layouts accepted by the writers:
   * float (C, F, H, W) in [-1, 1], C in {1, 3}: the project's per-sample layout (torch or numpy);
@@ -7,41 +7,55 @@ The dtype decides which layout is meant, so a float array is never read as (F, H
 
 Writes are atomic: the file is written under a temporary name in the target directory and then
 renamed over the target with os.replace, so an existing output is either the old file or the
-complete new one, never half-written (e.g. when a long evaluation run is interrupted).
+complete new one, never half-written (e.g. when a long evaluation run is interrupted); see
+resforce.fileio.atomic_write.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Sequence, Union
 
 import av
 import numpy as np
 import torch
 from PIL import GifImagePlugin, Image
 
+from .fileio import atomic_write
+
 VideoLike = Union[torch.Tensor, np.ndarray]
 
-SAVE_EXTENSIONS = (".mp4", ".gif", ".npy")
+SAVE_EXTENSIONS = (".mp4", ".gif", ".npy", ".webm", ".m4v")
 """Extensions save_video can write."""
 LOAD_EXTENSIONS = (".mp4", ".gif", ".npy", ".webm", ".mkv", ".mov", ".avi")
 """Extensions load_video can read (everything but .npy is decoded with PyAV)."""
 MIN_VIEW_SIDE = 128
 """Default upscaling makes the shorter side at least this many pixels, so 32 px clips are viewable."""
+DEFAULT_CRF = 18
+"""Constant rate factor for H.264/VP9: 18 is visually lossless for H.264 (evaluation may re-read files)."""
 
 
-def save_video(path: str | os.PathLike, frames: VideoLike, fps: float = 8, scale: int | None = None) -> Path:
-    """Write a video atomically; returns the path written.
+def save_video(
+    path: str | os.PathLike,
+    frames: VideoLike,
+    fps: float = 8,
+    scale: int | None = None,
+    min_side: int = MIN_VIEW_SIDE,
+    crf: int = DEFAULT_CRF,
+) -> Path:
+    """Write a video atomically; the extension picks the format; returns the path written.
 
     frames: float (C, F, H, W) in [-1, 1] or uint8 (F, H, W, 3), torch or numpy.
     .npy stores the raw float32 (C, F, H, W) array (no clamping, no scaling).
-    .mp4/.gif are upscaled by an integer nearest-neighbour factor `scale`; None picks the smallest
-    factor making the shorter side >= MIN_VIEW_SIDE. For .mp4 an odd side (after scaling) is
-    padded by one replicated row/column because yuv420p needs even sizes.
+    .mp4/.m4v: H.264 (libx264, yuv420p, "+faststart" so browsers start playing at once);
+    .webm: VP9 (libvpx-vp9, yuv420p); .gif: one GIF frame per input frame.
+    Everything but .npy is upscaled by an integer nearest-neighbour factor `scale`; None picks the
+    smallest factor making the shorter side >= `min_side`. For .mp4/.webm an odd side (after
+    scaling) is padded by one replicated row/column because yuv420p needs even sizes. `crf` is
+    the encoder's constant rate factor (lower = better quality, larger files).
     """
     path = Path(path)
     ext = path.suffix.lower()
@@ -51,11 +65,13 @@ def save_video(path: str | os.PathLike, frames: VideoLike, fps: float = 8, scale
         raise ValueError(f"fps must be > 0, got {fps}")
     video = _to_float_cfhw(frames)  # validates before any file is touched
     if ext == ".npy":
-        return _atomic_write(path, lambda f: _write_npy(f, video))
-    pixels = _upscale(_to_uint8_fhwc(video), _resolve_scale(scale, video.shape[2:]))
+        return atomic_write(path, lambda f: _write_npy(f, video))
+    pixels = _upscale(_to_uint8_fhwc(video), _resolve_scale(scale, video.shape[2:], min_side))
     if ext == ".gif":
-        return _atomic_write(path, lambda f: _write_gif(f, pixels, fps))
-    return _atomic_write(path, lambda f: _write_mp4(f, _pad_even(pixels), fps))
+        return atomic_write(path, lambda f: _write_gif(f, pixels, fps))
+    if ext == ".webm":
+        return atomic_write(path, lambda f: _write_webm(f, _pad_even(pixels), fps, crf=crf))
+    return atomic_write(path, lambda f: _write_mp4(f, _pad_even(pixels), fps, crf=crf))
 
 
 def load_video(path: str | os.PathLike) -> torch.Tensor:
@@ -157,9 +173,9 @@ def _to_uint8_fhwc(video: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(1, 2, 3, 0))
 
 
-def _resolve_scale(scale: int | None, size: tuple[int, ...]) -> int:
+def _resolve_scale(scale: int | None, size: tuple[int, ...], min_side: int = MIN_VIEW_SIDE) -> int:
     if scale is None:
-        return max(1, math.ceil(MIN_VIEW_SIDE / min(size)))
+        return max(1, math.ceil(min_side / min(size)))
     if int(scale) != scale or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
     return int(scale)
@@ -181,38 +197,45 @@ def _pad_even(pixels: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- writers
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Run write(tmp) on a temp file next to `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory => same filesystem => os.replace is an atomic rename. Keep the suffix so
-    # encoders that infer the container from the name still see ".mp4"/".gif".
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _write_npy(tmp: Path, video: np.ndarray) -> None:
     with open(tmp, "wb") as f:  # a file object stops np.save from appending another ".npy"
         np.save(f, video, allow_pickle=False)
 
 
-def _write_mp4(tmp: Path, pixels: np.ndarray, fps: float) -> None:
-    _, h, w, _ = pixels.shape
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+def _write_mp4(tmp: Path, pixels: np.ndarray, fps: float, crf: int = DEFAULT_CRF) -> None:
+    """H.264 in MP4; falls back to MPEG-4 Part 2 when PyAV's FFmpeg lacks libx264."""
+    if "libx264" in av.codecs_available:
+        codec, options = "libx264", {"crf": str(crf)}
+    else:
+        codec, options = "mpeg4", {"qscale": "2"}
     # faststart moves the index to the front so browsers (HTML reports) can start playing at once.
-    with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+    _encode(tmp, pixels, fps, "mp4", codec, options, {"movflags": "+faststart"})
+
+
+def _write_webm(tmp: Path, pixels: np.ndarray, fps: float, crf: int = DEFAULT_CRF) -> None:
+    """VP9 in WebM, constant quality (b=0); realtime settings keep encoding fast."""
+    if "libvpx-vp9" not in av.codecs_available:
+        raise RuntimeError("cannot write .webm: PyAV's FFmpeg has no libvpx-vp9 encoder; use .mp4")
+    options = {"crf": str(max(crf, 15)), "b": "0", "deadline": "realtime", "cpu-used": "8"}
+    _encode(tmp, pixels, fps, "webm", "libvpx-vp9", options)
+
+
+def _encode(
+    tmp: Path,
+    pixels: np.ndarray,
+    fps: float,
+    fmt: str,
+    codec: str,
+    options: dict[str, str],
+    container_options: dict[str, str] | None = None,
+) -> None:
+    """Encode uint8 (F, H, W, 3) (even H and W) as yuv420p with PyAV."""
+    _, h, w, _ = pixels.shape
+    with av.open(str(tmp), mode="w", format=fmt, options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv420p"
-        # crf 18 is visually lossless for H.264; evaluation may re-read these files.
-        stream.options = {"crf": "18"} if codec == "libx264" else {"qscale": "2"}
+        stream.options = options
         for frame in pixels:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

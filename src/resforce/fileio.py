@@ -1,0 +1,41 @@
+"""Atomic file writes: the target is either the old file or the complete new one, never half-written.
+
+The content is written under a temporary name in the target's directory (same filesystem, so
+os.replace is an atomic rename) and then renamed over the target. On any error, including
+KeyboardInterrupt, the temporary file is removed and an existing target is left untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["atomic_write", "write_text_atomic"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Run ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    Parent directories are created. The temporary name keeps ``path``'s suffix, so writers that
+    infer the format from the name (encoders, ``savefig``) still see ".mp4", ".png", ...
+    Returns ``path`` as a Path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (see atomic_write); returns the path."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding))

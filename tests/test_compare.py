@@ -1,0 +1,40 @@
+"""eval and compare end to end on two tiny runs: table, JSON, HTML page with videos and plots."""
+
+import json
+
+import pytest
+
+from resforce.cli import main
+from tiny import tiny
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    main(["train", "configs/bb_resampling.yaml", *tiny(root / "warm", "stages.0.steps=2", "stages.1.steps=0")])
+    for name in ("teacher", "resampling"):
+        main(["train", f"configs/bb_{name}.yaml", *tiny(root / name, "stages.0.steps=2", "stages.1.steps=2", "stages.0.clip_chunks=4", "stages.1.clip_chunks=4"),
+              "--init-from", str(root / "warm")])
+    return root
+
+
+def test_eval_prints_segment_table_and_json(runs, tmp_path, capsys):
+    out = tmp_path / "e.json"
+    main(["eval", str(runs / "resampling"), "--chunks", "14", "--samples", "3", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "drift" in text and "0-4" in text and "12-16 *" in text  # training clips: 4 frames
+    data = json.loads(out.read_text())
+    assert data["samples"] == 3 and data["frames"] == 16 and data["prefix_frames"] == 2
+    assert [r["start"] for r in data["rows"]] == [0, 4, 8, 12]
+    assert len(data["per_frame_mean"]["drift"]) == 16
+
+
+def test_compare_writes_page_with_every_asset(runs, tmp_path):
+    out = tmp_path / "cmp"
+    main(["compare", str(runs / "teacher"), str(runs / "resampling"), "--names", "TF,RF",
+          "--chunks", "10", "--samples", "2", "--out", str(out)])
+    html = (out / "index.html").read_text()
+    for asset in ("tf.mp4", "rf.mp4", "drift_vs_horizon.png", "count_error_vs_horizon.png"):
+        assert (out / asset).stat().st_size > 0
+        assert asset in html
+    assert "TF" in html and "RF" in html and (out / "table.txt").read_text().count("TF") >= 3
