@@ -19,6 +19,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
+from .fileio import atomic_write
+
 CKPT_DIR = "checkpoints"
 
 
@@ -28,10 +30,9 @@ def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], config_yaml: str) -> None:
     """One safetensors file with the config in its metadata, written atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(_contiguous(state_dict), str(tmp), metadata={"config": config_yaml, "format": "resforce"})
-    os.replace(tmp, path)
+    tensors = _contiguous(state_dict)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"config": config_yaml,
+                                                                          "format": "resforce"}))
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]:

@@ -70,10 +70,10 @@ def cmd_generate(args) -> None:
     info = {"prefix_frames": g.prefix_frames, "train_frames": g.train_frames}
     if out.suffix == ".npy":
         import numpy as np
-        tmp = out.with_name(f".{out.name}.tmp.npy")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(tmp, videos.numpy() if args.batch > 1 else videos[0].numpy())
-        tmp.replace(out)
+
+        from .fileio import atomic_write
+        array = videos.numpy() if args.batch > 1 else videos[0].numpy()
+        atomic_write(out, lambda tmp: np.save(tmp, array))
     elif args.batch > 1:
         save_grid_video(out, list(videos), fps=args.fps)
     else:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .fileio import write_text_atomic
 from .sampling import Generated, generate
 
 TABLE_METRICS = ("drift", "count_error", "color_integrity", "size_error", "background_noise",
@@ -101,10 +102,7 @@ def table_metrics(ev: Evaluation) -> list[str]:
 
 def save_json(ev: Evaluation, path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(ev.summary(), indent=1))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(ev.summary(), indent=1))
     return path
 
 

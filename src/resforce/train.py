@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, to_yaml
 from .data import make_dataset
+from .fileio import write_text_atomic
 from .history import build_history
 from .loss import flow_matching_loss
 from .model.dit import CausalVideoDiT
@@ -93,7 +93,7 @@ class Trainer:
             if ckpt.parent.parent != self.run_dir:
                 self._reseed()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.run_dir / "config.yaml", self.config_yaml)
+        write_text_atomic(self.run_dir / "config.yaml", self.config_yaml)
         self._trim_metrics()
 
     # -- state ------------------------------------------------------------------------
@@ -129,7 +129,7 @@ class Trainer:
             return
         keep = [ln for ln in path.read_text().splitlines()
                 if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
-        _write_atomic(path, "".join(ln + "\n" for ln in keep))
+        write_text_atomic(path, "".join(ln + "\n" for ln in keep))
 
     # -- one optimizer step -----------------------------------------------------------
     def train_step(self) -> dict:
@@ -183,12 +183,6 @@ class Trainer:
                     self.save()
         bar.close()
         return self.run_dir
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def train(cfg: TrainConfig, resume: bool = True, stop_at: int | None = None, progress: bool = True,
