@@ -263,3 +263,12 @@ def test_bad_shapes_name_the_problem(randomize):
         model(noisy[:, :, :3], t)
     with pytest.raises(ValueError, match="patch"):
         model(torch.randn(2, 3, N * FPC, 6, 8), t)
+
+
+def test_text_model_requires_context_and_runs_in_bf16(randomize):
+    model = make(randomize, text_dim=8)
+    _, x, t = data()
+    with pytest.raises(ValueError, match="pass context"):
+        model(x, t)
+    out = model.to(torch.bfloat16)(x.bfloat16(), t, context=torch.randn(2, 3, 8, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()

@@ -269,7 +269,7 @@ def load_wan(path_or_model, frames_per_chunk: int = 3, dtype: torch.dtype = torc
     .bin), a Wan pipeline folder (its 'transformer' subfolder is used), or an in-memory
     WanTransformer3DModel. Never downloads anything. All weights are cast to `dtype` (our
     layer norms and the timestep features compute in float32 regardless; unlike diffusers,
-    the modulation and residual adds then run in `dtype` too, see _cast_timestep_features). The model is
+    the modulation and residual adds then run in `dtype` too). The model is
     built on the meta device and takes the loaded tensors, so a 14B model is not allocated
     twice. `config_overrides` go to config_from_diffusers (e.g. attention_backend)."""
     if isinstance(path_or_model, nn.Module):
@@ -295,16 +295,4 @@ def load_wan(path_or_model, frames_per_chunk: int = 3, dtype: torch.dtype = torc
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:  # cannot happen with strict=True unless the model grows non-persistent buffers
         raise RuntimeError(f"tensors left uninitialised after loading Wan weights: {leftover}")
-    _cast_timestep_features(model)
     return model.eval()
-
-
-def _cast_timestep_features(model: CausalVideoDiT) -> None:
-    """Let a bf16/fp16 model run without autocast.
-
-    dit.timestep_features returns float32 whatever the weights' dtype, so with low-precision
-    weights (and no autocast) time_embedder.linear_1 fails with a dtype mismatch; diffusers
-    casts the features to the time embedder's dtype. Until dit.py does that itself, this
-    pre-hook does it on the loaded model (a no-op in float32)."""
-    te = model.condition_embedder.time_embedder
-    te.register_forward_pre_hook(lambda m, args: (args[0].to(m.linear_1.weight.dtype), *args[1:]))

@@ -150,7 +150,8 @@ class ConditionEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor, context: torch.Tensor | None):
         """t: (B, chunks) -> temb (B, chunks, D), modulation (B, chunks, 6, D), context."""
-        temb = self.time_embedder(timestep_features(t, self.freq_dim))
+        feats = timestep_features(t, self.freq_dim)  # float32; cast for bf16/fp16 weights
+        temb = self.time_embedder(feats.to(self.time_embedder.linear_1.weight.dtype))
         mod = self.time_proj(self.act_fn(temb)).unflatten(-1, (6, -1))
         if context is not None and self.text_embedder is not None:
             context = self.text_embedder(context)
@@ -315,6 +316,10 @@ class CausalVideoDiT(nn.Module):
 
     def _trunk(self, tokens, t, layout, rope, context, tpc):
         """tokens (B, chunks*tpc, D), t (B, chunks) -> hidden states before the head, temb."""
+        if self.config.text_dim > 0 and context is None:
+            # without it attn2 would attend over the video tokens themselves, across chunks;
+            # an unconditional pass takes the embedding of an empty prompt, like Wan's
+            raise ValueError("this model has text cross-attention (text_dim > 0): pass context")
         temb, mod, context = self.condition_embedder(t, context)
         for block in self.blocks:
             if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
