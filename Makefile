@@ -12,7 +12,6 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_CPU)
 	$(BIN)/pip install -q -e ".[test]" "$(TORCH_CPU)"
 	touch $(STAMP)
