@@ -9,6 +9,7 @@ length long, so the table reads like the paper's 0-5 / 5-10 / 10-15 s.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,13 @@ class Evaluation:
     rows: list[dict] = field(default_factory=list)
     segment_len: int = 0
 
+    def per_sample_segments(self) -> dict:
+        """metric -> [sample][segment] means, for paired comparisons across runs evaluated on
+        the same seeds (same prefixes and initial noise)."""
+        keys = [m for m in ("drift", "count_error", "color_integrity", "size_error", "accel_error",
+                            "background_noise", "position_error") if m in self.per_frame]
+        return {k: _segment_means(self.per_frame[k], self.segment_len) for k in keys}
+
     def summary(self) -> dict:
         return {"name": self.name, "segment_len": self.segment_len,
                 "train_frames": self.generated.train_frames,
@@ -39,7 +47,19 @@ class Evaluation:
                 "samples": int(self.generated.videos.shape[0]),
                 "frames": int(self.generated.videos.shape[2]),
                 "rows": _jsonable(self.rows),
+                "per_sample_segments": self.per_sample_segments(),
                 "per_frame_mean": {k: _nanmean0(v) for k, v in self.per_frame.items()}}
+
+
+def _segment_means(v: np.ndarray, seg: int) -> list:
+    """(samples, frames) -> per sample, the mean of each segment (NaN-aware; None if undefined)."""
+    out = []
+    for s in range(0, v.shape[1], seg):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN segments -> NaN
+            m = np.nanmean(v[:, s:s + seg], axis=1)
+        out.append(m)
+    return [[None if not np.isfinite(x) else float(x) for x in row] for row in np.stack(out, 1)]
 
 
 def _nanmean0(v: np.ndarray) -> list:
