@@ -44,8 +44,11 @@ def cmd_train(args) -> None:
     from .train import train
 
     cfg = load_config(args.config, args.overrides)
+    import os
+
     run_dir = train(cfg, resume=not args.no_resume, stop_at=args.stop_at, init_from=args.init_from)
-    print(f"run directory: {run_dir}  (checkpoints/, metrics.jsonl, config.yaml)")
+    if os.environ.get("RANK", "0") == "0":  # torchrun: print once (the group is shut down by now)
+        print(f"run directory: {run_dir}  (checkpoints/, metrics.jsonl, config.yaml)")
 
 
 def generate_from_args(args, batch: int, record_router: bool = False, with_ground_truth: bool = False):

@@ -92,6 +92,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."""
+    parallel: str = "auto"
+    """Multi-process data parallelism (resforce.parallel): 'auto' (ddp when launched by
+    torchrun with WORLD_SIZE > 1, else none), 'none', 'ddp' or 'fsdp' (FSDP2, per block).
+    optim.batch_size is the global batch, split evenly across the ranks."""
     log_every: int = 10
     ckpt_every: int = 250
     keep_last: int = 3

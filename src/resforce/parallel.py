@@ -1,0 +1,290 @@
+"""Multi-process data-parallel training under torchrun: DDP or FSDP2, applied from outside.
+
+The model code (model/dit.py) knows nothing of this module; the trainer asks it to
+
+1. `setup(mode, device)`: detect torchrun (WORLD_SIZE / RANK / LOCAL_RANK in the
+   environment), initialise the default process group - NCCL when the device is CUDA (each
+   rank takes the GPU of its LOCAL_RANK), Gloo on the CPU - and resolve the mode;
+2. `wrap_model(model, mode, device)`: "none" returns the model; "ddp" wraps it in
+   `DistributedDataParallel`; "fsdp" applies FSDP2 `fully_shard` to every transformer block
+   and then to the root, in place;
+3. save and load *full* (unsharded) state dicts, so a checkpoint of a 2-rank FSDP run is the
+   same file a single-process run writes (`full_state_dict`, `load_full_state_dict`,
+   `full_optim_state_dict`, `load_full_optim_state_dict`).
+
+Non-forward calls. The history strategies call `model.forward_chunk(...)` and
+`model.write_cache(...)` (and `model(...)`) on the *raw* model under no_grad, and read
+`model.config`. The trainer therefore keeps two handles:
+- `raw`: the CausalVideoDiT itself. For DDP it is `ddp.module` (plain parameters, identical on
+  every rank, nothing to synchronise in a no-grad pass). For FSDP2 it is the model after
+  `fully_shard`, which mutates the module in place; `wrap_model` registers forward_chunk and
+  write_cache with `register_fsdp_forward_method`, so they run FSDP's pre/post-forward hooks
+  like `forward` does: the root's parameters (patch embedding, condition embedder, head) are
+  all-gathered before the call, each block all-gathers its own as it is entered (its own
+  hooks) and reshards after it. Without this the root-level layers would see sharded
+  DTensor parameters and fail.
+- the wrapped module, for the training forward (loss) only. The DDP wrapper here forwards
+  unknown attributes to the wrapped module, so `wrapped.config` works as on the raw model.
+
+Gradient averaging: DDP all-reduces and FSDP2 reduce-scatters the *mean* gradient over ranks;
+with the same local batch on every rank that is the gradient of the mean loss over the global
+batch, as a single process with the whole batch would compute (up to float summation order).
+
+CUDA / NCCL: the code paths exist (backend choice, `torch.cuda.set_device(LOCAL_RANK)`,
+`device_ids` for DDP, a CUDA device mesh for FSDP2) but are UNTESTED here; the tests run
+2 CPU processes with Gloo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+MODES = ("auto", "none", "ddp", "fsdp")
+RANK_SEED_STRIDE = 1_000_000_007
+"""Rank r draws its data and noise from seed + r * RANK_SEED_STRIDE (rank 0: the single-process
+streams)."""
+
+
+# ----------------------------------------------------------------------------- environment
+def launched_by_torchrun() -> bool:
+    return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1")) if launched_by_torchrun() else 1
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def resolve_mode(mode: str) -> str:
+    """'auto' -> 'ddp' when torchrun launched more than one process, else 'none'."""
+    if mode not in MODES:
+        raise ValueError(f"parallel must be one of {MODES}, got {mode!r}")
+    n = env_world_size()
+    if mode == "auto":
+        return "ddp" if n > 1 else "none"
+    if mode == "none" and n > 1:
+        raise ValueError(f"parallel=none but torchrun started {n} processes: they would train "
+                         f"separate copies into one run directory; use parallel=ddp or fsdp")
+    if mode in ("ddp", "fsdp") and not launched_by_torchrun():
+        raise ValueError(f"parallel={mode} needs a torchrun launch (WORLD_SIZE, RANK and "
+                         f"LOCAL_RANK unset); e.g. torchrun --nproc_per_node=2 -m resforce.cli train ...")
+    return mode
+
+
+def setup(mode: str, device: torch.device) -> tuple[str, torch.device]:
+    """(resolved mode, this rank's device). For ddp/fsdp: initialise the default process group
+    once (NCCL for CUDA - untested here -, Gloo otherwise); on CUDA the device becomes
+    cuda:LOCAL_RANK and is made current."""
+    mode = resolve_mode(mode)
+    if mode == "none":
+        return mode, device
+    if device.type == "cuda":  # UNTESTED here (CPU-only machine)
+        device = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device)
+    if not is_distributed():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return mode, device
+
+
+def shutdown() -> None:
+    """Destroy the default process group (if any); call once at the end of a torchrun job."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- collectives
+def all_reduce_mean(x: float) -> float:
+    """Mean of a Python float over ranks (for logging); x itself without a process group."""
+    if not is_distributed():
+        return x
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(x)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / world_size()
+
+
+def gather_objects(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s obj on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def to_float(x) -> float:
+    """float() of a tensor that may be a DTensor (e.g. FSDP2's clip_grad_norm_ result)."""
+    if hasattr(x, "full_tensor"):
+        x = x.full_tensor()
+    return float(x)
+
+
+# ----------------------------------------------------------------------------- wrapping
+class _DDP(nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel whose unknown attributes (e.g. `.config`) come from the module."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+FORWARD_METHODS = ("forward_chunk", "write_cache")
+"""Methods other than forward that run the model; FSDP2 must unshard around them."""
+
+
+def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None,
+               forward_methods=FORWARD_METHODS) -> nn.Module:
+    """The module to run the training forward on.
+
+    none: `model`. ddp: DistributedDataParallel(model) (the raw model stays `model`; parameters
+    are broadcast from rank 0 at construction). fsdp: FSDP2 on a 1-D mesh of all ranks,
+    `fully_shard` per block of `model.blocks`, then the root, in place (so the return value IS
+    `model`); `forward_methods` are registered as FSDP forward methods. Build the optimizer
+    AFTER wrapping: fully_shard replaces the parameters by sharded DTensors."""
+    if mode == "none":
+        return model
+    device = device or next(model.parameters()).device
+    if mode == "ddp":
+        ids = [device.index] if device.type == "cuda" else None  # cuda: untested here
+        return _DDP(model, device_ids=ids)
+    if mode == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        mesh = init_device_mesh(device.type, (world_size(),))
+        for block in getattr(model, "blocks", []):
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        for name in forward_methods:
+            if hasattr(model, name):
+                register_fsdp_forward_method(model, name)
+        return model
+    raise ValueError(f"wrap_model mode must be none, ddp or fsdp, got {mode!r}")
+
+
+def shard_like_model(module: nn.Module, mode: str, device: torch.device | None = None) -> nn.Module:
+    """Lay out a copy of the model (the EMA) like the trained one: sharded the same way under
+    fsdp (so `ema_p.lerp_(p)` is a local, shard-by-shard update and costs no communication),
+    untouched otherwise (DDP / none: every rank holds the full, identical EMA)."""
+    if mode == "fsdp":
+        wrap_model(module, "fsdp", device, forward_methods=())
+    return module
+
+
+@contextlib.contextmanager
+def no_grad_sync(wrapped: nn.Module, skip: bool):
+    """Skip the gradient all-reduce / reduce-scatter inside (gradient-accumulation micro-batches
+    but the last); the gradients still accumulate locally and sync on the last one."""
+    if not skip:
+        yield
+    elif isinstance(wrapped, nn.parallel.DistributedDataParallel):
+        with wrapped.no_sync():
+            yield
+    elif hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
+        wrapped.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            wrapped.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+# ----------------------------------------------------------------------------- state dicts
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state_dict(module: nn.Module, mode: str) -> dict:
+    """The full state dict of the raw module. fsdp: a collective (every rank must call it); the
+    gathered tensors (on the CPU) are on rank 0 only, other ranks get {}. none/ddp: the
+    module's own state dict (full on every rank)."""
+    if mode != "fsdp":
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    return get_model_state_dict(module, options=_options())
+
+
+def load_full_state_dict(module: nn.Module, sd: dict, mode: str) -> None:
+    """Load a full state dict (every rank passes the same one) into the raw module; fsdp keeps
+    each rank's shard of it."""
+    if mode != "fsdp":
+        module.load_state_dict(sd)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    set_model_state_dict(module, dict(sd), options=StateDictOptions(full_state_dict=True))
+
+
+def full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, mode: str) -> dict:
+    """The optimizer state in torch's own format (`opt.state_dict()`: parameters numbered in
+    `model.parameters()` order), full tensors, whatever the mode: checkpoints stay
+    interchangeable between none, ddp and fsdp. fsdp: a collective; {} on ranks > 0."""
+    if mode != "fsdp":
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    sd = get_optimizer_state_dict(model, opt, options=_options())
+    if not sd:
+        return {}
+    index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    return {"state": {index[k]: v for k, v in sd["state"].items()},
+            "param_groups": [{**g, "params": [index[k] for k in g["params"]]} for g in sd["param_groups"]]}
+
+
+def load_full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, sd: dict, mode: str) -> None:
+    """Inverse of `full_optim_state_dict` (every rank passes the same full state)."""
+    if mode != "fsdp":
+        opt.load_state_dict(sd)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    names = [name for name, _ in model.named_parameters()]
+    fqn = {"state": {names[i]: v for i, v in sd["state"].items()},
+           "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]}
+    set_optimizer_state_dict(model, opt, fqn, options=StateDictOptions(full_state_dict=True))
+
+
+__all__ = ["MODES", "RANK_SEED_STRIDE", "launched_by_torchrun", "env_world_size", "is_distributed",
+           "world_size", "rank", "local_rank", "is_main", "barrier", "resolve_mode", "setup",
+           "shutdown", "all_reduce_mean", "gather_objects", "broadcast_object", "to_float",
+           "wrap_model", "shard_like_model", "no_grad_sync", "full_state_dict",
+           "load_full_state_dict", "full_optim_state_dict", "load_full_optim_state_dict"]
