@@ -25,5 +25,4 @@ done
 for v in "topk 4" "topk 1" "window 1" "window 4"; do
   set -- $v
   ev "bb_resampling_s0_${1}$2" "$RUNS/bb_resampling_s0" --$1 $2
-  ev "bb_teacher_s0_${1}$2" "$RUNS/bb_teacher_s0" --$1 $2
 done

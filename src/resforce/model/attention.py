@@ -114,13 +114,20 @@ class CachedLayout:
 
     def attend(self, layer, q, k, v):
         lc = self.cache[layer]
-        hist_k, hist_v = lc.chunks()
-        if hist_k is not None:
-            k_all = torch.cat([hist_k.flatten(2, 3), k], dim=2)
-            v_all = torch.cat([hist_v.flatten(2, 3), v], dim=2)
-        else:
+        tpc = self.cache.tokens_per_chunk
+        if k.requires_grad or k.shape[2] != tpc:  # autograd: keep the graph, no in-place staging
+            hist_k, hist_v = lc.chunks()
             k_all, v_all = k, v
+            if hist_k is not None:
+                k_all = torch.cat([hist_k.flatten(2, 3), k], 2)
+                v_all = torch.cat([hist_v.flatten(2, 3), v], 2)
+            if self.write:
+                lc.append(k.detach(), v.detach(), tpc)
+            return F.scaled_dot_product_attention(q, k_all, v_all)
+        # the chunk's keys go into the cache's next slot; attention reads a view of
+        # [cache | chunk], so no step copies the whole cache
+        k_all, v_all = lc.stage(k, v, tpc)
         out = F.scaled_dot_product_attention(q, k_all, v_all)
         if self.write:
-            lc.append(k, v, self.cache.tokens_per_chunk)
+            lc.commit()
         return out

@@ -33,8 +33,11 @@ class LayerCache:
             new_m[:, :, :n] = self.k_mean[:, :, :n]
         self.k, self.v, self.k_mean = new_k, new_v, new_m
 
-    def append(self, k: torch.Tensor, v: torch.Tensor, tokens_per_chunk: int) -> None:
-        """Append (B, heads, c * tokens_per_chunk, d) keys/values of c whole chunks."""
+    def stage(self, k: torch.Tensor, v: torch.Tensor, tokens_per_chunk: int):
+        """Put (B, heads, c * tokens_per_chunk, d) keys/values of c whole chunks into the
+        slots after the cached ones, without committing them, and return views (B, heads,
+        (n + c) * tokens_per_chunk, d) of cache + staged keys/values. Attention reads these
+        views instead of a concatenated copy of the whole cache at every step."""
         k = k.unflatten(2, (-1, tokens_per_chunk))
         v = v.unflatten(2, (-1, tokens_per_chunk))
         c = k.shape[2]
@@ -43,8 +46,18 @@ class LayerCache:
         n = self.num_chunks
         self.k[:, :, n:n + c] = k
         self.v[:, :, n:n + c] = v
-        self.k_mean[:, :, n:n + c] = k.mean(dim=3)
-        self.num_chunks = n + c
+        return self.k[:, :, :n + c].flatten(2, 3), self.v[:, :, :n + c].flatten(2, 3)
+
+    def commit(self, chunks: int = 1) -> None:
+        """Make the staged chunks part of the cache (and record their mean keys)."""
+        n = self.num_chunks
+        self.k_mean[:, :, n:n + chunks] = self.k[:, :, n:n + chunks].mean(dim=3)
+        self.num_chunks = n + chunks
+
+    def append(self, k: torch.Tensor, v: torch.Tensor, tokens_per_chunk: int) -> None:
+        """Append (B, heads, c * tokens_per_chunk, d) keys/values of c whole chunks."""
+        self.stage(k, v, tokens_per_chunk)
+        self.commit(k.shape[2] // tokens_per_chunk)
 
     def chunks(self, index: torch.Tensor | slice | None = None):
         """(k, v) of the cached chunks, (B, heads, n, L, d); all of them by default."""
