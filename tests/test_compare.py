@@ -5,6 +5,7 @@ import json
 import pytest
 
 from resforce.cli import main
+from browser import NO_BROWSER, body_attrs, dump_dom, find_browser, serve
 from tiny import tiny
 
 
@@ -38,3 +39,16 @@ def test_compare_writes_page_with_every_asset(runs, tmp_path):
         assert (out / asset).stat().st_size > 0
         assert asset in html
     assert "TF" in html and "RF" in html and (out / "table.txt").read_text().count("TF") >= 3
+    browser = find_browser()
+    if browser is None:
+        pytest.skip(NO_BROWSER)
+    server = serve(tmp_path)
+    try:
+        dom = dump_dom(browser, f"http://127.0.0.1:{server.server_address[1]}/cmp/index.html", tmp_path / "profile")
+    finally:
+        server.shutdown()
+        server.server_close()
+    a = body_attrs(dom)
+    assert a["data-videos-loaded"] == a["data-videos-total"] == "2", a
+    assert a["data-images-loaded"] == a["data-images-total"] and int(a["data-images-total"]) >= 4, a
+    assert a["data-media-errors"] == "0", a

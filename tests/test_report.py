@@ -4,13 +4,7 @@ The browser test loads the page in headless Chromium (served over HTTP on 127.0.
 checks from the dumped DOM that every <img> and <video> really loaded and decoded.
 """
 
-import functools
-import http.server
-import os
 import re
-import shutil
-import subprocess
-import threading
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,7 +14,8 @@ import pytest
 from resforce import metrics as M
 from resforce import report as R
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+from browser import NO_BROWSER, body_attrs, dump_dom, find_browser, serve
+
 
 
 def tiny_video(frames=6, size=32, seed=0):
@@ -131,61 +126,10 @@ def test_markdown_to_html():
     assert '<p class="note">* = note</p>' in h
 
 
-def _browser():
-    for b in BROWSERS:
-        path = shutil.which(b)
-        if path:
-            return path
-    return None
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-def _dump_dom(browser: str, url: str, profile: Path) -> str:
-    cmd = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--mute-audio",
-        "--autoplay-policy=no-user-gesture-required",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=5000",
-        "--dump-dom",
-        url,
-    ]
-    env = dict(os.environ, HOME=str(profile))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
-
-
-def _serve(directory: Path):
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server
-
-
-def _body_attrs(dom: str) -> dict:
-    m = re.search(r"<body([^>]*)>", dom)
-    assert m, dom[:500]
-    return dict(re.findall(r'(data-[a-z-]+)="([^"]*)"', m.group(1)))
-
-
 def test_page_loads_in_headless_chromium(tmp_path):
-    browser = _browser()
+    browser = find_browser()
     if browser is None:
-        pytest.skip("no chromium on PATH: install Debian's chromium package (make test does this where apt is available)")
+        pytest.skip(NO_BROWSER)
     out = tmp_path / "site"
     build_page(out)
     # negative control: an undecodable video and a missing image must be reported as not loaded
@@ -195,22 +139,22 @@ def test_page_loads_in_headless_chromium(tmp_path):
     (bad / "broken.png").write_bytes(b"not a png")
     R.write_compare_page(bad, [{"name": "broken", "video_path": "broken.mp4"}], ["broken.png"])
 
-    server = _serve(tmp_path)
+    server = serve(tmp_path)
     try:
         port = server.server_address[1]
-        dom = _dump_dom(browser, f"http://127.0.0.1:{port}/site/index.html", tmp_path / "profile")
-        dom_bad = _dump_dom(browser, f"http://127.0.0.1:{port}/bad/index.html", tmp_path / "profile")
+        dom = dump_dom(browser, f"http://127.0.0.1:{port}/site/index.html", tmp_path / "profile")
+        dom_bad = dump_dom(browser, f"http://127.0.0.1:{port}/bad/index.html", tmp_path / "profile")
     finally:
         server.shutdown()
         server.server_close()
 
-    a = _body_attrs(dom)
+    a = body_attrs(dom)
     assert a.get("data-images-total") == "2" and a.get("data-images-loaded") == "2", a
     assert a.get("data-videos-total") == "2" and a.get("data-videos-loaded") == "2", a
     assert a.get("data-media-errors") == "0", a
     assert len(re.findall(r"<video[^>]*data-loaded=\"1\"", dom)) == 2
     assert len(re.findall(r"<img[^>]*data-loaded=\"1\"", dom)) == 2
 
-    b = _body_attrs(dom_bad)
+    b = body_attrs(dom_bad)
     assert b.get("data-videos-loaded") == "0" and b.get("data-images-loaded") == "0", b
     assert b.get("data-media-errors") == "2", b
