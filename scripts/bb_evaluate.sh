@@ -15,6 +15,10 @@ ev() {  # name run [extra args]
   local name=$1 run=$2; shift 2
   [ -f "$OUT/$name.json" ] && return 0
   [ -d "$run/checkpoints" ] || { echo "skip $name: $run has no checkpoints"; return 0; }
+  case $run in  # only finished runs (the warm-up stops at 1500 by design)
+    */bb_warmup) ;;
+    *) [ -d "$run/checkpoints/step_0000${FINAL_STEP:-2300}" ] || { echo "skip $name: not finished"; return 0; } ;;
+  esac
   $RF eval "$run" --chunks "$CHUNKS" --samples "$SAMPLES" --segment 32 --seed 0 --json "$OUT/$name.json" "$@" \
     > "$OUT/$name.txt" 2>/dev/null && echo "evaluated $name"
 }
