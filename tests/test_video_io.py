@@ -169,3 +169,16 @@ def test_save_grid_video(tmp_path):
     assert loaded.shape == (3, 3, 32, 66)
     assert np.abs(loaded[:, :, :, 34:] - b).mean() < 0.1
     assert loaded[:, :, 4:-4, 32:34].mean() > 0.8  # white separator
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+
+    from resforce.fileio import write_text_atomic
+
+    mask = os.umask(0o022)
+    try:
+        p = write_text_atomic(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(mask)
+    assert os.stat(p).st_mode & 0o777 == 0o644
