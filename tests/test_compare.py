@@ -52,3 +52,13 @@ def test_compare_writes_page_with_every_asset(runs, tmp_path):
     assert a["data-videos-loaded"] == a["data-videos-total"] == "2", a
     assert a["data-images-loaded"] == a["data-images-total"] and int(a["data-images-total"]) >= 4, a
     assert a["data-media-errors"] == "0", a
+
+
+def test_demo_runs_from_the_shipped_models(tmp_path, capsys):
+    from resforce.cli_eval import shipped_models
+
+    assert all(p.is_file() for p in shipped_models().values())  # no retraining in make demo
+    main(["demo", "--out", str(tmp_path), "--samples", "1", "--chunks", "3", "--segment", "2"])
+    out = capsys.readouterr().out
+    assert "demo report" in out and (tmp_path / "report" / "index.html").is_file()
+    assert (tmp_path / "report" / "resampling_forcing.mp4").stat().st_size > 0

@@ -34,7 +34,8 @@ def cmd_eval(args) -> None:
 
 
 def compare(runs: list, names: list[str], out_dir, samples: int, chunks: int | None, seed: int = 0,
-            prefix_chunks: int = 2, notes: str = "", title: str = "resforce comparison", **gen_kwargs) -> Path:
+            prefix_chunks: int = 2, notes: str = "", title: str = "resforce comparison",
+            segment_len: int | None = None, **gen_kwargs) -> Path:
     """Evaluate every run on the same seeds and write out_dir/index.html."""
     from .evaluation import evaluate, save_json, table_metrics
     from .metrics import DRIFT_DEFINITION, format_table
@@ -47,7 +48,7 @@ def compare(runs: list, names: list[str], out_dir, samples: int, chunks: int | N
     for run, name in zip(runs, names):
         print(f"[{name}] rolling out {samples} samples from {run}")
         evs.append(evaluate(run, name=name, samples=samples, chunks=chunks, seed=seed,
-                            prefix_chunks=prefix_chunks, **gen_kwargs))
+                            prefix_chunks=prefix_chunks, segment_len=segment_len, **gen_kwargs))
     slug = lambda s: "".join(c if c.isalnum() else "_" for c in s.lower())
     methods, rows = [], []
     for ev in evs:
@@ -81,7 +82,7 @@ def cmd_compare(args) -> None:
         raise ValueError(f"--names gives {len(names)} names for {len(args.runs)} runs")
     page = compare(args.runs, names, args.out, args.samples, args.chunks, seed=args.seed or 0,
                    prefix_chunks=args.prefix_chunks if args.prefix_chunks is not None else 2,
-                   **_gen_kwargs(args))
+                   segment_len=args.segment, **_gen_kwargs(args))
     print(f"comparison page: {page}")
 
 
@@ -96,7 +97,7 @@ def cmd_demo(args) -> None:
     if args.retrain or not all(p.is_file() for p in models.values()):
         models = retrain_demo_models(out / "runs", args.configs)
     page = compare(list(models.values()), list(models), out / "report", samples=args.samples,
-                   chunks=args.chunks, seed=0, prefix_chunks=2,
+                   chunks=args.chunks, seed=0, prefix_chunks=2, segment_len=args.segment,
                    title="Teacher forcing vs Resampling Forcing on bouncing balls",
                    notes=f"Rollouts {args.chunks} chunks long from 2 given frames; models: "
                          + ", ".join(f"{k}: {v.name}" for k, v in models.items()))
@@ -139,13 +140,15 @@ def add_commands(sub, add_sampling_args) -> None:
     c.add_argument("--out", required=True, help="output directory (index.html, videos, plots)")
     c.add_argument("--names", default=None, help="comma-separated method names")
     c.add_argument("--samples", type=int, default=16)
+    c.add_argument("--segment", type=int, default=None, help="frames per table segment (default: training length)")
     add_sampling_args(c)
     c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="teacher forcing vs Resampling Forcing on bouncing balls")
     d.add_argument("--out", default="outputs/demo")
     d.add_argument("--samples", type=int, default=8)
-    d.add_argument("--chunks", type=int, default=128)
+    d.add_argument("--chunks", type=int, default=96, help="generated chunks (12x the 8-frame training clips)")
+    d.add_argument("--segment", type=int, default=24, help="frames per table segment")
     d.add_argument("--retrain", action="store_true",
                    help="train the two models from scratch (about an hour on 2 CPU cores) instead of "
                         "using the shipped checkpoints")
