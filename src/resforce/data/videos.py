@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import av
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from resforce.data.common import coerce_config
 from PIL import Image
 
 
@@ -77,12 +77,7 @@ class VideoFolder:
     """Random clips from the video files under config.root; resumable like BouncingBalls."""
 
     def __init__(self, config: VideoFolderConfig | Mapping[str, Any]) -> None:
-        if isinstance(config, Mapping):  # a plain dict or an OmegaConf section
-            if isinstance(config, DictConfig):
-                config = OmegaConf.to_container(config, resolve=True)
-            config = VideoFolderConfig(**config)
-        config.validate()  # fields may have been mutated since construction
-        self.config = config
+        config = self.config = coerce_config(config, VideoFolderConfig)
         self.files = _list_videos(Path(config.root), config.extensions)
         self.rng = np.random.default_rng(config.seed)
         self._frame_counts: dict[Path, int] = {}  # demuxing is cheap but not free; files don't change

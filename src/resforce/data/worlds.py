@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from resforce.data.common import coerce_config
 from torch.utils.data import IterableDataset, get_worker_info
 
 # Six saturated colours that are pairwise >= 1.0 apart in RGB, so nearest-colour segmentation
@@ -271,14 +271,7 @@ class BouncingBalls(IterableDataset):
     def __init__(
         self, config: BouncingBallsConfig | Mapping[str, Any] | None = None, num_frames: int = 16
     ) -> None:
-        if config is None:
-            config = BouncingBallsConfig()
-        elif isinstance(config, Mapping):  # a plain dict or an OmegaConf section
-            if isinstance(config, DictConfig):
-                config = OmegaConf.to_container(config, resolve=True)
-            config = BouncingBallsConfig(**config)
-        config.validate()  # fields may have been mutated since construction
-        self.config = config
+        self.config = coerce_config(BouncingBallsConfig() if config is None else config, BouncingBallsConfig)
         self.num_frames = num_frames
         self.rng = np.random.default_rng(self.config.seed)
         self.clips_emitted = 0
