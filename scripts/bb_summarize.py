@@ -31,12 +31,19 @@ def load(root: Path):
     return runs
 
 
+def full_segments(d):
+    """Indices of the whole segments (a short tail segment is left out of the tables)."""
+    return [i for i, r in enumerate(d["rows"]) if r["end"] - r["start"] == d["segment_len"]]
+
+
 def seg_labels(d):
-    return [f"{r['start']}-{r['end']}" + (" *" if r["beyond_train"] else "") for r in d["rows"]]
+    return [f"{r['start']}-{r['end']}" + (" *" if r["beyond_train"] else "")
+            for i, r in enumerate(d["rows"]) if i in full_segments(d)]
 
 
 def per_sample(d, metric):
-    return np.array([[np.nan if x is None else x for x in row] for row in d["per_sample_segments"][metric]])
+    x = np.array([[np.nan if x is None else x for x in row] for row in d["per_sample_segments"][metric]])
+    return x[:, full_segments(d)]
 
 
 def fmt(m, se, dagger=False):
