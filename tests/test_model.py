@@ -4,7 +4,6 @@ equivalence, RoPE offsets, FlexAttention vs SDPA. Tiny random models, seconds ea
 import pytest
 import torch
 
-from resforce.flow import add_noise
 from resforce.model import build_model
 from resforce.model.attention import expand_chunk_mask, two_stream_chunk_mask
 from resforce.model.rope import apply_rope, grid_positions, rope_cos_sin
@@ -28,7 +27,6 @@ def data(b=2, n=N, seed=1, c=3):
 
 def cached_outputs(model, hist, noisy, t, t_hist=None):
     """Chunk by chunk: velocity of noisy chunk i given the cache of history chunks < i."""
-    b = hist.shape[0]
     cache = model.new_cache(H, W)
     outs = []
     for i in range(t.shape[1]):

@@ -183,7 +183,7 @@ def test_masked_topk_selection_matches_python_loop():
         for hh in range(h):
             for row in range(2 * n * L):
                 c = row // L
-                i, noisy = c % n, c >= n
+                i = c % n
                 scores = {j: float(q[bb, hh, row] @ means[bb, hh, j]) for j in range(i)}
                 expect = torch.zeros(2 * n, dtype=torch.bool)
                 for j in sorted(scores, key=lambda j: -scores[j])[:kk]:

@@ -1,7 +1,6 @@
 """Wan weights in CausalVideoDiT: parity with diffusers' WanTransformer3DModel on tiny random
 models (no downloads), per-chunk timesteps, block-causal chunks, loading from disk, errors."""
 
-import json
 
 import pytest
 import torch

@@ -18,7 +18,6 @@ from typing import Callable
 import torch
 
 from .flow import add_noise, euler_grid, euler_sample, guided
-from .model.attention import CachedLayout
 from .model.cache import KVCache
 from .model.dit import CausalVideoDiT
 

@@ -16,7 +16,7 @@ Video tensors are (B, C, F, H, W); timesteps t are in [0, 1] (1 = pure noise), o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
