@@ -132,7 +132,8 @@ def main():
             print(f"\n**{what}**, by frame segment (* = beyond the 8-frame training clips):\n\n{t}")
     seeds = sorted({int(m.group(1)) for n in runs if (m := re.fullmatch(r"bb_resampling_s(\d+)", n))})
     pairs = [(f"bb_resampling_s{s}", f"bb_teacher_s{s}", f"RF − TF, seed {s}") for s in seeds]
-    pairs += [(f"bb_teacher_s{s}", "bb_warmup", f"TF (step 2300) − warm-up (step 1500), seed {s}") for s in seeds]
+    tf_seeds = sorted({int(m.group(1)) for n in runs if (m := re.fullmatch(r"bb_teacher_s(\d+)", n))})
+    pairs += [(f"bb_teacher_s{s}", "bb_warmup", f"TF (step 2300) − warm-up (step 1500), seed {s}") for s in tf_seeds]
     for s in (0, 1, 2):
         pairs += [(f"bb_resampling_s{s}", f"bb_parallel_resampling_s{s}", f"AR − parallel resampling, seed {s}"),
                   (f"bb_parallel_resampling_s{s}", f"bb_noise_aug_s{s}", f"parallel resampling − noise aug, seed {s}")]
