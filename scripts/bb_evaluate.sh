@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RF=${RESFORCE:-.venv/bin/resforce}
+PY=${PYTHON:-.venv/bin/python}
 RUNS=${RUNS:-runs}
 OUT=${OUT:-results/bb}
 SAMPLES=${SAMPLES:-16}
@@ -17,7 +18,10 @@ ev() {  # name run [extra args]
   [ -d "$run/checkpoints" ] || { echo "skip $name: $run has no checkpoints"; return 0; }
   case $run in  # only finished runs (the warm-up stops at 1500 by design)
     */bb_warmup) ;;
-    *) [ -d "$run/checkpoints/step_0000${FINAL_STEP:-2300}" ] || { echo "skip $name: not finished"; return 0; } ;;
+    *) local final
+       final=$($PY -c "import sys; from omegaconf import OmegaConf as O
+print(sum(s.steps for s in O.load(sys.argv[1]).stages))" "$run/config.yaml")
+       [ -d "$run/checkpoints/$(printf step_%08d "$final")" ] || { echo "skip $name: not finished"; return 0; } ;;
   esac
   $RF eval "$run" --chunks "$CHUNKS" --samples "$SAMPLES" --segment 32 --seed 0 --json "$OUT/$name.json" "$@" \
     > "$OUT/$name.txt" 2>/dev/null && echo "evaluated $name"

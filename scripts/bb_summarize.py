@@ -23,6 +23,10 @@ LABEL = {"warmup": "TF warm-up (step 1500)", "teacher": "teacher forcing", "nois
          "resampling": "Resampling Forcing (AR)"}
 # the resampling-shift ablation: s = 0.6 is the main recipe (bb_resampling)
 SHIFT_ORDER = ["resampling_shift0.1", "resampling", "resampling_shift3.0"]
+# training length: 800 vs 3000 steps after the warm-up (configs/bb_long_*.yaml)
+LONG_ORDER = ["teacher", "long_teacher", "resampling", "long_resampling"]
+LONG_LABEL = {"teacher": "TF, 800 steps", "long_teacher": "TF, 3000 steps",
+              "resampling": "RF, 800 steps", "long_resampling": "RF, 3000 steps"}
 SHIFT_LABEL = {"resampling_shift0.1": "RF, s = 0.1", "resampling": "RF, s = 0.6", "resampling_shift3.0": "RF, s = 3.0"}
 
 
@@ -147,6 +151,13 @@ def main():
         print(f"\n**Resampling shift s** (drift; history degraded less for small s):\n\n{t}")
         t = paired_table(runs, "drift", [(f"bb_{k}_s0", "bb_resampling_s0", f"{SHIFT_LABEL[k]} − s = 0.6, seed 0")
                                          for k in SHIFT_ORDER if k != "resampling"])
+        if t:
+            print(f"\n{t}")
+    if any(n.startswith("bb_long_") for n in runs):
+        t = method_table(runs, "drift", LONG_ORDER, LONG_LABEL)
+        print(f"\n**Training length** (drift; steps after the shared warm-up):\n\n{t}")
+        t = paired_table(runs, "drift", [(f"bb_long_resampling_s{s}", f"bb_long_teacher_s{s}", f"RF − TF, 3000 steps, seed {s}")
+                                         for s in range(3)])
         if t:
             print(f"\n{t}")
     att = [(f"bb_resampling_s0_{v}", "bb_resampling_s0", f"RF {v} − RF dense") for v in ("topk4", "topk1", "window1", "window4")]

@@ -18,7 +18,7 @@ RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 def test_every_recipe_loads(recipe):
     cfg = load_config(recipe)
     assert cfg.stages and all(s.steps > 0 for s in cfg.stages)
-    if recipe.stem.startswith("bb_") and recipe.stem != "bb_base":
+    if recipe.stem.startswith("bb_") and recipe.stem != "bb_base" and not recipe.stem.startswith("bb_long"):
         # equal compute per method: every branch is the same warm-up plus the same number of steps
         assert [s.steps for s in cfg.stages][0] == 1500 and sum(s.steps for s in cfg.stages) == 2300
     if m := re.fullmatch(r"bb_resampling_shift([\d.]+)", recipe.stem):
@@ -51,6 +51,7 @@ def test_summarize_seed_statistics_shift_table_and_plots(tmp_path, capsys, monke
     # one seed: s.e. over rollouts, marked with a dagger
     _fake_eval(tmp_path / "bb_resampling_s0.json", np.array([[0.0, 0.1], [0.2, 0.3]]))
     _fake_eval(tmp_path / "bb_resampling_shift0.1_s0.json", np.array([[0.1, 0.1], [0.1, 0.1]]))
+    _fake_eval(tmp_path / "bb_long_teacher_s0.json", np.array([[0.3, 0.3], [0.1, 0.1]]))
     monkeypatch.setattr("sys.argv", ["bb_summarize.py", str(tmp_path)])
     _summarize_module().main()
     out = capsys.readouterr().out
@@ -60,5 +61,6 @@ def test_summarize_seed_statistics_shift_table_and_plots(tmp_path, capsys, monke
     assert "| RF − TF, seed 0 | 0.000 ± 0.000 | -0.100 ± 0.000 |" in out
     assert "| RF, s = 0.1 | 1 | 0.100 ± 0.000† | 0.100 ± 0.000† |" in out
     assert "| RF, s = 0.1 − s = 0.6, seed 0 | 0.000 ± 0.100 | -0.100 ± 0.100 |" in out
+    assert "| TF, 3000 steps | 1 | 0.200 ± 0.100† | 0.200 ± 0.100† |" in out
     for png in ("methods_drift_vs_horizon.png", "shift_count_error_vs_horizon.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
