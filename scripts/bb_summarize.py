@@ -141,6 +141,7 @@ def main():
     for s in (0, 1, 2):
         pairs += [(f"bb_resampling_s{s}", f"bb_parallel_resampling_s{s}", f"AR − parallel resampling, seed {s}"),
                   (f"bb_parallel_resampling_s{s}", f"bb_noise_aug_s{s}", f"parallel resampling − noise aug, seed {s}")]
+    pairs += [(f"bb_noise_aug_s{s}", f"bb_teacher_s{s}", f"noise aug − TF, seed {s}") for s in range(3)]
     pairs += [("bb_diffusion_forcing_s0", "bb_teacher_s0", "diffusion forcing − TF, seed 0"),
               ("bb_resampling_s0", "bb_diffusion_forcing_s0", "RF − diffusion forcing, seed 0")]
     t = paired_table(runs, "drift", pairs)
@@ -149,8 +150,9 @@ def main():
     t = method_table(runs, "drift", SHIFT_ORDER, SHIFT_LABEL)
     if t and sum(f"bb_{k}_s0" in runs for k in SHIFT_ORDER) > 1:
         print(f"\n**Resampling shift s** (drift; history degraded less for small s):\n\n{t}")
-        t = paired_table(runs, "drift", [(f"bb_{k}_s0", "bb_resampling_s0", f"{SHIFT_LABEL[k]} − s = 0.6, seed 0")
-                                         for k in SHIFT_ORDER if k != "resampling"])
+        t = paired_table(runs, "drift", [(f"bb_{k}_s{s}", f"bb_{ref}_s{s}", f"{SHIFT_LABEL[k]} − {name}, seed {s}")
+                                         for ref, name in (("resampling", "s = 0.6"), ("teacher", "TF"))
+                                         for k in SHIFT_ORDER if k != ref for s in range(3)])
         if t:
             print(f"\n{t}")
     if any(n.startswith("bb_long_") for n in runs):
