@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from resforce.config import load_config
+from tiny import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
@@ -64,3 +65,27 @@ def test_summarize_seed_statistics_shift_table_and_plots(tmp_path, capsys, monke
     assert "| TF, 3000 steps | 1 | 0.200 ± 0.100† | 0.200 ± 0.100† |" in out
     for png in ("methods_drift_vs_horizon.png", "shift_count_error_vs_horizon.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_history_gap_scores_degraded_histories(tmp_path, capsys):
+    """A tiny run's self-resampled histories get scored; stronger shift -> further from the truth."""
+    from resforce.cli import main
+
+    run = tmp_path / "rf"  # velocity prediction: one Euler step from a tiny t_s barely moves the clip
+    main(["train", "configs/bb_resampling.yaml", *tiny(run, "stages.0.steps=2", "stages.1.steps=1",
+                                                        "model.prediction=velocity", "loss_space=velocity")])
+    ev = tmp_path / "ev.json"
+    main(["eval", str(run), "--chunks", "6", "--samples", "2", "--segment", "4", "--json", str(ev)])
+    spec = importlib.util.spec_from_file_location("bb_history_gap", ROOT / "scripts" / "bb_history_gap.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "gap.md"
+    mod.main([str(run), str(ev), "--samples", "8", "--shifts", "0.01,100", "--out", str(out)])
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| frames")}
+    assert list(rows) == ["ground truth", "self-resampled, s = 0.01", "self-resampled, s = 100",
+                          "its rollouts, frames 2-8", "its rollouts, frames 2-6"]
+    drift = {name: float(r[0]) for name, r in rows.items()}
+    # an untrained model resampling from t_s ~ 1 (s = 100) ruins the clip; t_s ~ 0 (s = 0.01) keeps it
+    assert drift["ground truth"] <= drift["self-resampled, s = 0.01"] + 0.02
+    assert drift["self-resampled, s = 0.01"] + 0.1 < drift["self-resampled, s = 100"]
