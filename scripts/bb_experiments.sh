@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The bouncing-balls experiments behind README's tables, resumable: re-run it and every run
 # continues from its last checkpoint. Two training processes with one thread each (the
-# fastest use of 2 cores, CPU-BUDGET.md). About 70 minutes on 2 CPU cores
-# (measured: 1500 warm-up steps at ~1 s, branches at 1.4-2.3 s per step per process).
+# fastest use of 2 cores, CPU-BUDGET.md). About 4 hours on 2 CPU cores for the default JOBS
+# (measured: 1500 warm-up steps at ~1 s; each 800-step branch 22-30 min at 1.5-2.1 s per step
+# with two processes running).
 #
 #   1. one shared teacher-forcing warm-up (1500 steps)   -> runs/bb_warmup
 #   2. branches of 800 steps from it, one per method and seed (equal compute per method)
@@ -14,9 +15,11 @@ RUNS=${RUNS:-runs}
 
 OMP_NUM_THREADS=2 $RF train configs/bb_teacher.yaml run_dir=$RUNS/bb_warmup --stop-at 1500
 
-# method:seed, in order of priority. README's tables used the first six; add e.g.
-# JOBS="teacher:2 resampling:2 diffusion_forcing:0" for more seeds and methods.
-JOBS=${JOBS:-"teacher:0 resampling:0 noise_aug:0 parallel_resampling:0 teacher:1 resampling:1"}
+# method:seed, in order of priority; a method is configs/bb_<method>.yaml. The default is the
+# list behind README's tables. Longer training (not in README yet): JOBS="long_teacher:0 long_resampling:0".
+JOBS=${JOBS:-"teacher:0 resampling:0 noise_aug:0 parallel_resampling:0 teacher:1 resampling:1
+  teacher:2 resampling:2 resampling_shift0.1:0 resampling_shift3.0:0 diffusion_forcing:0 noise_aug:1
+  parallel_resampling:1 resampling_shift0.1:1 resampling_shift0.1:2"}
 for job in $JOBS; do echo "$job"; done | xargs -P 2 -I{} bash -c '
   m=${1%%:*}; s=${1##*:}
   OMP_NUM_THREADS=1 '"$RF"' train configs/bb_$m.yaml run_dir='"$RUNS"'/bb_${m}_s$s seed=$s \
