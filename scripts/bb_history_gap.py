@@ -18,28 +18,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resforce import metrics as M
 from resforce.checkpoint import load_model
+from resforce.evaluation import score_videos
 from resforce.fileio import write_text_atomic
 from resforce.history import HistoryConfig, build_history
+from resforce.metrics import mean_se
 from resforce.sampling import world_clips
 
 KEYS = ("drift", "count_error", "background_noise", "size_error", "position_error")
 
 
 def score(videos: torch.Tensor, states, cfg) -> dict[str, float]:
-    bb = cfg.data.bouncing_balls
-    radii = [list(r[v]) for r, v in zip(states.radii, states.valid)]
-    gt_pos = np.where(states.valid[:, None, :, None], states.positions, np.nan)
-    m = M.evaluate_bouncing_balls(videos.clamp(-1, 1).numpy(), bb.colors, bb.background, radii=radii,
-                                  gt_positions=gt_pos, pixel_center=0.5)
+    m = score_videos(videos.clamp(-1, 1), cfg, states)
     return {k: _nanmean(m[k]) for k in KEYS}
 
 
 def _nanmean(x) -> float:
-    """Mean ignoring NaN/None (JSON null); NaN when nothing is defined."""
-    a = np.array([np.nan if v is None else v for v in np.ravel(np.asarray(x, dtype=object))], dtype=float)
-    return float(a[np.isfinite(a)].mean()) if np.isfinite(a).any() else float("nan")
+    """Mean ignoring NaN (JSON null -> NaN); NaN when nothing is defined."""
+    return float(mean_se(np.asarray(x, dtype=float).ravel())[0])
 
 
 def main(argv=None):

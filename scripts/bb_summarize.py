@@ -100,6 +100,11 @@ def paired_table(runs, metric, pairs):
     return "\n".join(lines)
 
 
+def seeds_of(runs, key):
+    """Training seeds N of the evaluated runs bb_{key}_s{N}."""
+    return sorted(int(m.group(1)) for n in runs if (m := re.fullmatch(rf"bb_{re.escape(key)}_s(\d+)", n)))
+
+
 def seed_curves(runs, key, metric):
     """(seeds, frames) per-frame means of one method's runs bb_{key}_s{N}."""
     ds = [d for n, d in runs.items() if re.fullmatch(rf"bb_{re.escape(key)}_s\d+", n)]
@@ -134,14 +139,13 @@ def main():
         t = method_table(runs, metric)
         if t:
             print(f"\n**{what}**, by frame segment (* = beyond the 8-frame training clips):\n\n{t}")
-    seeds = sorted({int(m.group(1)) for n in runs if (m := re.fullmatch(r"bb_resampling_s(\d+)", n))})
+    seeds = seeds_of(runs, "teacher")  # pairs whose other run is missing are left out
     pairs = [(f"bb_resampling_s{s}", f"bb_teacher_s{s}", f"RF − TF, seed {s}") for s in seeds]
-    tf_seeds = sorted({int(m.group(1)) for n in runs if (m := re.fullmatch(r"bb_teacher_s(\d+)", n))})
-    pairs += [(f"bb_teacher_s{s}", "bb_warmup", f"TF (step 2300) − warm-up (step 1500), seed {s}") for s in tf_seeds]
-    for s in (0, 1, 2):
+    pairs += [(f"bb_teacher_s{s}", "bb_warmup", f"TF (step 2300) − warm-up (step 1500), seed {s}") for s in seeds]
+    for s in seeds:
         pairs += [(f"bb_resampling_s{s}", f"bb_parallel_resampling_s{s}", f"AR − parallel resampling, seed {s}"),
                   (f"bb_parallel_resampling_s{s}", f"bb_noise_aug_s{s}", f"parallel resampling − noise aug, seed {s}")]
-    pairs += [(f"bb_noise_aug_s{s}", f"bb_teacher_s{s}", f"noise aug − TF, seed {s}") for s in range(3)]
+    pairs += [(f"bb_noise_aug_s{s}", f"bb_teacher_s{s}", f"noise aug − TF, seed {s}") for s in seeds]
     pairs += [("bb_diffusion_forcing_s0", "bb_teacher_s0", "diffusion forcing − TF, seed 0"),
               ("bb_resampling_s0", "bb_diffusion_forcing_s0", "RF − diffusion forcing, seed 0")]
     t = paired_table(runs, "drift", pairs)
@@ -152,14 +156,15 @@ def main():
         print(f"\n**Resampling shift s** (drift; history degraded less for small s):\n\n{t}")
         t = paired_table(runs, "drift", [(f"bb_{k}_s{s}", f"bb_{ref}_s{s}", f"{SHIFT_LABEL[k]} − {name}, seed {s}")
                                          for ref, name in (("resampling", "s = 0.6"), ("teacher", "TF"))
-                                         for k in SHIFT_ORDER if k != ref for s in range(3)])
+                                         for k in SHIFT_ORDER if k != "resampling"  # s = 0.6 − TF: above
+                                         for s in seeds_of(runs, k)])
         if t:
             print(f"\n{t}")
     if any(n.startswith("bb_long_") for n in runs):
         t = method_table(runs, "drift", LONG_ORDER, LONG_LABEL)
         print(f"\n**Training length** (drift; steps after the shared warm-up):\n\n{t}")
         t = paired_table(runs, "drift", [(f"bb_long_resampling_s{s}", f"bb_long_teacher_s{s}", f"RF − TF, 3000 steps, seed {s}")
-                                         for s in range(3)])
+                                         for s in seeds_of(runs, "long_resampling")])
         if t:
             print(f"\n{t}")
     att = [(f"bb_resampling_s0_{v}", "bb_resampling_s0", f"RF {v} − RF dense") for v in ("topk4", "topk1", "window1", "window4")]

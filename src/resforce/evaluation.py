@@ -86,16 +86,21 @@ def _jsonable(x):
 
 def score(g: Generated) -> dict[str, np.ndarray]:
     """Per-frame metrics (samples, frames) of generated videos."""
-    videos = g.videos.numpy()
+    return score_videos(g.videos, g.config, g.states, g.ground_truth)
+
+
+def score_videos(videos, cfg, states=None, ground_truth=None) -> dict[str, np.ndarray]:
+    """Per-frame metrics (samples, frames) of any videos (B, C, F, H, W) in [-1, 1] of a run's
+    world; with its world states, the bouncing-balls metrics against them too."""
+    videos = videos.numpy() if isinstance(videos, torch.Tensor) else np.asarray(videos)
     out = M.evaluate_generic(videos)
-    cfg = g.config
-    if cfg.data.kind == "bouncing_balls" and g.states is not None:
+    if cfg.data.kind == "bouncing_balls" and states is not None:
         bb = cfg.data.bouncing_balls
-        st = g.states
-        radii = [list(r[v]) for r, v in zip(st.radii, st.valid)]
-        gt_pos = np.where(st.valid[:, None, :, None], st.positions, np.nan)
+        radii = [list(r[v]) for r, v in zip(states.radii, states.valid)]
+        gt_pos = np.where(states.valid[:, None, :, None], states.positions, np.nan)
         balls = M.evaluate_bouncing_balls(
-            videos, bb.colors, bb.background, radii=radii, gt_frames=g.ground_truth.numpy(),
+            videos, bb.colors, bb.background, radii=radii,
+            gt_frames=None if ground_truth is None else ground_truth.numpy(),
             gt_positions=gt_pos, pixel_center=0.5)
         out = {**{f"generic_{k}": v for k, v in out.items()}, **balls}
     return out
