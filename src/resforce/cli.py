@@ -19,12 +19,28 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix", default=None, help="video file (.npy/.mp4/.gif) whose frames start the rollout")
     g.add_argument("--prefix-chunks", type=int, default=None,
                    help="start from this many ground-truth chunks of the run's own data world")
+    g.add_argument("--context", type=_context_arg, default=None,
+                   help="chunks the model sees at once, its own included (the KV cache rolls past "
+                        "it; default: the run's training context); 'all' = dense attention over the "
+                        "whole history (context extrapolation)")
     g.add_argument("--device", default="auto")
     g.add_argument("--online", action="store_true", help="use the online weights, not the EMA")
     r = p.add_argument_group("history attention at generation time")
     r.add_argument("--topk", type=int, default=None, help="route each query to the top-k history chunks")
     r.add_argument("--window", type=int, default=None, help="attend to the w most recent history chunks")
     r.add_argument("--sink", type=int, default=0, help="with --window: always keep the first s chunks")
+
+
+def _context_arg(text: str) -> int:
+    if text == "all":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of chunks >= 1 or 'all', got {text!r}")
+    return value
 
 
 def _attention_from_args(args):
@@ -61,7 +77,7 @@ def generate_from_args(args, batch: int, record_router: bool = False, with_groun
                     prefix=prefix, prefix_chunks=args.prefix_chunks or 0,
                     attention=_attention_from_args(args), device=args.device,
                     prefer_ema=not args.online, record_router=record_router,
-                    with_ground_truth=with_ground_truth)
+                    with_ground_truth=with_ground_truth, context=args.context)
 
 
 def cmd_generate(args) -> None:

@@ -15,7 +15,8 @@ def _gen_kwargs(args) -> dict:
     from .cli import _attention_from_args
 
     return dict(steps=args.steps, shift=args.shift, cfg_scale=args.cfg, history_noise=args.history_noise,
-                attention=_attention_from_args(args), device=args.device, prefer_ema=not args.online)
+                attention=_attention_from_args(args), device=args.device, prefer_ema=not args.online,
+                context=args.context)
 
 
 def cmd_eval(args) -> None:

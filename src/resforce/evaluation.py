@@ -44,6 +44,7 @@ class Evaluation:
         return {"name": self.name, "segment_len": self.segment_len,
                 "train_frames": self.generated.train_frames,
                 "prefix_frames": self.generated.prefix_frames,
+                "context_chunks": self.generated.context,
                 "samples": int(self.generated.videos.shape[0]),
                 "frames": int(self.generated.videos.shape[2]),
                 "rows": _jsonable(self.rows),

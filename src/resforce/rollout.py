@@ -5,6 +5,9 @@ to the cached history, then run the model once on the finished chunk (at t = 0, 
 small re-noising level for diffusion-forcing models) to append its keys/values to the cache.
 Any number of chunks can be generated, far past the training length; a given prefix (image
 or video to video) is written into the cache first and returned as part of the video.
+With `context` set, the cache keeps only the most recent `context - 1` chunks (a rolling
+context; model/cache.py), so each chunk sees at most as much history as in training, the
+given prefix leaves the view once enough chunks follow it, and memory stays constant.
 
 `reference_rollout` is the naive version: no cache, it re-runs the block-causal model over
 the whole prefix at every step. It is slow and exists so a test can prove the two agree.
@@ -12,8 +15,9 @@ the whole prefix at every step. It is slow and exists so a test can prove the tw
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -41,6 +45,25 @@ class SampleConfig:
     """Re-noise each finished chunk to this level before caching it and tell the model so
     (diffusion forcing / noise augmentation inference); 0 = clean history."""
     seed: int = 0
+    context: Optional[int] = None
+    """Chunks the model sees at once, its own chunk included, like a training clip: the KV
+    cache keeps the last context - 1 chunks and evicts older ones (rolling context, constant
+    memory). None: the run's training context (its longest training clip) when generating
+    from a run, all history in a bare `rollout` call. 0: all history (dense attention over
+    the whole video: tests context extrapolation past the training length)."""
+    sink: int = 0
+    """With a rolling context: the first `sink` chunks stay in view for good (an attention
+    sink, LongLive-style). Use it only for runs trained with one."""
+
+    def cache_chunks(self) -> int | None:
+        """History chunks the cache keeps (None = all)."""
+        if self.context is None or self.context == 0:
+            return None
+        if self.context < 1:
+            raise ValueError(f"sample.context must be >= 1 chunk (or 0 for all history), got {self.context}")
+        if not 0 <= self.sink < self.context:
+            raise ValueError(f"sample.sink={self.sink} must be >= 0 and < sample.context={self.context}")
+        return self.context - 1
 
 
 def _chunk_velocity(model, cache, context, layout_fn):
@@ -79,7 +102,8 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
         raise ValueError("cfg_scale != 1 needs an unconditional context (uncond_context)")
     # guidance needs its own cache: the unconditional branch's history keys differ
     contexts = [context, uncond_context] if use_cfg else [context]
-    caches = [model.new_cache(height, width) for _ in contexts]
+    keep = cfg.cache_chunks()
+    caches = [model.new_cache(height, width, keep, cfg.sink if keep is not None else 0) for _ in contexts]
     chunks = []
     if prefix is not None:
         if prefix.shape[0] != batch or prefix.shape[-2:] != (height, width):
@@ -110,21 +134,44 @@ def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int
                       cfg: SampleConfig, prefix: torch.Tensor | None = None,
                       context: torch.Tensor | None = None, device=None) -> torch.Tensor:
     """The same generation without a cache (clean history, no guidance): every Euler step
-    runs the block-causal model over [finished chunks at t = 0 | current chunk at t]."""
+    runs the block-causal model over [finished chunks at t = 0 | current chunk at t]; with a
+    rolling context, under the banded mask that context implies (`_banded`)."""
     mc = model.config
     device = device or next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    fpc = mc.frames_per_chunk
     done = prefix.to(device) if prefix is not None else None
     grid = euler_grid(cfg.steps, cfg.shift, device=device)
-    shape = (batch, mc.in_channels, mc.frames_per_chunk, height, width)
-    for _ in range(cfg.chunks):
-        n_done = 0 if done is None else done.shape[2] // mc.frames_per_chunk
+    shape = (batch, mc.in_channels, fpc, height, width)
+    with _banded(model, cfg):
+        for _ in range(cfg.chunks):
+            seen = None if cfg.cache_chunks() == 0 else done
+            n_seen = 0 if seen is None else seen.shape[2] // fpc
 
-        def v(x, t, done=done, n_done=n_done):
-            full = x if done is None else torch.cat([done, x], dim=2)
-            t_full = torch.cat([torch.zeros(batch, n_done, device=device), t], dim=1)
-            return model(full, t_full, context=context)[:, :, -mc.frames_per_chunk:]
+            def v(x, t, seen=seen, n_seen=n_seen):
+                full = x if seen is None else torch.cat([seen, x], dim=2)
+                t_full = torch.cat([torch.zeros(batch, n_seen, device=device), t], dim=1)
+                return model(full, t_full, context=context)[:, :, -fpc:]
 
-        chunk = euler_sample(v, torch.randn(shape, generator=generator, device=device), grid)
-        done = chunk if done is None else torch.cat([done, chunk], dim=2)
+            chunk = euler_sample(v, torch.randn(shape, generator=generator, device=device), grid)
+            done = chunk if done is None else torch.cat([done, chunk], dim=2)
     return done
+
+
+@contextlib.contextmanager
+def _banded(model: CausalVideoDiT, cfg: SampleConfig):
+    """With a rolling context, the block-causal pass under a banded chunk mask: chunk j sees
+    the `context - 1` chunks before it (and the sink). A rolling KV cache computes exactly
+    this: each chunk's cached keys were made when it was written, seeing its own band, and
+    keep their absolute RoPE positions. (It is not a re-encoding of the last chunks from
+    scratch: those would see less history at deeper layers.)"""
+    from .model.routing import HistoryAttentionConfig, apply_history_attention
+
+    keep, before = cfg.cache_chunks(), model.masked_layout_fn
+    if keep:  # keep == 0 (context 1): every chunk alone, see reference_rollout
+        apply_history_attention(model, HistoryAttentionConfig(mode="window", window=keep - cfg.sink,
+                                                               sink=cfg.sink))
+    try:
+        yield
+    finally:
+        model.masked_layout_fn = before

@@ -33,6 +33,8 @@ class Generated:
     """World states (BallStates) of the ground truth clips, or None."""
     config: object
     recorder: RouterRecorder | None = None
+    context: int = 0
+    """Chunks the model saw at once (own chunk included); 0 = all history (dense)."""
 
 
 def world_clips(cfg, batch: int, frames: int, seed: int):
@@ -45,18 +47,30 @@ def world_clips(cfg, batch: int, frames: int, seed: int):
     return BouncingBalls(bb).batch(batch, frames)
 
 
+def training_context(cfg) -> int:
+    """Chunks a run's model saw at once in training: its longest training clip."""
+    return max(st.clip_chunks for st in cfg.stages)
+
+
 def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None = None,
              steps: int | None = None, shift: float | None = None, cfg_scale: float | None = None,
              history_noise: float | None = None, prefix: torch.Tensor | None = None,
              prefix_chunks: int = 0, attention: HistoryAttentionConfig | None = None,
              device: str = "auto", prefer_ema: bool = True, record_router: bool = False,
-             progress: bool = True, with_ground_truth: bool = False) -> Generated:
+             progress: bool = True, with_ground_truth: bool = False,
+             context: int | None = None) -> Generated:
+    """Roll out a run's model. context: chunks seen at once (own chunk included; the KV cache
+    rolls past it); None = the run's `sample.context`, which defaults to its training context;
+    0 = all history (dense, context extrapolation)."""
     dev = resolve_device(device)
     model, cfg = load_model(path, dev, prefer_ema)
     s = cfg.sample
     overrides = dict(chunks=chunks, seed=seed, steps=steps, shift=shift, cfg_scale=cfg_scale,
-                     history_noise=history_noise)
+                     history_noise=history_noise, context=context)
     s = dataclasses.replace(s, **{k: v for k, v in overrides.items() if v is not None})
+    if s.context is None:
+        s = dataclasses.replace(s, context=training_context(cfg))
+    s.cache_chunks()  # validates context and sink before any work
     fpc = model.config.frames_per_chunk
     res = _resolution(cfg)
     gt = states = None
@@ -78,7 +92,8 @@ def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None =
     bar.close()
     train_frames = max(st.clip_chunks for st in cfg.stages) * fpc
     n_prefix = 0 if prefix is None else prefix.shape[2]
-    return Generated(videos.clamp(-1, 1).cpu(), n_prefix, train_frames, gt, states, cfg, recorder)
+    return Generated(videos.clamp(-1, 1).cpu(), n_prefix, train_frames, gt, states, cfg, recorder,
+                     context=s.context)
 
 
 def _resolution(cfg) -> tuple[int, int]:

@@ -1,9 +1,18 @@
 """KV cache for chunk-by-chunk rollout.
 
-Per layer it holds the keys/values of every finished chunk, shaped (B, heads, chunks,
-tokens_per_chunk, head_dim), in a buffer that doubles its capacity so appending a chunk
-costs amortised O(1). It also keeps each chunk's mean key (B, heads, chunks, head_dim):
+Per layer it holds the keys/values of the retained finished chunks, shaped (B, heads,
+chunks, tokens_per_chunk, head_dim), in a buffer that doubles its capacity so appending a
+chunk costs amortised O(1). It also keeps each chunk's mean key (B, heads, chunks, head_dim):
 history routing scores chunks by q . mean(K_j) and must not re-read old keys to do so.
+
+Rolling context (`max_chunks`): past that many cached chunks the oldest is evicted (after the
+first `sink` chunks, which are kept for good), so a rollout of any length attends to at most
+the history it was trained with and memory stays constant. This is how Self Forcing and
+LongLive generate past their training length. Keys are stored after RoPE at their absolute
+positions (`position` counts every chunk ever committed), and RoPE logits depend only on
+relative positions, so eviction never re-encodes a key: the distances the model sees stay
+those of training. Eviction shifts the retained chunks down by one slot (an O(context) copy
+per generated chunk, small next to the `steps` attention passes that read the same keys).
 """
 
 from __future__ import annotations
@@ -14,11 +23,18 @@ import torch
 class LayerCache:
     """Keys, values and mean keys of the cached chunks for one attention layer."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_chunks: int | None = None, sink: int = 0) -> None:
+        if max_chunks is not None and not 0 <= sink <= max_chunks:
+            raise ValueError(f"cache sink={sink} must be between 0 and max_chunks={max_chunks}")
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.k_mean: torch.Tensor | None = None
         self.num_chunks = 0
+        """Chunks held now (at most max_chunks)."""
+        self.evicted = 0
+        """Chunks dropped so far; num_chunks + evicted = chunks ever committed."""
+        self.max_chunks = max_chunks
+        self.sink = sink
 
     def _grow(self, k: torch.Tensor) -> None:
         b, h, _, l, d = k.shape
@@ -53,6 +69,25 @@ class LayerCache:
         n = self.num_chunks
         self.k_mean[:, :, n:n + chunks] = self.k[:, :, n:n + chunks].mean(dim=3)
         self.num_chunks = n + chunks
+        if self.max_chunks is not None and self.num_chunks > self.max_chunks:
+            self._evict(self.num_chunks - self.max_chunks)
+
+    def _evict(self, count: int) -> None:
+        """Drop the `count` oldest chunks after the sink; later chunks move down."""
+        n, lo = self.num_chunks, self.sink
+        if lo + count > n:
+            raise ValueError(f"cannot evict {count} chunks: {n} held, {lo} of them sink")
+        if count == 0:
+            return
+        for buf in (self.k, self.v, self.k_mean):  # clone: source and target overlap
+            buf[:, :, lo:n - count] = buf[:, :, lo + count:n].clone()
+        self.num_chunks = n - count
+        self.evicted += count
+
+    @property
+    def position(self) -> int:
+        """Absolute index of the next chunk (RoPE position of what is staged next)."""
+        return self.num_chunks + self.evicted
 
     def append(self, k: torch.Tensor, v: torch.Tensor, tokens_per_chunk: int) -> None:
         """Append (B, heads, c * tokens_per_chunk, d) keys/values of c whole chunks."""
@@ -73,15 +108,28 @@ class LayerCache:
 
 
 class KVCache:
-    """One LayerCache per transformer block, plus the number of cached chunks."""
+    """One LayerCache per transformer block, plus the number of cached chunks.
 
-    def __init__(self, num_layers: int, tokens_per_chunk: int) -> None:
-        self.layers = [LayerCache() for _ in range(num_layers)]
+    max_chunks: history chunks kept (None = all, the cache grows with the video); sink: the
+    first chunks of the video that are never evicted (only for models trained with a sink)."""
+
+    def __init__(self, num_layers: int, tokens_per_chunk: int, max_chunks: int | None = None,
+                 sink: int = 0) -> None:
+        if max_chunks is not None and max_chunks < 0:
+            raise ValueError(f"cache max_chunks must be >= 0 (or None for all), got {max_chunks}")
+        self.layers = [LayerCache(max_chunks, sink) for _ in range(num_layers)]
         self.tokens_per_chunk = tokens_per_chunk
+        self.max_chunks = max_chunks
 
     @property
     def num_chunks(self) -> int:
+        """Chunks the cache holds now."""
         return self.layers[0].num_chunks
+
+    @property
+    def position(self) -> int:
+        """Absolute chunk index of the next chunk: its RoPE offset."""
+        return self.layers[0].position
 
     def __getitem__(self, layer: int) -> LayerCache:
         return self.layers[layer]

@@ -300,8 +300,9 @@ class CausalVideoDiT(nn.Module):
                              f"{self.config.frames_per_chunk} frames")
         return frames // self.config.frames_per_chunk
 
-    def new_cache(self, height: int, width: int) -> KVCache:
-        return KVCache(self.config.num_layers, self.tokens_per_chunk(height, width))
+    def new_cache(self, height: int, width: int, max_chunks: int | None = None, sink: int = 0) -> KVCache:
+        """An empty KV cache; max_chunks: history chunks kept (rolling context), None = all."""
+        return KVCache(self.config.num_layers, self.tokens_per_chunk(height, width), max_chunks, sink)
 
     def _rope(self, frames: int, height: int, width: int, chunk_offset: int, device):
         f, h, w = self.token_grid(frames, height, width)
@@ -391,7 +392,7 @@ class CausalVideoDiT(nn.Module):
         attending to the cached history (layout b). The cache is not changed."""
         self._check(x, t)
         tpc = self.tokens_per_chunk(*x.shape[-2:])
-        rope = self._rope(x.shape[2], *x.shape[-2:], cache.num_chunks, x.device)
+        rope = self._rope(x.shape[2], *x.shape[-2:], cache.position, x.device)
         layout = layout or CachedLayout(cache, write=False)
         hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc)
         return self._to_velocity(self._head(hidden, temb, tpc, x.shape), x, t)
@@ -409,7 +410,7 @@ class CausalVideoDiT(nn.Module):
                 self.write_cache(x[:, :, i * fpc:(i + 1) * fpc], cache, t[:, i:i + 1], context, layout)
             return
         tpc = self.tokens_per_chunk(*x.shape[-2:])
-        rope = self._rope(x.shape[2], *x.shape[-2:], cache.num_chunks, x.device)
+        rope = self._rope(x.shape[2], *x.shape[-2:], cache.position, x.device)
         layout = layout or CachedLayout(cache, write=True)
         self._trunk(self._embed(x), t, layout, rope, context, tpc)
 
