@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Evaluate every bouncing-balls run of scripts/bb_experiments.sh on the same seeds:
-# 16 rollouts of 128 chunks from 2 given frames (130 frames = 16x the 8-frame training clips),
-# 16 Euler steps, shift 2.0; then history attention variants at inference on the RF model.
+# Evaluate the bouncing-balls runs of scripts/bb_experiments.sh on the same seeds (paired):
+# 64 rollouts of 128 chunks from 2 given frames (130 frames = 16x the 8-frame training clips),
+# 16 Euler steps, shift 2.0, under the ROLLING CONTEXT of training (8 chunks: each chunk sees
+# the 7 before it; the default of `resforce eval`). Then, labelled separately:
+#   *_dense.json   the same rollouts with dense attention over all history (--context all):
+#                  context extrapolation, not exposure bias;
+#   *_x128.json    8 rollouts of 1024 chunks (128x the training length), rolling context;
+#   bb_resampling_s0_{topk,window}*.json   history attention at inference within the context.
+# Seed 0 of teacher forcing and Resampling Forcing are the shipped demo models when their
+# runs are not in runs/ (the same recipe and seed, exported in float16).
 # Results: results/bb/*.json, summarised by scripts/bb_summarize.py into README's tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,28 +16,47 @@ RF=${RESFORCE:-.venv/bin/resforce}
 PY=${PYTHON:-.venv/bin/python}
 RUNS=${RUNS:-runs}
 OUT=${OUT:-results/bb}
-SAMPLES=${SAMPLES:-16}
+SAMPLES=${SAMPLES:-64}
 CHUNKS=${CHUNKS:-128}
+DEMO=src/resforce/assets/demo
 mkdir -p "$OUT"
+finished() {  # run -> 0 if its last checkpoint is the recipe's last step (or it is a weights file)
+  local run=$1
+  [ -f "$run" ] && return 0
+  [ -d "$run/checkpoints" ] || return 1
+  case $run in */bb_warmup) return 0 ;; esac
+  local final
+  final=$($PY -c "import sys; from omegaconf import OmegaConf as O
+print(sum(s.steps for s in O.load(sys.argv[1]).stages))" "$run/config.yaml")
+  [ -d "$run/checkpoints/$(printf step_%08d "$final")" ]
+}
 ev() {  # name run [extra args]
   local name=$1 run=$2; shift 2
   [ -f "$OUT/$name.json" ] && return 0
-  [ -d "$run/checkpoints" ] || { echo "skip $name: $run has no checkpoints"; return 0; }
-  case $run in  # only finished runs (the warm-up stops at 1500 by design)
-    */bb_warmup) ;;
-    *) local final
-       final=$($PY -c "import sys; from omegaconf import OmegaConf as O
-print(sum(s.steps for s in O.load(sys.argv[1]).stages))" "$run/config.yaml")
-       [ -d "$run/checkpoints/$(printf step_%08d "$final")" ] || { echo "skip $name: not finished"; return 0; } ;;
-  esac
+  finished "$run" || { echo "skip $name: $run is missing or not finished"; return 0; }
   $RF eval "$run" --chunks "$CHUNKS" --samples "$SAMPLES" --segment 32 --seed 0 --json "$OUT/$name.json" "$@" \
     > "$OUT/$name.txt" 2>/dev/null && echo "evaluated $name"
 }
-for run in "$RUNS"/bb_warmup "$RUNS"/bb_*_s[0-9]; do
-  ev "$(basename "$run")" "$run"
+model_of() {  # bb_<method>_s<seed> -> its run directory, or the shipped model for seed 0 of TF/RF
+  local name=$1
+  if [ -d "$RUNS/$name" ]; then echo "$RUNS/$name"; return; fi
+  case $name in
+    bb_teacher_s0) echo "$DEMO/teacher_forcing.safetensors" ;;
+    bb_resampling_s0) echo "$DEMO/resampling_forcing.safetensors" ;;
+    *) echo "$RUNS/$name" ;;
+  esac
+}
+names=$( (echo bb_teacher_s0 bb_resampling_s0; ls -d "$RUNS"/bb_*_s[0-9] 2>/dev/null | xargs -n1 basename) | tr ' ' '\n' | sort -u)
+for name in $names; do ev "$name" "$(model_of "$name")"; done
+for name in $names; do ev "${name}_dense" "$(model_of "$name")" --context all; done
+# 1024 chunks = 128x the training length (8 rollouts), teacher forcing vs Resampling Forcing
+for name in $names; do
+  case $name in bb_teacher_s*|bb_resampling_s*)
+    CHUNKS=1024 SAMPLES=8 ev "${name}_x128" "$(model_of "$name")" --segment 128 ;;
+  esac
 done
-# history attention at inference (claim 3): dense vs routed top-k vs sliding window
+# history attention at inference (claim 3), within the rolling context of 8 chunks
 for v in "topk 4" "topk 1" "window 1" "window 4"; do
   set -- $v
-  ev "bb_resampling_s0_${1}$2" "$RUNS/bb_resampling_s0" --$1 $2
+  ev "bb_resampling_s0_${1}$2" "$(model_of bb_resampling_s0)" --$1 $2
 done

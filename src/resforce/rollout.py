@@ -90,10 +90,12 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
             uncond_context: torch.Tensor | None = None,
             layout_fn: LayoutFactory | None = None,
             callback: Callable[[int, torch.Tensor], None] | None = None,
-            device=None) -> torch.Tensor:
+            device=None, return_video: bool = True) -> torch.Tensor | None:
     """Generate (batch, C, F, H, W): the prefix chunks (if any) followed by cfg.chunks new ones.
 
-    `callback(i, chunk)` is called as each chunk is finished (streaming)."""
+    `callback(i, chunk)` is called as each chunk is finished (streaming). With
+    `return_video=False` finished chunks go only to the callback and nothing is returned, so
+    with a rolling context a rollout of any length runs in constant memory."""
     mc = model.config
     device = device or next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -113,7 +115,9 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
         for i in range(prefix.shape[2] // mc.frames_per_chunk):
             c = prefix[:, :, i * mc.frames_per_chunk:(i + 1) * mc.frames_per_chunk].to(device)
             _write(model, c, caches, contexts, cfg.history_noise, generator, layout_fn)
-            chunks.append(c)
+            if return_video:
+                chunks.append(c)
+    n_prefix = 0 if prefix is None else prefix.shape[2] // mc.frames_per_chunk
     grid = euler_grid(cfg.steps, cfg.shift, device=device)
     shape = (batch, mc.in_channels, mc.frames_per_chunk, height, width)
     for i in range(cfg.chunks):
@@ -123,10 +127,11 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
                    cfg.cfg_scale)
         chunk = euler_sample(v, noise, grid)
         _write(model, chunk, caches, contexts, cfg.history_noise, generator, layout_fn)
-        chunks.append(chunk)
         if callback is not None:
-            callback(len(chunks) - 1, chunk)
-    return torch.cat(chunks, dim=2)
+            callback(n_prefix + i, chunk)
+        if return_video:
+            chunks.append(chunk)
+    return torch.cat(chunks, dim=2) if return_video else None
 
 
 @torch.no_grad()
