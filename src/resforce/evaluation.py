@@ -47,18 +47,20 @@ class Evaluation:
                 "samples": int(self.generated.videos.shape[0]),
                 "frames": int(self.generated.videos.shape[2]),
                 "rows": _jsonable(self.rows),
+                "dropped_tail_frames": M.whole_segments(int(self.generated.videos.shape[2]), self.segment_len)[1],
                 "per_sample_segments": self.per_sample_segments(),
                 "per_frame_mean": {k: _nanmean0(v) for k, v in self.per_frame.items()}}
 
 
 def _segment_means(v: np.ndarray, seg: int) -> list:
-    """(samples, frames) -> per sample, the mean of each segment (NaN-aware; None if undefined)."""
+    """(samples, frames) -> per sample, the mean of each whole segment (NaN-aware; None if
+    undefined); a tail shorter than a segment is left out, as in the table."""
+    bounds, _ = M.whole_segments(v.shape[1], seg)
     out = []
-    for s in range(0, v.shape[1], seg):
+    for s, e in bounds:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN segments -> NaN
-            m = np.nanmean(v[:, s:s + seg], axis=1)
-        out.append(m)
+            out.append(np.nanmean(v[:, s:e], axis=1))
     return [[None if not np.isfinite(x) else float(x) for x in row] for row in np.stack(out, 1)]
 
 
@@ -112,7 +114,10 @@ def evaluate(path, name: str | None = None, samples: int = 16, chunks: int | Non
     g = generate(path, batch=samples, chunks=chunks, seed=seed, prefix_chunks=prefix_chunks,
                  with_ground_truth=True, progress=progress, **gen_kwargs)
     per_frame = score(g)
-    seg = segment_len or g.train_frames
+    frames = int(g.videos.shape[2])
+    if segment_len is not None and segment_len > frames:
+        raise ValueError(f"--segment {segment_len} is longer than the rollout ({frames} frames)")
+    seg = segment_len or min(g.train_frames, frames)
     rows = M.segment_table(per_frame, seg, train_len=g.train_frames)
     if g.ground_truth is not None:  # Frechet distance of each segment to real frames
         for row, fd in zip(rows, M.frechet_vs_horizon(g.videos.numpy(), g.ground_truth.numpy(), seg)):

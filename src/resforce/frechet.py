@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .stats import whole_segments
 from .videoarray import _batch01, _gray, _laplacian, _np
 
 __all__ = ["FEATURE_DIM", "frame_features", "frechet_distance", "frechet_vs_horizon"]
@@ -75,17 +76,12 @@ def frechet_distance(feats_a: Any, feats_b: Any, eps: float = 1e-6) -> float:
 
 
 def frechet_vs_horizon(videos: Any, reference: Any, segment_len: int) -> list[dict[str, Any]]:
-    """Frechet distance of each frame segment (pooled over samples) to ``reference``'s frames.
+    """Frechet distance of each whole frame segment (pooled over samples) to ``reference``'s frames.
 
     ``reference`` is real data (videos, all frames pooled). Returns rows
-    ``{"start", "end", "frechet"}``.
+    ``{"start", "end", "frechet"}``; a tail shorter than a segment is left out.
     """
     fa = frame_features(videos)
     fb = frame_features(reference)
-    ff = fa.shape[1]
-    rows = []
-    for s in range(0, ff, segment_len):
-        e = min(ff, s + segment_len)
-        rows.append({"start": s, "end": e, "frechet": frechet_distance(fa[:, s:e], fb)})
-    return rows
-
+    bounds, _ = whole_segments(fa.shape[1], segment_len)
+    return [{"start": s, "end": e, "frechet": frechet_distance(fa[:, s:e], fb)} for s, e in bounds]

@@ -69,7 +69,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .frechet import FEATURE_DIM, GRAY_GRID, HIST_BINS, frame_features, frechet_distance, frechet_vs_horizon  # noqa: F401
-from .stats import _fmt, _table_cells, format_table, mean_se, paired_difference, segment_table, to_markdown  # noqa: F401
+from .stats import _fmt, _table_cells, format_table, mean_se, paired_difference, segment_table, to_markdown, whole_segments  # noqa: F401
 from .videoarray import _LUMA, _batch01, _gray, _laplacian, _nanmean, _np  # noqa: F401
 
 __all__ = [
@@ -92,6 +92,7 @@ __all__ = [
     "frechet_vs_horizon",
     "mean_se",
     "paired_difference",
+    "whole_segments",
     "segment_table",
     "format_table",
     "to_markdown",

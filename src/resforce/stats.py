@@ -13,7 +13,7 @@ import numpy as np
 
 from .videoarray import _nanmean, _np
 
-__all__ = ["mean_se", "paired_difference", "segment_table", "format_table", "to_markdown"]
+__all__ = ["mean_se", "paired_difference", "whole_segments", "segment_table", "format_table", "to_markdown"]
 
 
 def mean_se(x: Any, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +49,22 @@ def paired_difference(a: Any, b: Any, axis: int = 0):
 
 
 
+def whole_segments(frames: int, segment_len: int) -> tuple[list[tuple[int, int]], int]:
+    """Whole segments ``[(start, end), ...]`` of ``segment_len`` frames from frame 0, and the
+    number of tail frames left out because they do not fill a segment.
+
+    A 2-frame tail averaged like a 32-frame segment would be a noisy row that looks as
+    trustworthy as the others, so tables, per-sample segment means and Frechet distances all
+    use these whole segments only.
+    """
+    if segment_len <= 0:
+        raise ValueError(f"segment length must be positive, got {segment_len}")
+    if segment_len > frames:
+        raise ValueError(f"segment length {segment_len} is longer than the video ({frames} frames)")
+    n = frames // segment_len
+    return [(i * segment_len, (i + 1) * segment_len) for i in range(n)], frames - n * segment_len
+
+
 def segment_table(
     per_frame: Mapping[str, Any],
     segment_len: int,
@@ -56,26 +72,26 @@ def segment_table(
     metrics: Iterable[str] | None = None,
     fps: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Summarise per-frame metrics ``{name: (M, F)}`` over consecutive frame segments.
+    """Summarise per-frame metrics ``{name: (M, F)}`` over consecutive whole frame segments.
 
     Each sample's metric is first averaged over the segment's frames (NaN-aware), then the
     mean and standard error across samples are taken. Returns one row per segment::
 
         {"start": s, "end": e (exclusive), "label": "s-e" (or seconds if fps),
          "beyond_train": s >= train_len, "mean": {metric: float}, "se": {metric: float},
-         "n": {metric: number of samples with a finite value}}
+         "n": {metric: number of samples with a finite value},
+         "dropped_tail_frames": frames after the last whole segment, left out}
 
-    The last segment may be shorter. Add ``"method": name`` to rows to get a method column
-    from :func:`format_table` / :func:`to_markdown`.
+    Segments start at frame 0; a tail shorter than ``segment_len`` is dropped (see
+    :func:`whole_segments`) and the tables say so. Add ``"method": name`` to rows to get a
+    method column from :func:`format_table` / :func:`to_markdown`.
     """
-    if segment_len <= 0:
-        raise ValueError("segment_len must be positive")
     names = list(metrics) if metrics is not None else list(per_frame)
     arrs = {k: np.atleast_2d(_np(per_frame[k]).astype(np.float64)) for k in names}
     ff = max(a.shape[1] for a in arrs.values()) if arrs else 0
+    bounds, dropped = whole_segments(ff, segment_len)
     rows = []
-    for s in range(0, ff, segment_len):
-        e = min(ff, s + segment_len)
+    for s, e in bounds:
         label = f"{s}-{e}" if fps is None else f"{s / fps:g}-{e / fps:g}s"
         row: dict[str, Any] = {
             "start": s,
@@ -85,6 +101,7 @@ def segment_table(
             "mean": {},
             "se": {},
             "n": {},
+            "dropped_tail_frames": dropped,
         }
         for k, a in arrs.items():
             per_sample = _nanmean(a[:, s:e], axis=1)
@@ -116,8 +133,20 @@ def _table_cells(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | Non
         cells = ([str(r.get("method", ""))] if has_method else []) + [label]
         cells += [_fmt(r["mean"].get(m, np.nan), r["se"].get(m, np.nan), precision) for m in metrics]
         body.append(cells)
-    note = "* = segment starts beyond the training length; values are mean ± standard error over samples"
+    notes = []
+    if any(r.get("beyond_train") for r in rows):
+        notes.append("* = segment starts beyond the training length")
+    notes.append("values are mean ± standard error over samples")
+    tails = sorted({(r["end"], r["dropped_tail_frames"]) for r in rows if r.get("dropped_tail_frames")})
+    if tails:
+        end, n = tails[-1]
+        notes.append(f"the last {n} frame(s) ({end}-{end + n}) do not fill a segment and are left out")
+    note = "; ".join(notes)
     return header, body, note
+
+
+def _needs_note(rows: Sequence[Mapping[str, Any]]) -> bool:
+    return any(r.get("beyond_train") or r.get("dropped_tail_frames") for r in rows)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None, precision: int = 3) -> str:
@@ -126,7 +155,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | Non
     widths = [max(len(header[i]), *(len(b[i]) for b in body)) if body else len(header[i]) for i in range(len(header))]
     line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     out = [line(header), "  ".join("-" * w for w in widths)] + [line(b) for b in body]
-    if any(r.get("beyond_train") for r in rows):
+    if _needs_note(rows):
         out.append(note)
     return "\n".join(out)
 
@@ -136,6 +165,6 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None
     header, body, note = _table_cells(rows, metrics, precision)
     out = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in b) + " |" for b in body]
-    if any(r.get("beyond_train") for r in rows):
+    if _needs_note(rows):
         out += ["", note]
     return "\n".join(out)
