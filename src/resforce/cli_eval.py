@@ -38,7 +38,7 @@ def compare(runs: list, names: list[str], out_dir, samples: int, chunks: int | N
             segment_len: int | None = None, **gen_kwargs) -> Path:
     """Evaluate every run on the same seeds and write out_dir/index.html."""
     from .evaluation import evaluate, save_json, table_metrics
-    from .metrics import DRIFT_DEFINITION, format_table
+    from .metrics import DRIFT_DEFINITION, FAILURE_DEFINITION, format_table
     from .report import plot_metric_vs_horizon, write_compare_page
     from .video_io import save_grid_video
 
@@ -63,15 +63,16 @@ def compare(runs: list, names: list[str], out_dir, samples: int, chunks: int | N
     metrics = table_metrics(evs[0])
     plots = []
     train_len = evs[0].generated.train_frames
-    for m in [x for x in ("drift", "count_error", "color_integrity", "accel_error", "background_noise")
-              if x in evs[0].per_frame]:
+    for m in [x for x in ("failure", "drift", "count_error", "identity_error", "color_integrity", "accel_error",
+                          "background_noise") if x in evs[0].per_frame]:
         png = f"{m}_vs_horizon.png"
         plot_metric_vs_horizon({ev.name: ev.per_frame for ev in evs}, m, out / png, train_len=train_len, smooth=4)
         plots.append(png)
     text = format_table(rows, metrics)
+    definition = FAILURE_DEFINITION if "failure" in evs[0].per_frame else DRIFT_DEFINITION
     (out / "table.txt").write_text(text + "\n")
     page = write_compare_page(out, methods, plots, title=title, metrics=metrics,
-                              notes=(notes + "\n" + DRIFT_DEFINITION).strip())
+                              notes=(notes + "\n" + definition).strip())
     print(text)
     return page
 

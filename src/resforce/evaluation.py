@@ -16,12 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import ball_identity
 from . import metrics as M
 from .fileio import write_text_atomic
 from .sampling import Generated, generate
 
-TABLE_METRICS = ("drift", "count_error", "color_integrity", "size_error", "background_noise",
-                 "accel_error", "position_error", "sharpness", "flicker", "generic_flicker", "frechet")
+TABLE_METRICS = ("failure", "drift", "count_error", "identity_error", "color_integrity", "size_error",
+                 "background_noise", "accel_error", "position_error", "sharpness", "flicker", "generic_flicker",
+                 "frechet", "frechet_floor")
+"""Columns of the eval/compare tables, where a run has them: bouncing-balls runs are summed up
+by ``failure`` (metrics.FAILURE_DEFINITION), other worlds by the generic ``drift``."""
+PER_SAMPLE_METRICS = ("failure", "drift", "count_error", "identity_error", "lost", "spawned", "color_integrity",
+                      "size_error", "size_term", "shape_term", "accel_error", "accel_term", "teleport_term",
+                      "background_noise", "position_error")
+"""Metrics whose per-sample segment means go into the JSON, for paired comparisons."""
 
 
 @dataclass
@@ -36,8 +44,7 @@ class Evaluation:
     def per_sample_segments(self) -> dict:
         """metric -> [sample][segment] means, for paired comparisons across runs evaluated on
         the same seeds (same prefixes and initial noise)."""
-        keys = [m for m in ("drift", "count_error", "color_integrity", "size_error", "accel_error",
-                            "background_noise", "position_error") if m in self.per_frame]
+        keys = [m for m in PER_SAMPLE_METRICS if m in self.per_frame]
         return {k: _segment_means(self.per_frame[k], self.segment_len) for k in keys}
 
     def summary(self) -> dict:
@@ -91,21 +98,26 @@ def score(g: Generated) -> dict[str, np.ndarray]:
     return score_videos(g.videos, g.config, g.states, g.ground_truth)
 
 
-def score_videos(videos, cfg, states=None, ground_truth=None) -> dict[str, np.ndarray]:
+def score_videos(videos, cfg, states=None, ground_truth=None, ref_frames: int = 2) -> dict[str, np.ndarray]:
     """Per-frame metrics (samples, frames) of any videos (B, C, F, H, W) in [-1, 1] of a run's
-    world; with its world states, the bouncing-balls metrics against them too."""
+    world. Bouncing balls: the world's metrics, against the world states where given (their
+    balls are the reference; radii, positions), else against the balls of the first
+    ``ref_frames`` frames; the generic metrics get a ``generic_`` prefix."""
     videos = videos.numpy() if isinstance(videos, torch.Tensor) else np.asarray(videos)
     out = M.evaluate_generic(videos)
-    if cfg.data.kind == "bouncing_balls" and states is not None:
-        bb = cfg.data.bouncing_balls
-        radii = [list(r[v]) for r, v in zip(states.radii, states.valid)]
-        gt_pos = np.where(states.valid[:, None, :, None], states.positions, np.nan)
-        balls = M.evaluate_bouncing_balls(
-            videos, bb.colors, bb.background, radii=radii,
-            gt_frames=None if ground_truth is None else ground_truth.numpy(),
-            gt_positions=gt_pos, pixel_center=0.5)
-        out = {**{f"generic_{k}": v for k, v in out.items()}, **balls}
-    return out
+    if cfg.data.kind != "bouncing_balls":
+        return out
+    bb = cfg.data.bouncing_balls
+    known = {}
+    if states is not None:
+        known = dict(radii=[list(r[v]) for r, v in zip(states.radii, states.valid)],
+                     gt_positions=np.where(states.valid[:, None, :, None], states.positions, np.nan),
+                     reference_balls=[ball_identity.palette_indices(c[v], bb.colors)
+                                      for c, v in zip(states.colors, states.valid)])
+    balls = M.evaluate_bouncing_balls(
+        videos, bb.colors, bb.background, gt_frames=None if ground_truth is None else ground_truth.numpy(),
+        pixel_center=0.5, ref_frames=ref_frames, **known)
+    return {**{f"generic_{k}": v for k, v in out.items()}, **balls}
 
 
 def evaluate(path, name: str | None = None, samples: int = 16, chunks: int | None = None,

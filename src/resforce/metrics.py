@@ -30,7 +30,14 @@ coverage-weighted mean (sub-pixel accurate). Blobs with area >= ``min_area`` are
 
 Per frame:
   ``ball_count``       number of balls;
-  ``count_error``      ``|ball_count - expected_count|``;
+  ``count_error``      ``|ball_count - n_ref|``, ``n_ref`` the number of reference balls:
+                       those of the given frames (``reference_balls``, e.g. the world
+                       states, else read off the first ``ref_frames`` frames; balls are
+                       conserved), unless ``expected_count`` overrides it;
+  ``lost`` / ``spawned`` reference balls missing / balls beyond the reference, per colour
+                       (see :mod:`resforce.ball_identity`): a ball that turns red -> blue is
+                       one lost and one spawned;
+  ``identity_error``   ``(lost + spawned) / n_ref``;
   ``color_integrity``  fraction of non-background pixels that are on-palette (1 if none);
   ``size_error``       mean over balls of ``|area - a*| / a*`` with ``a*`` the nearest
                        reference area (``pi r^2`` of the given radii, else the areas of the
@@ -49,7 +56,11 @@ Per frame:
   ``position_error``   (with ``gt_positions``) mean distance (px) between GT balls and their
                        greedily matched balls;
   ``mse`` / ``psnr``   (with ``gt_frames``) pixel MSE in [0,1] units and PSNR (dB, peak 1);
-  ``drift``            the aggregate score, see :data:`DRIFT_DEFINITION`.
+  ``size_term`` / ``shape_term`` / ``accel_term`` / ``teleport_term``
+                       the per-ball errors with every lost or spawned ball a failure
+                       (:mod:`resforce.ball_identity`);
+  ``failure``          the aggregate score, see :data:`FAILURE_DEFINITION`: a frame whose
+                       balls vanished fails, it cannot pass by having nothing to check.
 
 Tracks are built per sample and colour by greedy nearest-neighbour matching of balls
 between frames (so two balls of one colour are told apart by position).
@@ -68,12 +79,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import ball_identity as ID
+from .ball_identity import FAILURE_DEFINITION
 from .frechet import FEATURE_DIM, GRAY_GRID, HIST_BINS, frame_features, frechet_distance, frechet_vs_horizon  # noqa: F401
 from .stats import _fmt, _table_cells, format_table, mean_se, paired_difference, segment_table, to_markdown, whole_segments  # noqa: F401
 from .videoarray import _LUMA, _batch01, _gray, _laplacian, _nanmean, _np  # noqa: F401
 
 __all__ = [
     "DRIFT_DEFINITION",
+    "FAILURE_DEFINITION",
     "FEATURE_DIM",
     "BallAnalysis",
     "segment_colors",
@@ -99,12 +113,8 @@ __all__ = [
 ]
 
 DRIFT_DEFINITION = (
-    "drift (bouncing balls) = mean of 7 per-frame failure terms, each clipped to [0, 1], NaN "
-    "(undefined) counted as 0: min(count_error, 1); 1 - color_integrity; min(size_error, 1); "
-    "min(shape_error, 1); min(background_noise / 0.1, 1); min(accel_error / 1 px, 1); "
-    "teleport. 0 = every check passes, 1 = every check fails. "
-    "drift (generic) = color_drift, the distance of the frame's per-channel mean/std from the "
-    "reference's."
+    "drift (generic worlds) = color_drift, the distance of the frame's per-channel mean/std from "
+    "the reference's. (Bouncing balls are scored by failure instead.)"
 )
 
 
@@ -475,6 +485,7 @@ def evaluate_bouncing_balls(
     gt_positions: Any = None,
     gt_colors: Any = None,
     *,
+    reference_balls: Any = None,
     min_area: float | None = None,
     max_speed: float | None = None,
     ref_frames: int = 2,
@@ -490,13 +501,17 @@ def evaluate_bouncing_balls(
       radii: ball radii in px: a scalar, or per sample a scalar or a list of per-ball radii.
         Used for ``size_error`` and the default ``min_area`` (a quarter of the smallest disc);
         without radii, reference areas come from the first ``ref_frames`` frames.
-      expected_count: scalar or (M,); default ``len(radii[m])`` if per-ball radii are given,
-        else the most common ball count over the first ``ref_frames`` frames.
+      expected_count: scalar or (M,): overrides the reference ball count in ``count_error``
+        only (default: the number of reference balls).
       gt_frames: (M,C,Fg,H,W) in [-1,1] -> ``mse``/``psnr`` for frames < Fg (NaN after).
       gt_positions: (M,Fg,N,2) ball centres (x, y) in px (NaN = absent) -> ``position_error``.
       gt_colors: (M,N) palette index of each GT ball; restricts matching to same colour.
       min_area: blob area (px, coverage-weighted) to count as a ball.
       max_speed: px/frame above which a jump is a teleport; default ``min(H, W) / 4``.
+      reference_balls: per sample, the palette indices of the given frames' balls (e.g. the
+        world states' colours); default: read off the first ``ref_frames`` frames (per colour,
+        the most balls seen in one of them). The reference of ``count_error``, ``lost``,
+        ``spawned``, ``identity_error`` and the ``*_term`` metrics.
     """
     v = _batch01(videos)
     mm, _, ff, hh, ww = v.shape
@@ -512,13 +527,10 @@ def evaluate_bouncing_balls(
 
     count = np.bincount(gfr[valid], minlength=mm * ff).reshape(mm, ff).astype(np.float64)
     nref = max(1, min(ref_frames, ff))
-    if expected_count is None:
-        if radii is not None and not np.isscalar(radii) and all(np.ndim(r) == 1 for r in radii):
-            exp = np.array([len(r) for r in radii], dtype=np.float64)
-        else:
-            exp = np.array([np.bincount(count[m, :nref].astype(int)).argmax() for m in range(mm)], float)
-    else:
-        exp = _per_sample(expected_count, mm, "expected_count")
+    detected = ID.detected_counts(b, (mm, ff), an.n_colors)
+    ident = ID.match_identity(b, (mm, ff), an.n_colors, ID.reference_counts(reference_balls, detected, ref_frames))
+    # balls are conserved: the count is checked against the given frames' balls
+    exp = ident.n_reference.astype(np.float64) if expected_count is None else _per_sample(expected_count, mm, "expected_count")
     count_error = np.abs(count - exp[:, None])
 
     # size error against the nearest reference area
@@ -553,6 +565,9 @@ def evaluate_bouncing_balls(
     out: dict[str, np.ndarray] = {
         "ball_count": count,
         "count_error": count_error,
+        "lost": ident.lost,
+        "spawned": ident.spawned,
+        "identity_error": ident.identity_error,
         "color_integrity": an.color_integrity.astype(np.float64),
         "size_error": size_error,
         "shape_error": shape_error,
@@ -592,16 +607,20 @@ def evaluate_bouncing_balls(
         with np.errstate(divide="ignore", invalid="ignore"):
             out["psnr"] = np.where(np.isfinite(mse), 10.0 * np.log10(1.0 / np.maximum(mse, 1e-10)), np.nan)
 
-    terms = [
-        np.minimum(count_error, 1.0),
-        1.0 - out["color_integrity"],
-        np.minimum(size_error, 1.0),
-        np.minimum(shape_error, 1.0),
-        np.minimum(out["background_noise"] / 0.1, 1.0),
-        np.minimum(accel, 1.0),
-        tele,
-    ]
-    out["drift"] = np.mean([np.nan_to_num(np.clip(t, 0.0, 1.0), nan=0.0) for t in terms], axis=0)
+    # per-ball terms in which a lost or spawned ball is a failure, and their aggregate
+    out["size_term"] = ID.per_ball_term(ident, rel)
+    out["shape_term"] = ID.per_ball_term(ident, b["shape_error"])
+    out["accel_term"] = ID.motion_term(ident, np.minimum(accel, 1.0))
+    out["teleport_term"] = ID.motion_term(ident, tele)
+    out["failure"] = ID.failure_score({
+        "identity": np.minimum(out["identity_error"], 1.0),
+        "color": 1.0 - out["color_integrity"],
+        "size": out["size_term"],
+        "shape": out["shape_term"],
+        "background": np.minimum(out["background_noise"] / 0.1, 1.0),
+        "accel": out["accel_term"],
+        "teleport": out["teleport_term"],
+    })
     return out
 
 
