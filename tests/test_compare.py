@@ -30,6 +30,18 @@ def test_eval_prints_segment_table_and_json(runs, tmp_path, capsys):
     assert len(data["per_frame_mean"]["failure"]) == 16 and "drift" not in data["per_frame_mean"]
     assert len(data["per_sample_segments"]["failure"]) == 3  # samples x whole segments, for paired differences
     assert all(len(s) == 4 for s in data["per_sample_segments"]["lost"])
+    # Frechet against a large independent reference, with the ground truth of the same clips as floor
+    assert data["frechet_reference"]["clips"] == 256 and len(data["frechet_reference"]["floor"]) == 4
+    assert all(r["mean"]["frechet"] >= 0 and r["mean"]["frechet_floor"] >= 0 for r in data["rows"])
+    assert "frechet_floor" in text and "Frechet distances against 256 independent ground-truth clips" in text
+    main(["eval", str(runs / "resampling"), "--chunks", "6", "--samples", "2", "--frechet-reference", "0",
+          "--segment", "3", "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert "frechet" not in data["rows"][0]["mean"] and data["frechet_reference"] == {}
+    assert [r["end"] for r in data["rows"]] == [3, 6] and data["dropped_tail_frames"] == 2
+    with pytest.raises(SystemExit):
+        main(["eval", str(runs / "resampling"), "--chunks", "2", "--samples", "1", "--segment", "9"])
+    assert "--segment 9" in capsys.readouterr().err
 
 
 def test_compare_writes_page_with_every_asset(runs, tmp_path):

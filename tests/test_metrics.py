@@ -313,3 +313,15 @@ def test_whole_segments_everywhere():
     assert s == pytest.approx(np.sqrt(2.75 / 3) / 2)
     d2, s2 = M.paired_difference(np.array([[1.0, 0.0], [3.0, 0.0]]), np.zeros((2, 2)))
     assert np.allclose(d2, [2.0, 0.0]) and np.allclose(s2, [1.0, 0.0])
+
+
+def test_frechet_floor_rows():
+    """With floor videos, each row gets the floor's distance to the same reference; videos equal
+    to the floor score exactly the floor, degraded ones more."""
+    video, *_ = scene(frames=48)
+    ref = add_noise(video, 0.01, seed=5)
+    rows = M.frechet_vs_horizon(video, ref, 16, floor=video)
+    assert all(r["frechet"] == r["frechet_floor"] for r in rows)
+    noisy = M.frechet_vs_horizon(add_noise(video, 0.1), ref, 16, floor=video)
+    assert all(r["frechet"] > r["frechet_floor"] + 0.01 for r in noisy)
+    assert "frechet_floor" not in M.frechet_vs_horizon(video, ref, 16)[0]

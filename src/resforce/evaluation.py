@@ -19,7 +19,7 @@ import torch
 from . import ball_identity
 from . import metrics as M
 from .fileio import write_text_atomic
-from .sampling import Generated, generate
+from .sampling import Generated, generate, world_clips
 
 TABLE_METRICS = ("failure", "drift", "count_error", "identity_error", "color_integrity", "size_error",
                  "background_noise", "accel_error", "position_error", "sharpness", "flicker", "generic_flicker",
@@ -30,6 +30,16 @@ PER_SAMPLE_METRICS = ("failure", "drift", "count_error", "identity_error", "lost
                       "size_error", "size_term", "shape_term", "accel_error", "accel_term", "teleport_term",
                       "background_noise", "position_error")
 """Metrics whose per-sample segment means go into the JSON, for paired comparisons."""
+FRECHET_REFERENCE_CLIPS = 256
+"""Default size of the Frechet reference: ground-truth clips of the world. Measured with
+scripts/frechet_reference_size.py (docs/metrics.md): two independent sets of 256 clips are
+0.016 ± 0.007 apart, and a 16-clip segment's distance moves by s.d. 0.005 with the reference
+draw (0.018 with 64 clips, 0.004 with 512)."""
+FRECHET_REFERENCE_FRAMES = 32
+"""Frames per reference clip (the world's frames are stationary: any start time will do)."""
+FRECHET_REFERENCE_SEED = 7_654_321
+"""World seed of the reference: far from evaluation seeds, and the same for every run and
+evaluation seed, so all Frechet distances are measured against one distribution."""
 
 
 @dataclass
@@ -40,6 +50,8 @@ class Evaluation:
     """metric -> (samples, frames)."""
     rows: list[dict] = field(default_factory=list)
     segment_len: int = 0
+    frechet_reference: dict = field(default_factory=dict)
+    """How the Frechet reference was drawn, and the floor per segment (empty: no Frechet)."""
 
     def per_sample_segments(self) -> dict:
         """metric -> [sample][segment] means, for paired comparisons across runs evaluated on
@@ -56,6 +68,7 @@ class Evaluation:
                 "rows": _jsonable(self.rows),
                 "dropped_tail_frames": M.whole_segments(int(self.generated.videos.shape[2]), self.segment_len)[1],
                 "per_sample_segments": self.per_sample_segments(),
+                "frechet_reference": _jsonable(self.frechet_reference),
                 "per_frame_mean": {k: _nanmean0(v) for k, v in self.per_frame.items()}}
 
 
@@ -122,7 +135,15 @@ def score_videos(videos, cfg, states=None, ground_truth=None, ref_frames: int = 
 
 def evaluate(path, name: str | None = None, samples: int = 16, chunks: int | None = None,
              prefix_chunks: int = 2, segment_len: int | None = None, seed: int = 0,
-             progress: bool = True, **gen_kwargs) -> Evaluation:
+             progress: bool = True, frechet_reference: int = FRECHET_REFERENCE_CLIPS,
+             **gen_kwargs) -> Evaluation:
+    """Roll out ``samples`` videos, score them per frame, summarise them by whole segments.
+
+    With the world's ground truth, each segment also gets its Frechet distance to
+    ``frechet_reference`` independent ground-truth clips of the world (0: none), and the
+    ground truth of the same clips as the floor (``frechet_floor``).
+    """
+    _check_frechet_reference(frechet_reference)
     g = generate(path, batch=samples, chunks=chunks, seed=seed, prefix_chunks=prefix_chunks,
                  with_ground_truth=True, progress=progress, **gen_kwargs)
     per_frame = score(g)
@@ -131,10 +152,45 @@ def evaluate(path, name: str | None = None, samples: int = 16, chunks: int | Non
         raise ValueError(f"--segment {segment_len} is longer than the rollout ({frames} frames)")
     seg = segment_len or min(g.train_frames, frames)
     rows = M.segment_table(per_frame, seg, train_len=g.train_frames)
-    if g.ground_truth is not None:  # Frechet distance of each segment to real frames
-        for row, fd in zip(rows, M.frechet_vs_horizon(g.videos.numpy(), g.ground_truth.numpy(), seg)):
-            row["mean"]["frechet"], row["se"]["frechet"], row["n"]["frechet"] = fd["frechet"], float("nan"), 1
-    return Evaluation(name or Path(str(path)).stem, g, per_frame, rows, seg)
+    info = {}
+    if g.ground_truth is not None and frechet_reference:
+        info = add_frechet(rows, g.videos, g.config, seg, frechet_reference, floor=g.ground_truth)
+    return Evaluation(name or Path(str(path)).stem, g, per_frame, rows, seg, info)
+
+
+def _check_frechet_reference(n: int) -> None:
+    if n != 0 and n < 2:
+        raise ValueError(f"--frechet-reference must be 0 (no Frechet distance) or >= 2 clips, got {n}")
+
+
+def add_frechet(rows: list[dict], videos, cfg, seg: int, reference_clips: int = FRECHET_REFERENCE_CLIPS,
+                floor=None) -> dict:
+    """Add ``frechet`` (and ``frechet_floor`` given floor videos) to segment-table rows, against
+    ``reference_clips`` ground-truth clips of the run's world from FRECHET_REFERENCE_SEED.
+    Returns the reference's description and the floor per segment, for the JSON."""
+    np_ = lambda x: x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)  # noqa: E731
+    reference, _ = world_clips(cfg, reference_clips, FRECHET_REFERENCE_FRAMES, FRECHET_REFERENCE_SEED)
+    fds = M.frechet_vs_horizon(np_(videos), reference.numpy(), seg, floor=None if floor is None else np_(floor))
+    for row, fd in zip(rows, fds):
+        for k in ("frechet", "frechet_floor"):
+            if k in fd:
+                row["mean"][k], row["se"][k], row["n"][k] = fd[k], float("nan"), 1
+    return {"clips": reference_clips, "clip_frames": FRECHET_REFERENCE_FRAMES, "world_seed": FRECHET_REFERENCE_SEED,
+            "floor": [fd.get("frechet_floor") for fd in fds]}
+
+
+def frechet_line(ev: Evaluation) -> str:
+    """One printed line: the reference and the ground-truth floor."""
+    ref = ev.frechet_reference
+    if not ref:
+        return ""
+    floor = [x for x in ref.get("floor", []) if x is not None]
+    text = (f"Frechet distances against {ref['clips']} independent ground-truth clips of the world "
+            f"({ref['clip_frames']} frames each, evaluation world seed {ref['world_seed']})")
+    if floor:
+        text += (f"; floor (ground truth of the same clips vs that reference): "
+                 f"{min(floor):.3f}-{max(floor):.3f} per segment, column frechet_floor")
+    return text
 
 
 def table_metrics(ev: Evaluation) -> list[str]:

@@ -75,13 +75,26 @@ def frechet_distance(feats_a: Any, feats_b: Any, eps: float = 1e-6) -> float:
     return max(fd, 0.0)
 
 
-def frechet_vs_horizon(videos: Any, reference: Any, segment_len: int) -> list[dict[str, Any]]:
+def frechet_vs_horizon(videos: Any, reference: Any, segment_len: int, floor: Any = None) -> list[dict[str, Any]]:
     """Frechet distance of each whole frame segment (pooled over samples) to ``reference``'s frames.
 
-    ``reference`` is real data (videos, all frames pooled). Returns rows
-    ``{"start", "end", "frechet"}``; a tail shorter than a segment is left out.
+    ``reference`` is real data (videos, all frames pooled): make it large and independent of
+    the videos scored, so every segment and every run is measured against the same, stable
+    distribution (scripts/frechet_reference_size.py measures how large). ``floor``: real
+    videos with as many samples and frames as ``videos`` (e.g. the ground truth of the same
+    clips); each row then also gets ``frechet_floor``, their segment's distance to the
+    reference, i.e. what a perfect model would score with this many samples.
+    Returns rows ``{"start", "end", "frechet"[, "frechet_floor"]}``; a tail shorter than a
+    segment is left out.
     """
     fa = frame_features(videos)
     fb = frame_features(reference)
+    ff = None if floor is None else frame_features(floor)
     bounds, _ = whole_segments(fa.shape[1], segment_len)
-    return [{"start": s, "end": e, "frechet": frechet_distance(fa[:, s:e], fb)} for s, e in bounds]
+    rows = []
+    for s, e in bounds:
+        row = {"start": s, "end": e, "frechet": frechet_distance(fa[:, s:e], fb)}
+        if ff is not None:
+            row["frechet_floor"] = frechet_distance(ff[:, s:e], fb)
+        rows.append(row)
+    return rows
