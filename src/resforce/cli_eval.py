@@ -172,3 +172,6 @@ def add_commands(sub, add_sampling_args) -> None:
                         "using the shipped checkpoints")
     d.add_argument("--configs", default="configs", help="folder with bb_teacher.yaml and bb_resampling.yaml")
     d.set_defaults(func=cmd_demo)
+
+    from .cli_score import add_command as add_score
+    add_score(sub)

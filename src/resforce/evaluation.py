@@ -198,9 +198,10 @@ def table_metrics(ev: Evaluation) -> list[str]:
     return [m for m in TABLE_METRICS if m in have] or list(ev.per_frame)
 
 
-def save_json(ev: Evaluation, path) -> Path:
+def save_json(ev: Evaluation, path, extra: dict | None = None) -> Path:
+    """Write the evaluation's summary (plus ``extra`` keys) atomically as JSON."""
     path = Path(path)
-    write_text_atomic(path, json.dumps(ev.summary(), indent=1))
+    write_text_atomic(path, json.dumps({**ev.summary(), **_jsonable(extra or {})}, indent=1))
     return path
 
 
