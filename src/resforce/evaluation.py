@@ -32,9 +32,9 @@ PER_SAMPLE_METRICS = ("failure", "drift", "count_error", "identity_error", "lost
 """Metrics whose per-sample segment means go into the JSON, for paired comparisons."""
 FRECHET_REFERENCE_CLIPS = 256
 """Default size of the Frechet reference: ground-truth clips of the world. Measured with
-scripts/frechet_reference_size.py (docs/metrics.md): two independent sets of 256 clips are
-0.016 ± 0.007 apart, and a 16-clip segment's distance moves by s.d. 0.005 with the reference
-draw (0.018 with 64 clips, 0.004 with 512)."""
+scripts/frechet_reference_size.py (docs/metrics.md, bb_base world, clips of 32 frames): two
+independent sets of 256 clips are 0.011 ± 0.002 apart (64: 0.057 ± 0.020, 512: 0.007 ±
+0.002), below the spread of a 16-clip segment's own distance over the clips drawn (s.d. 0.017)."""
 FRECHET_REFERENCE_FRAMES = 32
 """Frames per reference clip (the world's frames are stationary: any start time will do)."""
 FRECHET_REFERENCE_SEED = 7_654_321
