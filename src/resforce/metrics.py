@@ -10,9 +10,10 @@ Conventions
   ``[0, 1]`` and **every intensity-valued metric is reported in [0, 1] units** (PSNR uses
   peak 1). Palette and background colours are RGB triples in ``[0, 1]``.
 * Per-frame metrics are arrays shaped ``(M, F)``. ``NaN`` means "undefined for this frame"
-  (e.g. ``size_error`` in a frame with no ball, ``flicker`` at frame 0); every aggregate in
-  this module (``segment_table``, ``mean_se``, the plots in :mod:`resforce.report`) ignores
-  NaNs.
+  (e.g. ``size_error`` in a frame with no ball, ``flicker`` at frame 0); every aggregate
+  (``segment_table``, ``mean_se`` in :mod:`resforce.stats`, the plots in
+  :mod:`resforce.report`) ignores NaNs, so the bouncing-balls aggregate ``failure`` never lets
+  an undefined term pass (:mod:`resforce.ball_identity`).
 * Positions are ``(x, y)`` in pixels with pixel ``(row i, col j)`` centred at
   ``(x = j + pixel_center, y = i + pixel_center)``; ``pixel_center`` defaults to 0 (the
   ``np.mgrid`` convention), pass 0.5 for renderers whose pixel ``j`` covers ``[j, j+1)``.
