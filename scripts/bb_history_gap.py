@@ -25,7 +25,7 @@ from resforce.history import HistoryConfig, build_history
 from resforce.metrics import mean_se
 from resforce.sampling import world_clips
 
-KEYS = ("drift", "count_error", "background_noise", "size_error", "position_error")
+KEYS = ("failure", "count_error", "identity_error", "background_noise", "size_error", "position_error")
 
 
 def score(videos: torch.Tensor, states, cfg) -> dict[str, float]:

@@ -55,7 +55,7 @@ def test_bad_override_is_a_clear_error(tmp_path, capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "resforce.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for cmd in ("train", "generate", "eval", "compare", "demo"):
+    for cmd in ("train", "generate", "eval", "compare", "demo", "score"):
         assert cmd in out.stdout
 
 

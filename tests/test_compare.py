@@ -23,11 +23,25 @@ def test_eval_prints_segment_table_and_json(runs, tmp_path, capsys):
     out = tmp_path / "e.json"
     main(["eval", str(runs / "resampling"), "--chunks", "14", "--samples", "3", "--json", str(out)])
     text = capsys.readouterr().out
-    assert "drift" in text and "0-4" in text and "12-16 *" in text  # training clips: 4 frames
+    assert "failure" in text and "identity_error" in text and "0-4" in text and "12-16 *" in text  # training clips: 4 frames
     data = json.loads(out.read_text())
     assert data["samples"] == 3 and data["frames"] == 16 and data["prefix_frames"] == 2
-    assert [r["start"] for r in data["rows"]] == [0, 4, 8, 12]
-    assert len(data["per_frame_mean"]["drift"]) == 16
+    assert [r["start"] for r in data["rows"]] == [0, 4, 8, 12] and data["dropped_tail_frames"] == 0
+    assert len(data["per_frame_mean"]["failure"]) == 16 and "drift" not in data["per_frame_mean"]
+    assert len(data["per_sample_segments"]["failure"]) == 3  # samples x whole segments, for paired differences
+    assert all(len(s) == 4 for s in data["per_sample_segments"]["lost"])
+    # Frechet against a large independent reference, with the ground truth of the same clips as floor
+    assert data["frechet_reference"]["clips"] == 256 and len(data["frechet_reference"]["floor"]) == 4
+    assert all(r["mean"]["frechet"] >= 0 and r["mean"]["frechet_floor"] >= 0 for r in data["rows"])
+    assert "frechet_floor" in text and "Frechet distances against 256 independent ground-truth clips" in text
+    main(["eval", str(runs / "resampling"), "--chunks", "6", "--samples", "2", "--frechet-reference", "0",
+          "--segment", "3", "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert "frechet" not in data["rows"][0]["mean"] and data["frechet_reference"] == {}
+    assert [r["end"] for r in data["rows"]] == [3, 6] and data["dropped_tail_frames"] == 2
+    with pytest.raises(SystemExit):
+        main(["eval", str(runs / "resampling"), "--chunks", "2", "--samples", "1", "--segment", "9"])
+    assert "--segment 9" in capsys.readouterr().err
 
 
 def test_compare_writes_page_with_every_asset(runs, tmp_path):
@@ -35,10 +49,11 @@ def test_compare_writes_page_with_every_asset(runs, tmp_path):
     main(["compare", str(runs / "teacher"), str(runs / "resampling"), "--names", "TF,RF",
           "--chunks", "10", "--samples", "2", "--out", str(out)])
     html = (out / "index.html").read_text()
-    for asset in ("tf.mp4", "rf.mp4", "drift_vs_horizon.png", "count_error_vs_horizon.png"):
+    for asset in ("tf.mp4", "rf.mp4", "failure_vs_horizon.png", "count_error_vs_horizon.png"):
         assert (out / asset).stat().st_size > 0
         assert asset in html
     assert "TF" in html and "RF" in html and (out / "table.txt").read_text().count("TF") >= 3
+    assert "failure (bouncing balls" in html and "drift_vs_horizon" not in html
     browser = find_browser()
     if browser is None:
         pytest.skip(NO_BROWSER)

@@ -34,14 +34,14 @@ def _summarize_module():
     return mod
 
 
-def _fake_eval(path: Path, drift_per_sample: np.ndarray, frames: int = 12):
-    """An eval JSON like `resforce eval --json`: 2 segments of 6 frames, per-sample drift."""
+def _fake_eval(path: Path, failure_per_sample: np.ndarray, frames: int = 12):
+    """An eval JSON like `resforce eval --json`: 2 segments of 6 frames, per-sample failure."""
     rows = [{"start": 0, "end": 6, "beyond_train": False}, {"start": 6, "end": 12, "beyond_train": True}]
-    per_sample = {"drift": drift_per_sample.tolist(), "count_error": (drift_per_sample * 2).tolist(),
-                  "color_integrity": (1 - drift_per_sample).tolist()}
+    per_sample = {"failure": failure_per_sample.tolist(), "count_error": (failure_per_sample * 2).tolist(),
+                  "color_integrity": (1 - failure_per_sample).tolist()}
     per_frame = {k: np.repeat(np.mean(v, 0), 6).tolist() for k, v in per_sample.items()}
     path.write_text(json.dumps({"name": path.stem, "segment_len": 6, "train_frames": 4, "prefix_frames": 1,
-                                "samples": len(drift_per_sample), "frames": frames, "rows": rows,
+                                "samples": len(failure_per_sample), "frames": frames, "rows": rows,
                                 "per_sample_segments": per_sample, "per_frame_mean": per_frame}))
 
 
@@ -63,7 +63,7 @@ def test_summarize_seed_statistics_shift_table_and_plots(tmp_path, capsys, monke
     assert "| RF, s = 0.1 | 1 | 0.100 ± 0.000† | 0.100 ± 0.000† |" in out
     assert "| RF, s = 0.1 − s = 0.6, seed 0 | 0.000 ± 0.100 | -0.100 ± 0.100 |" in out
     assert "| TF, 3000 steps | 1 | 0.200 ± 0.100† | 0.200 ± 0.100† |" in out
-    for png in ("methods_drift_vs_horizon.png", "shift_count_error_vs_horizon.png"):
+    for png in ("methods_failure_vs_horizon.png", "shift_count_error_vs_horizon.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -85,7 +85,7 @@ def test_history_gap_scores_degraded_histories(tmp_path, capsys):
             if line.startswith("| ") and not line.startswith("| frames")}
     assert list(rows) == ["ground truth", "self-resampled, s = 0.01", "self-resampled, s = 100",
                           "its rollouts, frames 2-8", "its rollouts, frames 2-6"]
-    drift = {name: float(r[0]) for name, r in rows.items()}
+    failure = {name: float(r[0]) for name, r in rows.items()}
     # an untrained model resampling from t_s ~ 1 (s = 100) ruins the clip; t_s ~ 0 (s = 0.01) keeps it
-    assert drift["ground truth"] <= drift["self-resampled, s = 0.01"] + 0.02
-    assert drift["self-resampled, s = 0.01"] + 0.1 < drift["self-resampled, s = 100"]
+    assert failure["ground truth"] <= failure["self-resampled, s = 0.01"] + 0.02
+    assert failure["self-resampled, s = 0.01"] + 0.1 < failure["self-resampled, s = 100"]

@@ -100,7 +100,8 @@ def test_perfect_ground_truth():
     assert np.isfinite(acc).sum() >= 5
     assert np.nanmax(acc) < 0.1
     assert np.nanmax(r["teleport"]) == 0
-    assert np.max(r["drift"][0, apart]) < 0.03
+    assert np.max(r["failure"][0, apart]) < 0.03
+    assert np.all(r["lost"] == 0) and np.all(r["spawned"] == 0) and np.all(r["identity_error"] == 0)
 
 
 def test_centroids_and_pixel_center():
@@ -124,7 +125,7 @@ def test_ball_disappears_halfway():
     for res in (r, r_inferred):
         assert np.all(res["count_error"][0, 20:] == 1)
         assert np.all(res["count_error"][0, :20][apart[:20]] == 0)
-    assert r["drift"][0, 20:].mean() > r["drift"][0, :20].mean()
+    assert r["failure"][0, 20:].mean() > r["failure"][0, :20].mean()
 
 
 def test_noise_monotonic():
@@ -149,7 +150,7 @@ def test_color_shift():
     r1 = M.evaluate_bouncing_balls(v, PALETTE, BG)
     assert np.all(r1["color_integrity"][0, 16:] < 0.5)
     assert np.all(r1["color_integrity"][0, :16] == 1.0)
-    assert r1["drift"][0, 16:].mean() > r0["drift"][0, 16:].mean() + 0.05
+    assert r1["failure"][0, 16:].mean() > r0["failure"][0, 16:].mean() + 0.05
     g0 = M.evaluate_generic(video)
     g1 = M.evaluate_generic(v)
     assert g1["color_drift"][0, 16:].mean() > 3 * g0["color_drift"][0, 16:].mean()
@@ -234,7 +235,7 @@ def test_speed_256_frames():
     g = M.evaluate_generic(v)
     M.frame_features(v)
     dt = time.perf_counter() - t0
-    assert r["drift"].shape == g["drift"].shape == (1, 256)
+    assert r["failure"].shape == g["drift"].shape == (1, 256)
     assert dt < 2.0, dt  # ~0.2 s on an idle core; slack for a shared machine
 
 
@@ -264,24 +265,46 @@ def test_segment_table_and_standard_errors():
     per = {"a": np.tile(np.array([[1.0], [2.0], [3.0]]), (1, 50)), "b": np.arange(50.0)[None].repeat(2, 0)}
     per["b"][1, 0] = np.nan  # NaN-aware
     rows = M.segment_table(per, segment_len=16, train_len=32)
-    assert [(r["start"], r["end"]) for r in rows] == [(0, 16), (16, 32), (32, 48), (48, 50)]
-    assert [r["beyond_train"] for r in rows] == [False, False, True, True]
+    # whole segments only: frames 48-50 do not fill a segment and are left out (and said so)
+    assert [(r["start"], r["end"]) for r in rows] == [(0, 16), (16, 32), (32, 48)]
+    assert all(r["dropped_tail_frames"] == 2 for r in rows)
+    assert [r["beyond_train"] for r in rows] == [False, False, True]
     assert rows[0]["mean"]["a"] == pytest.approx(2.0)
     assert rows[0]["se"]["a"] == pytest.approx(1.0 / np.sqrt(3.0))
     assert rows[0]["n"]["a"] == 3
-    assert rows[3]["mean"]["b"] == pytest.approx(48.5)
-    assert rows[3]["se"]["b"] == pytest.approx(0.0)
+    assert rows[2]["mean"]["b"] == pytest.approx(39.5)
+    assert rows[2]["se"]["b"] == pytest.approx(0.0)
     assert rows[0]["mean"]["b"] == pytest.approx((7.5 + 8.0) / 2)
     assert M.segment_table(per, 25, train_len=None, fps=5)[1]["label"] == "5-10s"
+    assert M.segment_table(per, 25)[-1]["dropped_tail_frames"] == 0
 
     txt = M.format_table(rows, ["a", "b"])
     lines = txt.splitlines()
     assert lines[0].split() == ["frames", "a", "b"]
-    assert "32-48 *" in txt and "2.000 ± 0.577" in txt
-    assert len({len(line) for line in lines[:6]}) == 1  # fixed width
+    assert "32-48 *" in txt and "2.000 ± 0.577" in txt and "48-50" not in lines[-2]
+    assert "last 2 frame(s) (48-50)" in lines[-1]
+    assert len({len(line) for line in lines[:5]}) == 1  # fixed width
     md = M.to_markdown([dict(r, method="tf") for r in rows], ["a"])
     assert md.splitlines()[0] == "| method | frames | a |"
-    assert "| tf | 48-50 * |" in md
+    assert "| tf | 32-48 * |" in md and "48-50" in md.splitlines()[-1]
+
+
+def test_whole_segments_everywhere():
+    """130 frames in segments of 32: four whole segments, the 2-frame tail left out, in the
+    table, the per-sample segment means of the JSON and the Frechet rows alike."""
+    from resforce.evaluation import _segment_means
+
+    assert M.whole_segments(130, 32) == ([(0, 32), (32, 64), (64, 96), (96, 128)], 2)
+    assert M.whole_segments(128, 32)[1] == 0
+    with pytest.raises(ValueError, match="longer than the video"):
+        M.whole_segments(20, 32)
+    v = np.zeros((2, 130))
+    v[:, 128:] = 100.0  # a tail that would dominate a 2-frame segment
+    assert _segment_means(v, 32) == [[0.0] * 4] * 2
+    assert [r["end"] for r in M.segment_table({"x": v}, 32)] == [32, 64, 96, 128]
+    video, *_ = scene(frames=50)
+    assert [(r["start"], r["end"]) for r in M.frechet_vs_horizon(video, video, 16)] == [(0, 16), (16, 32), (32, 48)]
+
 
     mean, se = M.mean_se([1.0, 2.0, 3.0, 4.0])
     assert mean == pytest.approx(2.5) and se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
@@ -290,3 +313,15 @@ def test_segment_table_and_standard_errors():
     assert s == pytest.approx(np.sqrt(2.75 / 3) / 2)
     d2, s2 = M.paired_difference(np.array([[1.0, 0.0], [3.0, 0.0]]), np.zeros((2, 2)))
     assert np.allclose(d2, [2.0, 0.0]) and np.allclose(s2, [1.0, 0.0])
+
+
+def test_frechet_floor_rows():
+    """With floor videos, each row gets the floor's distance to the same reference; videos equal
+    to the floor score exactly the floor, degraded ones more."""
+    video, *_ = scene(frames=48)
+    ref = add_noise(video, 0.01, seed=5)
+    rows = M.frechet_vs_horizon(video, ref, 16, floor=video)
+    assert all(r["frechet"] == r["frechet_floor"] for r in rows)
+    noisy = M.frechet_vs_horizon(add_noise(video, 0.1), ref, 16, floor=video)
+    assert all(r["frechet"] > r["frechet_floor"] + 0.01 for r in noisy)
+    assert "frechet_floor" not in M.frechet_vs_horizon(video, ref, 16)[0]

@@ -20,26 +20,28 @@ def _gen_kwargs(args) -> dict:
 
 
 def cmd_eval(args) -> None:
-    from .evaluation import evaluate, save_json, table_metrics
+    from .evaluation import evaluate, frechet_line, save_json, table_metrics
     from .metrics import format_table
 
     ev = evaluate(args.run, samples=args.samples, chunks=args.chunks, seed=args.seed or 0,
                   prefix_chunks=args.prefix_chunks if args.prefix_chunks is not None else 2,
-                  segment_len=args.segment, **_gen_kwargs(args))
+                  segment_len=args.segment, frechet_reference=args.frechet_reference, **_gen_kwargs(args))
     print(f"{ev.name}: {ev.summary()['samples']} rollouts of {ev.summary()['frames']} frames "
           f"({ev.generated.prefix_frames} given); training clips: {ev.generated.train_frames} frames; "
           f"segments marked * lie beyond the training length")
     print(format_table(ev.rows, table_metrics(ev)))
+    if frechet_line(ev):
+        print(frechet_line(ev))
     if args.json:
         print(f"wrote {save_json(ev, args.json)}")
 
 
 def compare(runs: list, names: list[str], out_dir, samples: int, chunks: int | None, seed: int = 0,
             prefix_chunks: int = 2, notes: str = "", title: str = "resforce comparison",
-            segment_len: int | None = None, **gen_kwargs) -> Path:
+            segment_len: int | None = None, frechet_reference: int | None = None, **gen_kwargs) -> Path:
     """Evaluate every run on the same seeds and write out_dir/index.html."""
-    from .evaluation import evaluate, save_json, table_metrics
-    from .metrics import DRIFT_DEFINITION, format_table
+    from .evaluation import FRECHET_REFERENCE_CLIPS, evaluate, frechet_line, save_json, table_metrics
+    from .metrics import DRIFT_DEFINITION, FAILURE_DEFINITION, format_table
     from .report import plot_metric_vs_horizon, write_compare_page
     from .video_io import save_grid_video
 
@@ -49,7 +51,9 @@ def compare(runs: list, names: list[str], out_dir, samples: int, chunks: int | N
     for run, name in zip(runs, names):
         print(f"[{name}] rolling out {samples} samples from {run}")
         evs.append(evaluate(run, name=name, samples=samples, chunks=chunks, seed=seed,
-                            prefix_chunks=prefix_chunks, segment_len=segment_len, **gen_kwargs))
+                            prefix_chunks=prefix_chunks, segment_len=segment_len,
+                            frechet_reference=FRECHET_REFERENCE_CLIPS if frechet_reference is None else frechet_reference,
+                            **gen_kwargs))
     slug = lambda s: "".join(c if c.isalnum() else "_" for c in s.lower())
     methods, rows = [], []
     for ev in evs:
@@ -64,15 +68,19 @@ def compare(runs: list, names: list[str], out_dir, samples: int, chunks: int | N
     metrics = table_metrics(evs[0])
     plots = []
     train_len = evs[0].generated.train_frames
-    for m in [x for x in ("drift", "count_error", "color_integrity", "accel_error", "background_noise")
-              if x in evs[0].per_frame]:
+    for m in [x for x in ("failure", "drift", "count_error", "identity_error", "color_integrity", "accel_error",
+                          "background_noise") if x in evs[0].per_frame]:
         png = f"{m}_vs_horizon.png"
         plot_metric_vs_horizon({ev.name: ev.per_frame for ev in evs}, m, out / png, train_len=train_len, smooth=4)
         plots.append(png)
     text = format_table(rows, metrics)
+    definition = FAILURE_DEFINITION if "failure" in evs[0].per_frame else DRIFT_DEFINITION
+    if frechet_line(evs[0]):
+        definition += "\n" + frechet_line(evs[0])
+        text += "\n" + frechet_line(evs[0])
     (out / "table.txt").write_text(text + "\n")
     page = write_compare_page(out, methods, plots, title=title, metrics=metrics,
-                              notes=(notes + "\n" + DRIFT_DEFINITION).strip())
+                              notes=(notes + "\n" + definition).strip())
     print(text)
     return page
 
@@ -83,7 +91,7 @@ def cmd_compare(args) -> None:
         raise ValueError(f"--names gives {len(names)} names for {len(args.runs)} runs")
     page = compare(args.runs, names, args.out, args.samples, args.chunks, seed=args.seed or 0,
                    prefix_chunks=args.prefix_chunks if args.prefix_chunks is not None else 2,
-                   segment_len=args.segment, **_gen_kwargs(args))
+                   segment_len=args.segment, frechet_reference=args.frechet_reference, **_gen_kwargs(args))
     print(f"comparison page: {page}")
 
 
@@ -127,12 +135,21 @@ def retrain_demo_models(run_root: Path, config_dir: str) -> dict[str, Path]:
     return exported
 
 
+def _add_frechet_arg(p) -> None:
+    from .evaluation import FRECHET_REFERENCE_CLIPS
+
+    p.add_argument("--frechet-reference", type=int, default=FRECHET_REFERENCE_CLIPS, metavar="CLIPS",
+                   help="Frechet distances against this many independent ground-truth clips of the world "
+                        f"(default {FRECHET_REFERENCE_CLIPS}; 0: none)")
+
+
 def add_commands(sub, add_sampling_args) -> None:
     e = sub.add_parser("eval", help="long rollouts, metrics, a table by horizon segment")
     e.add_argument("run", help="run directory, checkpoint directory or .safetensors file")
     e.add_argument("--samples", type=int, default=16)
     e.add_argument("--segment", type=int, default=None, help="frames per table segment (default: training length)")
     e.add_argument("--json", default=None, help="also write the metrics here")
+    _add_frechet_arg(e)
     add_sampling_args(e)
     e.set_defaults(func=cmd_eval)
 
@@ -142,6 +159,7 @@ def add_commands(sub, add_sampling_args) -> None:
     c.add_argument("--names", default=None, help="comma-separated method names")
     c.add_argument("--samples", type=int, default=16)
     c.add_argument("--segment", type=int, default=None, help="frames per table segment (default: training length)")
+    _add_frechet_arg(c)
     add_sampling_args(c)
     c.set_defaults(func=cmd_compare)
 
@@ -155,3 +173,6 @@ def add_commands(sub, add_sampling_args) -> None:
                         "using the shipped checkpoints")
     d.add_argument("--configs", default="configs", help="folder with bb_teacher.yaml and bb_resampling.yaml")
     d.set_defaults(func=cmd_demo)
+
+    from .cli_score import add_command as add_score
+    add_score(sub)

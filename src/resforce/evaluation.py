@@ -16,12 +16,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import ball_identity
 from . import metrics as M
 from .fileio import write_text_atomic
-from .sampling import Generated, generate
+from .sampling import Generated, generate, world_clips
 
-TABLE_METRICS = ("drift", "count_error", "color_integrity", "size_error", "background_noise",
-                 "accel_error", "position_error", "sharpness", "flicker", "generic_flicker", "frechet")
+TABLE_METRICS = ("failure", "drift", "count_error", "identity_error", "color_integrity", "size_error",
+                 "background_noise", "accel_error", "position_error", "sharpness", "flicker", "generic_flicker",
+                 "frechet", "frechet_floor")
+"""Columns of the eval/compare tables, where a run has them: bouncing-balls runs are summed up
+by ``failure`` (metrics.FAILURE_DEFINITION), other worlds by the generic ``drift``."""
+PER_SAMPLE_METRICS = ("failure", "drift", "count_error", "identity_error", "lost", "spawned", "color_integrity",
+                      "size_error", "size_term", "shape_term", "accel_error", "accel_term", "teleport_term",
+                      "background_noise", "position_error")
+"""Metrics whose per-sample segment means go into the JSON, for paired comparisons."""
+FRECHET_REFERENCE_CLIPS = 256
+"""Default size of the Frechet reference: ground-truth clips of the world. Measured with
+scripts/frechet_reference_size.py (docs/metrics.md, bb_base world, clips of 32 frames): two
+independent sets of 256 clips are 0.011 ± 0.002 apart (64: 0.057 ± 0.020, 512: 0.007 ±
+0.002), below the spread of a 16-clip segment's own distance over the clips drawn (s.d. 0.017)."""
+FRECHET_REFERENCE_FRAMES = 32
+"""Frames per reference clip (the world's frames are stationary: any start time will do)."""
+FRECHET_REFERENCE_SEED = 7_654_321
+"""World seed of the reference: far from evaluation seeds, and the same for every run and
+evaluation seed, so all Frechet distances are measured against one distribution."""
 
 
 @dataclass
@@ -32,12 +50,13 @@ class Evaluation:
     """metric -> (samples, frames)."""
     rows: list[dict] = field(default_factory=list)
     segment_len: int = 0
+    frechet_reference: dict = field(default_factory=dict)
+    """How the Frechet reference was drawn, and the floor per segment (empty: no Frechet)."""
 
     def per_sample_segments(self) -> dict:
         """metric -> [sample][segment] means, for paired comparisons across runs evaluated on
         the same seeds (same prefixes and initial noise)."""
-        keys = [m for m in ("drift", "count_error", "color_integrity", "size_error", "accel_error",
-                            "background_noise", "position_error") if m in self.per_frame]
+        keys = [m for m in PER_SAMPLE_METRICS if m in self.per_frame]
         return {k: _segment_means(self.per_frame[k], self.segment_len) for k in keys}
 
     def summary(self) -> dict:
@@ -48,18 +67,21 @@ class Evaluation:
                 "samples": int(self.generated.videos.shape[0]),
                 "frames": int(self.generated.videos.shape[2]),
                 "rows": _jsonable(self.rows),
+                "dropped_tail_frames": M.whole_segments(int(self.generated.videos.shape[2]), self.segment_len)[1],
                 "per_sample_segments": self.per_sample_segments(),
+                "frechet_reference": _jsonable(self.frechet_reference),
                 "per_frame_mean": {k: _nanmean0(v) for k, v in self.per_frame.items()}}
 
 
 def _segment_means(v: np.ndarray, seg: int) -> list:
-    """(samples, frames) -> per sample, the mean of each segment (NaN-aware; None if undefined)."""
+    """(samples, frames) -> per sample, the mean of each whole segment (NaN-aware; None if
+    undefined); a tail shorter than a segment is left out, as in the table."""
+    bounds, _ = M.whole_segments(v.shape[1], seg)
     out = []
-    for s in range(0, v.shape[1], seg):
+    for s, e in bounds:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN segments -> NaN
-            m = np.nanmean(v[:, s:s + seg], axis=1)
-        out.append(m)
+            out.append(np.nanmean(v[:, s:e], axis=1))
     return [[None if not np.isfinite(x) else float(x) for x in row] for row in np.stack(out, 1)]
 
 
@@ -90,35 +112,86 @@ def score(g: Generated) -> dict[str, np.ndarray]:
     return score_videos(g.videos, g.config, g.states, g.ground_truth)
 
 
-def score_videos(videos, cfg, states=None, ground_truth=None) -> dict[str, np.ndarray]:
+def score_videos(videos, cfg, states=None, ground_truth=None, ref_frames: int = 2) -> dict[str, np.ndarray]:
     """Per-frame metrics (samples, frames) of any videos (B, C, F, H, W) in [-1, 1] of a run's
-    world; with its world states, the bouncing-balls metrics against them too."""
+    world. Bouncing balls: the world's metrics, against the world states where given (their
+    balls are the reference; radii, positions), else against the balls of the first
+    ``ref_frames`` frames; the generic metrics get a ``generic_`` prefix."""
     videos = videos.numpy() if isinstance(videos, torch.Tensor) else np.asarray(videos)
     out = M.evaluate_generic(videos)
-    if cfg.data.kind == "bouncing_balls" and states is not None:
-        bb = cfg.data.bouncing_balls
-        radii = [list(r[v]) for r, v in zip(states.radii, states.valid)]
-        gt_pos = np.where(states.valid[:, None, :, None], states.positions, np.nan)
-        balls = M.evaluate_bouncing_balls(
-            videos, bb.colors, bb.background, radii=radii,
-            gt_frames=None if ground_truth is None else ground_truth.numpy(),
-            gt_positions=gt_pos, pixel_center=0.5)
-        out = {**{f"generic_{k}": v for k, v in out.items()}, **balls}
-    return out
+    if cfg.data.kind != "bouncing_balls":
+        return out
+    bb = cfg.data.bouncing_balls
+    known = {}
+    if states is not None:
+        known = dict(radii=[list(r[v]) for r, v in zip(states.radii, states.valid)],
+                     gt_positions=np.where(states.valid[:, None, :, None], states.positions, np.nan),
+                     reference_balls=[ball_identity.palette_indices(c[v], bb.colors)
+                                      for c, v in zip(states.colors, states.valid)])
+    balls = M.evaluate_bouncing_balls(
+        videos, bb.colors, bb.background, gt_frames=None if ground_truth is None else ground_truth.numpy(),
+        pixel_center=0.5, ref_frames=ref_frames, **known)
+    return {**{f"generic_{k}": v for k, v in out.items()}, **balls}
 
 
 def evaluate(path, name: str | None = None, samples: int = 16, chunks: int | None = None,
              prefix_chunks: int = 2, segment_len: int | None = None, seed: int = 0,
-             progress: bool = True, **gen_kwargs) -> Evaluation:
+             progress: bool = True, frechet_reference: int = FRECHET_REFERENCE_CLIPS,
+             **gen_kwargs) -> Evaluation:
+    """Roll out ``samples`` videos, score them per frame, summarise them by whole segments.
+
+    With the world's ground truth, each segment also gets its Frechet distance to
+    ``frechet_reference`` independent ground-truth clips of the world (0: none), and the
+    ground truth of the same clips as the floor (``frechet_floor``).
+    """
+    _check_frechet_reference(frechet_reference)
     g = generate(path, batch=samples, chunks=chunks, seed=seed, prefix_chunks=prefix_chunks,
                  with_ground_truth=True, progress=progress, **gen_kwargs)
     per_frame = score(g)
-    seg = segment_len or g.train_frames
+    frames = int(g.videos.shape[2])
+    if segment_len is not None and segment_len > frames:
+        raise ValueError(f"--segment {segment_len} is longer than the rollout ({frames} frames)")
+    seg = segment_len or min(g.train_frames, frames)
     rows = M.segment_table(per_frame, seg, train_len=g.train_frames)
-    if g.ground_truth is not None:  # Frechet distance of each segment to real frames
-        for row, fd in zip(rows, M.frechet_vs_horizon(g.videos.numpy(), g.ground_truth.numpy(), seg)):
-            row["mean"]["frechet"], row["se"]["frechet"], row["n"]["frechet"] = fd["frechet"], float("nan"), 1
-    return Evaluation(name or Path(str(path)).stem, g, per_frame, rows, seg)
+    info = {}
+    if g.ground_truth is not None and frechet_reference:
+        info = add_frechet(rows, g.videos, g.config, seg, frechet_reference, floor=g.ground_truth)
+    return Evaluation(name or Path(str(path)).stem, g, per_frame, rows, seg, info)
+
+
+def _check_frechet_reference(n: int) -> None:
+    if n != 0 and n < 2:
+        raise ValueError(f"--frechet-reference must be 0 (no Frechet distance) or >= 2 clips, got {n}")
+
+
+def add_frechet(rows: list[dict], videos, cfg, seg: int, reference_clips: int = FRECHET_REFERENCE_CLIPS,
+                floor=None) -> dict:
+    """Add ``frechet`` (and ``frechet_floor`` given floor videos) to segment-table rows, against
+    ``reference_clips`` ground-truth clips of the run's world from FRECHET_REFERENCE_SEED.
+    Returns the reference's description and the floor per segment, for the JSON."""
+    np_ = lambda x: x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)  # noqa: E731
+    reference, _ = world_clips(cfg, reference_clips, FRECHET_REFERENCE_FRAMES, FRECHET_REFERENCE_SEED)
+    fds = M.frechet_vs_horizon(np_(videos), reference.numpy(), seg, floor=None if floor is None else np_(floor))
+    for row, fd in zip(rows, fds):
+        for k in ("frechet", "frechet_floor"):
+            if k in fd:
+                row["mean"][k], row["se"][k], row["n"][k] = fd[k], float("nan"), 1
+    return {"clips": reference_clips, "clip_frames": FRECHET_REFERENCE_FRAMES, "world_seed": FRECHET_REFERENCE_SEED,
+            "floor": [fd.get("frechet_floor") for fd in fds]}
+
+
+def frechet_line(ev: Evaluation) -> str:
+    """One printed line: the reference and the ground-truth floor."""
+    ref = ev.frechet_reference
+    if not ref:
+        return ""
+    floor = [x for x in ref.get("floor", []) if x is not None]
+    text = (f"Frechet distances against {ref['clips']} independent ground-truth clips of the world "
+            f"({ref['clip_frames']} frames each, evaluation world seed {ref['world_seed']})")
+    if floor:
+        text += (f"; floor (ground truth of the same clips vs that reference): "
+                 f"{min(floor):.3f}-{max(floor):.3f} per segment, column frechet_floor")
+    return text
 
 
 def table_metrics(ev: Evaluation) -> list[str]:
@@ -126,9 +199,10 @@ def table_metrics(ev: Evaluation) -> list[str]:
     return [m for m in TABLE_METRICS if m in have] or list(ev.per_frame)
 
 
-def save_json(ev: Evaluation, path) -> Path:
+def save_json(ev: Evaluation, path, extra: dict | None = None) -> Path:
+    """Write the evaluation's summary (plus ``extra`` keys) atomically as JSON."""
     path = Path(path)
-    write_text_atomic(path, json.dumps(ev.summary(), indent=1))
+    write_text_atomic(path, json.dumps({**ev.summary(), **_jsonable(extra or {})}, indent=1))
     return path
 
 

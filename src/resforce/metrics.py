@@ -10,9 +10,10 @@ Conventions
   ``[0, 1]`` and **every intensity-valued metric is reported in [0, 1] units** (PSNR uses
   peak 1). Palette and background colours are RGB triples in ``[0, 1]``.
 * Per-frame metrics are arrays shaped ``(M, F)``. ``NaN`` means "undefined for this frame"
-  (e.g. ``size_error`` in a frame with no ball, ``flicker`` at frame 0); every aggregate in
-  this module (``segment_table``, ``mean_se``, the plots in :mod:`resforce.report`) ignores
-  NaNs.
+  (e.g. ``size_error`` in a frame with no ball, ``flicker`` at frame 0); every aggregate
+  (``segment_table``, ``mean_se`` in :mod:`resforce.stats`, the plots in
+  :mod:`resforce.report`) ignores NaNs, so the bouncing-balls aggregate ``failure`` never lets
+  an undefined term pass (:mod:`resforce.ball_identity`).
 * Positions are ``(x, y)`` in pixels with pixel ``(row i, col j)`` centred at
   ``(x = j + pixel_center, y = i + pixel_center)``; ``pixel_center`` defaults to 0 (the
   ``np.mgrid`` convention), pass 0.5 for renderers whose pixel ``j`` covers ``[j, j+1)``.
@@ -30,7 +31,14 @@ coverage-weighted mean (sub-pixel accurate). Blobs with area >= ``min_area`` are
 
 Per frame:
   ``ball_count``       number of balls;
-  ``count_error``      ``|ball_count - expected_count|``;
+  ``count_error``      ``|ball_count - n_ref|``, ``n_ref`` the number of reference balls:
+                       those of the given frames (``reference_balls``, e.g. the world
+                       states, else read off the first ``ref_frames`` frames; balls are
+                       conserved), unless ``expected_count`` overrides it;
+  ``lost`` / ``spawned`` reference balls missing / balls beyond the reference, per colour
+                       (see :mod:`resforce.ball_identity`): a ball that turns red -> blue is
+                       one lost and one spawned;
+  ``identity_error``   ``(lost + spawned) / n_ref``;
   ``color_integrity``  fraction of non-background pixels that are on-palette (1 if none);
   ``size_error``       mean over balls of ``|area - a*| / a*`` with ``a*`` the nearest
                        reference area (``pi r^2`` of the given radii, else the areas of the
@@ -49,7 +57,11 @@ Per frame:
   ``position_error``   (with ``gt_positions``) mean distance (px) between GT balls and their
                        greedily matched balls;
   ``mse`` / ``psnr``   (with ``gt_frames``) pixel MSE in [0,1] units and PSNR (dB, peak 1);
-  ``drift``            the aggregate score, see :data:`DRIFT_DEFINITION`.
+  ``size_term`` / ``shape_term`` / ``accel_term`` / ``teleport_term``
+                       the per-ball errors with every lost or spawned ball a failure
+                       (:mod:`resforce.ball_identity`);
+  ``failure``          the aggregate score, see :data:`FAILURE_DEFINITION`: a frame whose
+                       balls vanished fails, it cannot pass by having nothing to check.
 
 Tracks are built per sample and colour by greedy nearest-neighbour matching of balls
 between frames (so two balls of one colour are told apart by position).
@@ -64,12 +76,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from . import ball_identity as ID
+from .ball_identity import FAILURE_DEFINITION
+from .frechet import FEATURE_DIM, GRAY_GRID, HIST_BINS, frame_features, frechet_distance, frechet_vs_horizon  # noqa: F401
+from .stats import _fmt, _table_cells, format_table, mean_se, paired_difference, segment_table, to_markdown, whole_segments  # noqa: F401
+from .videoarray import _LUMA, _batch01, _gray, _laplacian, _nanmean, _np  # noqa: F401
+
 __all__ = [
     "DRIFT_DEFINITION",
+    "FAILURE_DEFINITION",
     "FEATURE_DIM",
     "BallAnalysis",
     "segment_colors",
@@ -88,86 +107,16 @@ __all__ = [
     "frechet_vs_horizon",
     "mean_se",
     "paired_difference",
+    "whole_segments",
     "segment_table",
     "format_table",
     "to_markdown",
 ]
 
 DRIFT_DEFINITION = (
-    "drift (bouncing balls) = mean of 7 per-frame failure terms, each clipped to [0, 1], NaN "
-    "(undefined) counted as 0: min(count_error, 1); 1 - color_integrity; min(size_error, 1); "
-    "min(shape_error, 1); min(background_noise / 0.1, 1); min(accel_error / 1 px, 1); "
-    "teleport. 0 = every check passes, 1 = every check fails. "
-    "drift (generic) = color_drift, the distance of the frame's per-channel mean/std from the "
-    "reference's."
+    "drift (generic worlds) = color_drift, the distance of the frame's per-channel mean/std from "
+    "the reference's. (Bouncing balls are scored by failure instead.)"
 )
-
-_LUMA = np.array([0.299, 0.587, 0.114])
-
-
-# ----------------------------------------------------------------------------- helpers
-def _np(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch tensor
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _batch01(videos: Any) -> np.ndarray:
-    """(C,F,H,W) or (M,C,F,H,W) in [-1,1] -> float32 (M,C,F,H,W) in [0,1]."""
-    v = _np(videos).astype(np.float32, copy=False)
-    if v.ndim == 4:
-        v = v[None]
-    if v.ndim != 5:
-        raise ValueError(f"expected (C,F,H,W) or (M,C,F,H,W), got shape {v.shape}")
-    return (v + 1.0) * 0.5
-
-
-def _gray(v01: np.ndarray) -> np.ndarray:
-    """(M,C,F,H,W) -> (M,F,H,W) luma (mean for non-RGB)."""
-    if v01.shape[1] == 3:
-        return np.einsum("mcfhw,c->mfhw", v01, _LUMA.astype(v01.dtype))
-    return v01.mean(axis=1)
-
-
-def _nanmean(x: np.ndarray, axis=None) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    finite = np.isfinite(x)
-    n = finite.sum(axis=axis)
-    s = np.where(finite, x, 0.0).sum(axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
-
-
-def mean_se(x: Any, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """NaN-aware mean and standard error (std with ddof=1 / sqrt(n)) along ``axis``.
-
-    The standard error is NaN where fewer than 2 finite values exist.
-    """
-    x = _np(x).astype(np.float64)
-    finite = np.isfinite(x)
-    n = finite.sum(axis=axis)
-    xs = np.where(finite, x, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, xs.sum(axis=axis) / np.maximum(n, 1), np.nan)
-        dev = np.where(finite, x - np.expand_dims(mean, axis), 0.0)
-        var = (dev**2).sum(axis=axis) / np.maximum(n - 1, 1)
-        se = np.where(n > 1, np.sqrt(var) / np.sqrt(np.maximum(n, 1)), np.nan)
-    if np.ndim(mean) == 0:
-        return float(mean), float(se)
-    return mean, se
-
-
-def paired_difference(a: Any, b: Any, axis: int = 0):
-    """Mean and standard error of ``a - b`` over paired samples (same seeds) along ``axis``.
-
-    Pairs where either value is NaN are dropped. Returns ``(mean, se)`` (floats for 1-D
-    input). A difference is significant at ~95% when ``|mean| > 2 se``.
-    """
-    a = _np(a).astype(np.float64)
-    b = _np(b).astype(np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired arrays must have the same shape, got {a.shape} and {b.shape}")
-    return mean_se(a - b, axis=axis)
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -537,6 +486,7 @@ def evaluate_bouncing_balls(
     gt_positions: Any = None,
     gt_colors: Any = None,
     *,
+    reference_balls: Any = None,
     min_area: float | None = None,
     max_speed: float | None = None,
     ref_frames: int = 2,
@@ -552,13 +502,17 @@ def evaluate_bouncing_balls(
       radii: ball radii in px: a scalar, or per sample a scalar or a list of per-ball radii.
         Used for ``size_error`` and the default ``min_area`` (a quarter of the smallest disc);
         without radii, reference areas come from the first ``ref_frames`` frames.
-      expected_count: scalar or (M,); default ``len(radii[m])`` if per-ball radii are given,
-        else the most common ball count over the first ``ref_frames`` frames.
+      expected_count: scalar or (M,): overrides the reference ball count in ``count_error``
+        only (default: the number of reference balls).
       gt_frames: (M,C,Fg,H,W) in [-1,1] -> ``mse``/``psnr`` for frames < Fg (NaN after).
       gt_positions: (M,Fg,N,2) ball centres (x, y) in px (NaN = absent) -> ``position_error``.
       gt_colors: (M,N) palette index of each GT ball; restricts matching to same colour.
       min_area: blob area (px, coverage-weighted) to count as a ball.
       max_speed: px/frame above which a jump is a teleport; default ``min(H, W) / 4``.
+      reference_balls: per sample, the palette indices of the given frames' balls (e.g. the
+        world states' colours); default: read off the first ``ref_frames`` frames (per colour,
+        the most balls seen in one of them). The reference of ``count_error``, ``lost``,
+        ``spawned``, ``identity_error`` and the ``*_term`` metrics.
     """
     v = _batch01(videos)
     mm, _, ff, hh, ww = v.shape
@@ -574,13 +528,10 @@ def evaluate_bouncing_balls(
 
     count = np.bincount(gfr[valid], minlength=mm * ff).reshape(mm, ff).astype(np.float64)
     nref = max(1, min(ref_frames, ff))
-    if expected_count is None:
-        if radii is not None and not np.isscalar(radii) and all(np.ndim(r) == 1 for r in radii):
-            exp = np.array([len(r) for r in radii], dtype=np.float64)
-        else:
-            exp = np.array([np.bincount(count[m, :nref].astype(int)).argmax() for m in range(mm)], float)
-    else:
-        exp = _per_sample(expected_count, mm, "expected_count")
+    detected = ID.detected_counts(b, (mm, ff), an.n_colors)
+    ident = ID.match_identity(b, (mm, ff), an.n_colors, ID.reference_counts(reference_balls, detected, ref_frames))
+    # balls are conserved: the count is checked against the given frames' balls
+    exp = ident.n_reference.astype(np.float64) if expected_count is None else _per_sample(expected_count, mm, "expected_count")
     count_error = np.abs(count - exp[:, None])
 
     # size error against the nearest reference area
@@ -615,6 +566,9 @@ def evaluate_bouncing_balls(
     out: dict[str, np.ndarray] = {
         "ball_count": count,
         "count_error": count_error,
+        "lost": ident.lost,
+        "spawned": ident.spawned,
+        "identity_error": ident.identity_error,
         "color_integrity": an.color_integrity.astype(np.float64),
         "size_error": size_error,
         "shape_error": shape_error,
@@ -654,25 +608,24 @@ def evaluate_bouncing_balls(
         with np.errstate(divide="ignore", invalid="ignore"):
             out["psnr"] = np.where(np.isfinite(mse), 10.0 * np.log10(1.0 / np.maximum(mse, 1e-10)), np.nan)
 
-    terms = [
-        np.minimum(count_error, 1.0),
-        1.0 - out["color_integrity"],
-        np.minimum(size_error, 1.0),
-        np.minimum(shape_error, 1.0),
-        np.minimum(out["background_noise"] / 0.1, 1.0),
-        np.minimum(accel, 1.0),
-        tele,
-    ]
-    out["drift"] = np.mean([np.nan_to_num(np.clip(t, 0.0, 1.0), nan=0.0) for t in terms], axis=0)
+    # per-ball terms in which a lost or spawned ball is a failure, and their aggregate
+    out["size_term"] = ID.per_ball_term(ident, rel)
+    out["shape_term"] = ID.per_ball_term(ident, b["shape_error"])
+    out["accel_term"] = ID.motion_term(ident, np.minimum(accel, 1.0))
+    out["teleport_term"] = ID.motion_term(ident, tele)
+    out["failure"] = ID.failure_score({
+        "identity": np.minimum(out["identity_error"], 1.0),
+        "color": 1.0 - out["color_integrity"],
+        "size": out["size_term"],
+        "shape": out["shape_term"],
+        "background": np.minimum(out["background_noise"] / 0.1, 1.0),
+        "accel": out["accel_term"],
+        "teleport": out["teleport_term"],
+    })
     return out
 
 
 # ----------------------------------------------------------------------------- generic
-def _laplacian(g: np.ndarray) -> np.ndarray:
-    """4-neighbour Laplacian over the last two axes, valid region only."""
-    return g[..., 1:-1, :-2] + g[..., 1:-1, 2:] + g[..., :-2, 1:-1] + g[..., 2:, 1:-1] - 4.0 * g[..., 1:-1, 1:-1]
-
-
 def sharpness(videos: Any) -> np.ndarray:
     """(M, F) variance of the 4-neighbour Laplacian of each frame's luma (in [0,1] units)."""
     g = _gray(_batch01(videos)).astype(np.float64)
@@ -720,173 +673,3 @@ def evaluate_generic(videos: Any, reference: Any = None, ref_frames: int = 2) ->
     """
     cd = color_drift(videos, reference, ref_frames)
     return {"sharpness": sharpness(videos), "flicker": flicker(videos), "color_drift": cd, "drift": cd.copy()}
-
-
-# ----------------------------------------------------------------------------- Frechet
-HIST_BINS = 8
-GRAY_GRID = 8
-#: Feature layout of :func:`frame_features` for RGB input: 3 x 8-bin channel histograms
-#: (fractions of pixels, bins over [0,1]) | 8x8 area-downsampled luma | mean |d/dx| luma,
-#: mean |d/dy| luma, Laplacian variance of luma.
-FEATURE_DIM = 3 * HIST_BINS + GRAY_GRID * GRAY_GRID + 3
-
-
-def _block_mean(g: np.ndarray, n: int) -> np.ndarray:
-    """Area-average the last two axes down to n x n (uneven blocks allowed)."""
-    h, w = g.shape[-2:]
-    rs = (np.arange(n) * h) // n
-    cs = (np.arange(n) * w) // n
-    rc = np.diff(np.append(rs, h))
-    cc = np.diff(np.append(cs, w))
-    s = np.add.reduceat(np.add.reduceat(g, rs, axis=-2), cs, axis=-1)
-    return s / (rc[:, None] * cc[None, :])
-
-
-def frame_features(videos: Any) -> np.ndarray:
-    """(M, F, D) fixed hand-made features per frame (D = FEATURE_DIM for RGB, see its doc)."""
-    v = _batch01(videos).astype(np.float64)
-    mm, c, ff, hh, ww = v.shape
-    q = np.clip((v * HIST_BINS).astype(np.int64), 0, HIST_BINS - 1)  # (M,C,F,H,W)
-    # histogram index (m, f, c, bin), counted with one bincount
-    base = ((np.arange(mm)[:, None, None] * ff + np.arange(ff)[None, None, :]) * c + np.arange(c)[None, :, None])
-    idx = (base[..., None, None] * HIST_BINS + q).reshape(-1)
-    hist = np.bincount(idx, minlength=mm * ff * c * HIST_BINS).reshape(mm, ff, c * HIST_BINS) / float(hh * ww)
-    g = _gray(v)
-    small = _block_mean(g, GRAY_GRID).reshape(mm, ff, -1)
-    gx = np.abs(np.diff(g, axis=-1)).mean(axis=(-2, -1))
-    gy = np.abs(np.diff(g, axis=-2)).mean(axis=(-2, -1))
-    lap = _laplacian(g).reshape(mm, ff, -1).var(-1)
-    return np.concatenate([hist, small, gx[..., None], gy[..., None], lap[..., None]], axis=-1)
-
-
-def frechet_distance(feats_a: Any, feats_b: Any, eps: float = 1e-6) -> float:
-    """Frechet distance between Gaussian fits of two feature sets shaped (..., D).
-
-    ``|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2))`` with ``eps * I`` added to
-    both covariances; the trace of the matrix square root is computed as the sum of
-    sqrt-eigenvalues of the symmetric PSD ``S_a^(1/2) S_b S_a^(1/2)``.
-    """
-    a = _np(feats_a).astype(np.float64)
-    b = _np(feats_b).astype(np.float64)
-    a = a.reshape(-1, a.shape[-1])
-    b = b.reshape(-1, b.shape[-1])
-    d = a.shape[1]
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    sa = (np.cov(a, rowvar=False) if len(a) > 1 else np.zeros((d, d))).reshape(d, d) + eps * np.eye(d)
-    sb = (np.cov(b, rowvar=False) if len(b) > 1 else np.zeros((d, d))).reshape(d, d) + eps * np.eye(d)
-    wa, va = np.linalg.eigh(sa)
-    sqa = (va * np.sqrt(np.maximum(wa, 0.0))) @ va.T
-    mid = sqa @ sb @ sqa
-    wm = np.linalg.eigvalsh((mid + mid.T) * 0.5)
-    tr_sqrt = np.sqrt(np.maximum(wm, 0.0)).sum()
-    fd = float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2.0 * tr_sqrt)
-    return max(fd, 0.0)
-
-
-def frechet_vs_horizon(videos: Any, reference: Any, segment_len: int) -> list[dict[str, Any]]:
-    """Frechet distance of each frame segment (pooled over samples) to ``reference``'s frames.
-
-    ``reference`` is real data (videos, all frames pooled). Returns rows
-    ``{"start", "end", "frechet"}``.
-    """
-    fa = frame_features(videos)
-    fb = frame_features(reference)
-    ff = fa.shape[1]
-    rows = []
-    for s in range(0, ff, segment_len):
-        e = min(ff, s + segment_len)
-        rows.append({"start": s, "end": e, "frechet": frechet_distance(fa[:, s:e], fb)})
-    return rows
-
-
-# ----------------------------------------------------------------------------- tables
-def segment_table(
-    per_frame: Mapping[str, Any],
-    segment_len: int,
-    train_len: int | None = None,
-    metrics: Iterable[str] | None = None,
-    fps: float | None = None,
-) -> list[dict[str, Any]]:
-    """Summarise per-frame metrics ``{name: (M, F)}`` over consecutive frame segments.
-
-    Each sample's metric is first averaged over the segment's frames (NaN-aware), then the
-    mean and standard error across samples are taken. Returns one row per segment::
-
-        {"start": s, "end": e (exclusive), "label": "s-e" (or seconds if fps),
-         "beyond_train": s >= train_len, "mean": {metric: float}, "se": {metric: float},
-         "n": {metric: number of samples with a finite value}}
-
-    The last segment may be shorter. Add ``"method": name`` to rows to get a method column
-    from :func:`format_table` / :func:`to_markdown`.
-    """
-    if segment_len <= 0:
-        raise ValueError("segment_len must be positive")
-    names = list(metrics) if metrics is not None else list(per_frame)
-    arrs = {k: np.atleast_2d(_np(per_frame[k]).astype(np.float64)) for k in names}
-    ff = max(a.shape[1] for a in arrs.values()) if arrs else 0
-    rows = []
-    for s in range(0, ff, segment_len):
-        e = min(ff, s + segment_len)
-        label = f"{s}-{e}" if fps is None else f"{s / fps:g}-{e / fps:g}s"
-        row: dict[str, Any] = {
-            "start": s,
-            "end": e,
-            "label": label,
-            "beyond_train": bool(train_len is not None and s >= train_len),
-            "mean": {},
-            "se": {},
-            "n": {},
-        }
-        for k, a in arrs.items():
-            per_sample = _nanmean(a[:, s:e], axis=1)
-            mean, se = mean_se(per_sample)
-            row["mean"][k] = mean
-            row["se"][k] = se
-            row["n"][k] = int(np.isfinite(per_sample).sum())
-        rows.append(row)
-    return rows
-
-
-def _fmt(mean: float, se: float, precision: int) -> str:
-    if not np.isfinite(mean):
-        return "n/a"
-    s = f"{mean:.{precision}f}"
-    if np.isfinite(se):
-        s += f" ± {se:.{precision}f}"
-    return s
-
-
-def _table_cells(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None, precision: int):
-    if metrics is None:
-        metrics = list(rows[0]["mean"]) if rows else []
-    has_method = any("method" in r for r in rows)
-    header = (["method"] if has_method else []) + ["frames"] + list(metrics)
-    body = []
-    for r in rows:
-        label = str(r.get("label", f"{r['start']}-{r['end']}")) + (" *" if r.get("beyond_train") else "")
-        cells = ([str(r.get("method", ""))] if has_method else []) + [label]
-        cells += [_fmt(r["mean"].get(m, np.nan), r["se"].get(m, np.nan), precision) for m in metrics]
-        body.append(cells)
-    note = "* = segment starts beyond the training length; values are mean ± standard error over samples"
-    return header, body, note
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None, precision: int = 3) -> str:
-    """Fixed-width text table of :func:`segment_table` rows (``mean ± se`` per metric)."""
-    header, body, note = _table_cells(rows, metrics, precision)
-    widths = [max(len(header[i]), *(len(b[i]) for b in body)) if body else len(header[i]) for i in range(len(header))]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    out = [line(header), "  ".join("-" * w for w in widths)] + [line(b) for b in body]
-    if any(r.get("beyond_train") for r in rows):
-        out.append(note)
-    return "\n".join(out)
-
-
-def to_markdown(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None, precision: int = 3) -> str:
-    """GitHub-flavoured Markdown table of :func:`segment_table` rows."""
-    header, body, note = _table_cells(rows, metrics, precision)
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
-    out += ["| " + " | ".join(c.replace("|", "\\|") for c in b) + " |" for b in body]
-    if any(r.get("beyond_train") for r in rows):
-        out += ["", note]
-    return "\n".join(out)
