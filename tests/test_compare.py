@@ -49,11 +49,16 @@ def test_compare_writes_page_with_every_asset(runs, tmp_path):
     main(["compare", str(runs / "teacher"), str(runs / "resampling"), "--names", "TF,RF",
           "--chunks", "10", "--samples", "2", "--out", str(out)])
     html = (out / "index.html").read_text()
-    for asset in ("tf.mp4", "rf.mp4", "failure_vs_horizon.png", "count_error_vs_horizon.png"):
+    for asset in ("ground_truth.mp4", "tf.mp4", "rf.mp4", "failure_vs_horizon.png", "count_error_vs_horizon.png"):
         assert (out / asset).stat().st_size > 0
         assert asset in html
     assert "TF" in html and "RF" in html and (out / "table.txt").read_text().count("TF") >= 3
     assert "failure (bouncing balls" in html and "drift_vs_horizon" not in html
+    # the page leads with a verdict computed from the paired numbers of the last segment
+    assert '<p class="verdict">At ' in html and "RF − TF = " in html and "shared rollouts" in html
+    import av
+    with av.open(str(out / "rf.mp4")) as f:  # large: each 8 px sample upscaled to 128 px
+        assert f.streams.video[0].width >= 2 * 128  # 2 samples side by side
     browser = find_browser()
     if browser is None:
         pytest.skip(NO_BROWSER)
@@ -64,7 +69,7 @@ def test_compare_writes_page_with_every_asset(runs, tmp_path):
         server.shutdown()
         server.server_close()
     a = body_attrs(dom)
-    assert a["data-videos-loaded"] == a["data-videos-total"] == "2", a
+    assert a["data-videos-loaded"] == a["data-videos-total"] == "3", a
     assert a["data-images-loaded"] == a["data-images-total"] and int(a["data-images-total"]) >= 4, a
     assert a["data-media-errors"] == "0", a
 
@@ -77,3 +82,24 @@ def test_demo_runs_from_the_shipped_models(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "demo report" in out and (tmp_path / "report" / "index.html").is_file()
     assert (tmp_path / "report" / "resampling_forcing.mp4").stat().st_size > 0
+
+
+def test_verdict_is_computed_from_paired_numbers():
+    """Clear winner, no clear difference, and unpaired inputs: the sentence follows the numbers."""
+    from types import SimpleNamespace
+
+    from resforce.verdict import paired_verdict
+
+    def ev(name, lost):
+        segs = {"lost": [[0.0, x] for x in lost]}
+        return SimpleNamespace(name=name, per_sample_segments=lambda: segs, rows=[{"start": 0, "end": 8},
+                               {"start": 8, "end": 16}], generated=SimpleNamespace(train_frames=4))
+
+    tf, rf = ev("TF", [1.0, 0.9, 1.1, 1.0]), ev("RF", [0.2, 0.3, 0.1, 0.2])
+    line = paired_verdict([tf, rf])
+    assert line.startswith("At 4x the training length (frames 8-16), RF keeps more of the given balls")
+    assert "RF − TF = -0.80 ± 0.08" in line  # diffs -0.8, -0.6, -1.0, -0.8
+    swapped = paired_verdict([rf, tf])  # the order of the pair changes the sign, not the winner
+    assert "RF keeps more" in swapped and "TF − RF = +0.80" in swapped
+    assert "no clear difference" in paired_verdict([tf, ev("RF", [1.3, 0.6, 1.4, 0.7])])
+    assert paired_verdict([tf]) == "" and paired_verdict([tf, ev("RF", [0.1])]) == ""

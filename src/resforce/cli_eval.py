@@ -43,6 +43,7 @@ def compare(runs: list, names: list[str], out_dir, samples: int, chunks: int | N
     from .evaluation import FRECHET_REFERENCE_CLIPS, evaluate, frechet_line, save_json, table_metrics
     from .metrics import DRIFT_DEFINITION, FAILURE_DEFINITION, format_table
     from .report import plot_metric_vs_horizon, write_compare_page
+    from .verdict import paired_verdict
     from .video_io import save_grid_video
 
     out = Path(out_dir)
@@ -56,9 +57,15 @@ def compare(runs: list, names: list[str], out_dir, samples: int, chunks: int | N
                             **gen_kwargs))
     slug = lambda s: "".join(c if c.isalnum() else "_" for c in s.lower())
     methods, rows = [], []
+    gt = evs[0].generated.ground_truth
+    scale = _page_scale(evs[0].generated.videos.shape[-1])
+    if gt is not None:  # the world's true continuation of the same given frames
+        save_grid_video(out / "ground_truth.mp4", list(gt[:4]), fps=8, scale=scale)
+        methods.append({"name": "ground truth", "video_path": "ground_truth.mp4",
+                        "caption": "the world's own continuation of the same given frames"})
     for ev in evs:
         video = f"{slug(ev.name)}.mp4"
-        save_grid_video(out / video, list(ev.generated.videos[:4]), fps=8)
+        save_grid_video(out / video, list(ev.generated.videos[:4]), fps=8, scale=scale)
         save_json(ev, out / f"{slug(ev.name)}.json")
         for r in ev.rows:
             rows.append({**r, "method": ev.name})
@@ -79,10 +86,18 @@ def compare(runs: list, names: list[str], out_dir, samples: int, chunks: int | N
         definition += "\n" + frechet_line(evs[0])
         text += "\n" + frechet_line(evs[0])
     (out / "table.txt").write_text(text + "\n")
-    page = write_compare_page(out, methods, plots, title=title, metrics=metrics,
+    line = paired_verdict(evs)
+    page = write_compare_page(out, methods, plots, title=title, metrics=metrics, verdict=line,
                               notes=(notes + "\n" + definition).strip())
     print(text)
+    if line:
+        print(f"\n{line}")
     return page
+
+
+def _page_scale(width: int) -> int:
+    """Nearest-neighbour upscale so each sample of a grid is about 128 px wide."""
+    return max(1, 128 // max(1, width))
 
 
 def cmd_compare(args) -> None:
@@ -108,7 +123,8 @@ def cmd_demo(args) -> None:
     page = compare(list(models.values()), list(models), out / "report", samples=args.samples,
                    chunks=args.chunks, seed=0, prefix_chunks=2, segment_len=args.segment,
                    title="Teacher forcing vs Resampling Forcing on bouncing balls",
-                   notes=f"Rollouts {args.chunks} chunks long from 2 given frames; models: "
+                   notes=f"Rollouts of {args.chunks} chunks after 2 given frames, each chunk seeing the "
+                         f"8 chunks of the training clips (rolling context); models: "
                          + ", ".join(f"{k}: {v.name}" for k, v in models.items()))
     print(f"\ndemo report: {page.resolve()}")
     print(f"videos, plots, table: {(out / 'report').resolve()}/")
@@ -165,9 +181,10 @@ def add_commands(sub, add_sampling_args) -> None:
 
     d = sub.add_parser("demo", help="teacher forcing vs Resampling Forcing on bouncing balls")
     d.add_argument("--out", default="outputs/demo")
-    d.add_argument("--samples", type=int, default=8)
-    d.add_argument("--chunks", type=int, default=96, help="generated chunks (12x the 8-frame training clips)")
-    d.add_argument("--segment", type=int, default=24, help="frames per table segment")
+    d.add_argument("--samples", type=int, default=16)
+    d.add_argument("--chunks", type=int, default=126,
+                   help="generated chunks after the 2 given frames (128 frames = 16x the 8-frame training clips)")
+    d.add_argument("--segment", type=int, default=32, help="frames per table segment")
     d.add_argument("--retrain", action="store_true",
                    help="train the two models from scratch (about an hour on 2 CPU cores) instead of "
                         "using the shipped checkpoints")

@@ -2,7 +2,7 @@
 
 Video format
 ------------
-The page embeds each method's rollout with ``<video controls loop muted autoplay>``; the MIME
+The page embeds each method's rollout with ``<video loop muted autoplay>`` (no controls over the frames); the MIME
 type comes from the file extension. Use **MP4 / H.264 (libx264, yuv420p, even frame size,
 ``+faststart``)** as written by :func:`resforce.video_io.save_video` (re-exported here as
 :func:`save_video`) for ``*.mp4``: Debian's Chromium (tested with 156 on bookworm), Chrome,
@@ -180,8 +180,9 @@ h1{font-size:1.5em;margin:0 0 .3em}h2{font-size:1.15em;margin:1.4em 0 .5em}
 .notes p{margin:.3em 0;max-width:70em}
 .videos{display:flex;flex-wrap:wrap;gap:16px}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;text-align:center}
-.card video{width:256px;height:auto;image-rendering:pixelated;background:#000;display:block;margin:auto}
-.card .name{font-weight:600;margin-top:6px}.card .cap{font-size:.85em;color:#555;max-width:256px}
+.card video{max-width:100%;height:auto;image-rendering:pixelated;background:#000;display:block;margin:auto}
+.card .name{font-weight:600;margin-top:6px}.card .cap{font-size:.85em;color:#555}
+.verdict{font-size:1.1em;font-weight:600;background:#eef6ee;border-left:4px solid #4a4;padding:8px 12px;max-width:70em}
 .plots{display:flex;flex-wrap:wrap;gap:16px}.plots img{max-width:100%;width:560px;background:#fff;border:1px solid #ddd}
 table.metrics{border-collapse:collapse;font-size:.88em;background:#fff;margin:.4em 0}
 table.metrics th,table.metrics td{border:1px solid #ccc;padding:3px 8px;white-space:nowrap}
@@ -239,6 +240,7 @@ def write_compare_page(
     title: str = "resforce: long-horizon comparison",
     notes: str | Sequence[str] = "",
     *,
+    verdict: str = "",
     metrics: Sequence[str] | None = None,
     check_files: bool = True,
 ) -> Path:
@@ -251,7 +253,8 @@ def write_compare_page(
     columns). ``plots``: PNG paths relative to ``out_dir``. ``table_markdown_or_html``: an
     extra table, as Markdown (pipe table, e.g. from ``to_markdown``) or HTML (starts with
     ``<``). ``notes``: plain text (escaped; blank-line separated paragraphs) or a list of
-    paragraphs. With ``check_files`` every referenced file must exist. Written atomically.
+    paragraphs. ``verdict``: one sentence shown first (resforce.verdict). With ``check_files``
+    every referenced file must exist. Written atomically.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,6 +267,8 @@ def write_compare_page(
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
     ]
+    if verdict:
+        parts.append(f'<p class="verdict">{esc(verdict)}</p>')
     paras = [notes] if isinstance(notes, str) else list(notes)
     paras = [p for blk in paras for p in re.split(r"\n\s*\n", blk) if p.strip()]
     if paras:
@@ -275,7 +280,8 @@ def write_compare_page(
             paths = m.get("video_path")
             paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths or [])
             rels = [_check_rel(out, p, check_files) for p in paths]
-            attrs = 'controls loop muted autoplay playsinline preload="auto"'
+            # no player controls: they would cover the frames; the videos loop by themselves
+            attrs = 'loop muted autoplay playsinline preload="auto"'
             if len(rels) == 1:
                 tag = f'<video {attrs} src="{_src(rels[0])}"></video>'
             else:
