@@ -52,7 +52,7 @@ def _attention_from_args(args):
         return HistoryAttentionConfig(mode="topk", topk=args.topk)
     if args.window is not None:
         return HistoryAttentionConfig(mode="window", window=args.window, sink=args.sink)
-    return HistoryAttentionConfig()
+    return None  # the attention of the run's last training stage
 
 
 def cmd_train(args) -> None:

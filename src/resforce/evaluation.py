@@ -64,6 +64,7 @@ class Evaluation:
                 "train_frames": self.generated.train_frames,
                 "prefix_frames": self.generated.prefix_frames,
                 "context_chunks": self.generated.context,
+                "sink_chunks": self.generated.sink,
                 "samples": int(self.generated.videos.shape[0]),
                 "frames": int(self.generated.videos.shape[2]),
                 "rows": _jsonable(self.rows),

@@ -35,6 +35,8 @@ class Generated:
     recorder: RouterRecorder | None = None
     context: int = 0
     """Chunks the model saw at once (own chunk included); 0 = all history (dense)."""
+    sink: int = 0
+    """First chunks kept in view for good when the context rolls (runs trained with a sink)."""
 
 
 def world_clips(cfg, batch: int, frames: int, seed: int):
@@ -61,15 +63,19 @@ def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None =
              context: int | None = None) -> Generated:
     """Roll out a run's model. context: chunks seen at once (own chunk included; the KV cache
     rolls past it); None = the run's `sample.context`, which defaults to its training context;
-    0 = all history (dense, context extrapolation)."""
+    0 = all history (dense, context extrapolation). attention: None = the history attention of
+    the run's last training stage (dense, top-k routing or a window)."""
     dev = resolve_device(device)
     model, cfg = load_model(path, dev, prefer_ema)
     s = cfg.sample
     overrides = dict(chunks=chunks, seed=seed, steps=steps, shift=shift, cfg_scale=cfg_scale,
                      history_noise=history_noise, context=context)
     s = dataclasses.replace(s, **{k: v for k, v in overrides.items() if v is not None})
+    trained = cfg.stages[-1].attention
     if s.context is None:
         s = dataclasses.replace(s, context=training_context(cfg))
+    if s.context and s.sink == 0 and trained.mode == "window" and trained.sink > 0:
+        s = dataclasses.replace(s, sink=trained.sink)  # a sink only where training had one
     s.cache_chunks()  # validates context and sink before any work
     fpc = model.config.frames_per_chunk
     res = _resolution(cfg)
@@ -84,7 +90,7 @@ def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None =
             prefix = prefix[None].expand(batch, -1, -1, -1, -1)
         res = tuple(prefix.shape[-2:])
     recorder = RouterRecorder() if record_router else None
-    attention = attention or HistoryAttentionConfig()
+    attention = attention or trained  # default: what the run's last stage trained with
     layout_fn = make_layout_fn(attention, recorder) if (attention.mode != "dense" or recorder) else None
     bar = tqdm(total=s.chunks, desc="generate", disable=not progress, dynamic_ncols=True)
     videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, layout_fn=layout_fn,
@@ -93,7 +99,7 @@ def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None =
     train_frames = max(st.clip_chunks for st in cfg.stages) * fpc
     n_prefix = 0 if prefix is None else prefix.shape[2]
     return Generated(videos.clamp(-1, 1).cpu(), n_prefix, train_frames, gt, states, cfg, recorder,
-                     context=s.context)
+                     context=s.context, sink=s.sink)
 
 
 def _resolution(cfg) -> tuple[int, int]:
