@@ -66,6 +66,7 @@ def test_a_checkpoint_is_safetensors_and_json_only(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("pickle.load called on resume"))
     t = Trainer(cfg(tmp_path, "r"), progress=False)
     assert t.step == 2
+    t.close()
 
 
 class Payload:
@@ -76,16 +77,6 @@ class Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
-
-
-def _legacy(ckpt: Path, extra=None) -> None:
-    """Turn a checkpoint into the old layout: one pickled state.pt."""
-    state = load_checkpoint(ckpt)[2]
-    if extra is not None:
-        state["data"]["hidden"] = extra
-    torch.save(state, ckpt / "state.pt")
-    (ckpt / "state.json").unlink()
-    (ckpt / "state.safetensors").unlink()
 
 
 def _legacy(ckpt: Path, extra=None) -> None:
@@ -111,12 +102,16 @@ def test_a_malicious_pickle_never_runs(tmp_path, where):
         _legacy(ckpt, extra=Payload(marker))
     else:
         torch.save(Payload(marker), ckpt / "state.pt")  # planted beside state.json: never read
-    if where == "next_to_new_files":
-        assert load_checkpoint(ckpt)[2]["step"] == 2
-    else:
-        with pytest.raises(CheckpointDamaged, match=r"state\.pt .*refused by torch's weights_only loader"):
-            load_checkpoint(ckpt)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        t = Trainer(cfg(tmp_path, "r", "ckpt_every=1"), progress=False)
+    t.close()
     assert not marker.exists()
+    if where == "next_to_new_files":
+        assert t.step == 2
+    else:  # refused with a message naming the file; resumed from the step before
+        assert t.step == 1
+        assert any("state.pt" in str(x.message) and "weights_only" in str(x.message) for x in w)
 
 
 def test_an_old_pickled_checkpoint_still_resumes_exactly(tmp_path):
@@ -146,6 +141,39 @@ def test_truncated_weights_name_the_file_and_expected_size(tmp_path):
     f.write_bytes(f.read_bytes()[:size - 100])
     with pytest.raises(CheckpointDamaged, match=rf"model\.safetensors.*promises {size} bytes, the file has {size - 100}"):
         load_checkpoint(f.parent)
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_that_loads(tmp_path):
+    train(cfg(tmp_path, "full"), progress=False)
+    c = cfg(tmp_path, "part", "ckpt_every=1")
+    train(c, stop_at=3, progress=False)
+    bad = latest_checkpoint(c.run_dir)
+    (bad / "state.json").write_text('{"format": "resforce-state-1", "sta')  # half-written
+    with pytest.warns(UserWarning, match=r"skipped checkpoint step_00000003 .*state\.json is not valid JSON"):
+        t = Trainer(cfg(tmp_path, "part", "ckpt_every=1"), progress=False)
+    assert t.step == 2 and (Path(c.run_dir) / "checkpoints" / "step_00000003.damaged").is_dir()
+    t.run()
+    assert same_weights(tmp_path / "full", tmp_path / "part")  # the fallback resume is still exact
+
+
+def test_no_loadable_checkpoint_is_an_error_that_moves_nothing(tmp_path):
+    c = cfg(tmp_path, "r", "ckpt_every=1", "keep_last=2")
+    train(c, stop_at=2, progress=False)
+    for d in checkpoint_dirs(c.run_dir):
+        (d / "ema.safetensors").unlink()
+    with pytest.raises(ck.CheckpointError, match=r"no checkpoint .* loads.*ema\.safetensors missing"):
+        Trainer(c, progress=False)
+    assert [d.name for d in checkpoint_dirs(c.run_dir)] == ["step_00000001", "step_00000002"]
+
+
+def test_a_checkpoint_of_another_model_size_names_path_and_shapes(tmp_path):
+    train(cfg(tmp_path, "r"), stop_at=1, progress=False)
+    before = (tmp_path / "r" / "config.yaml").read_text()
+    with pytest.raises(CheckpointMismatch, match=r"step_00000001 holds another model.*expected by this config"):
+        Trainer(cfg(tmp_path, "r", "model.ffn_dim=24"), progress=False)
+    assert (tmp_path / "r" / "config.yaml").read_text() == before  # nothing rewritten
+    with pytest.raises(CheckpointMismatch, match="missing, e.g. blocks.2"):
+        Trainer(cfg(tmp_path, "b", "model.num_layers=3"), progress=False, init_from=tmp_path / "r")
 
 
 # ----------------------------------------------------------------------------- NaN, rotation
@@ -209,3 +237,18 @@ def test_a_failed_write_leaves_no_temporary_directory(tmp_path, monkeypatch):
     with pytest.raises(CheckpointWriteError, match=r"step_00000002: No space left on device; earlier checkpoints"):
         save_checkpoint(tmp_path, 2, sd, sd, {"step": 2}, "")
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000001"]
+
+
+def test_leftovers_of_an_interrupted_save_are_cleaned_up_at_start(tmp_path):
+    c = cfg(tmp_path, "r", "ckpt_every=1", "keep_last=5")
+    train(c, stop_at=3, progress=False)
+    root = Path(c.run_dir) / "checkpoints"
+    (root / ".tmp_step_00000004").mkdir()
+    (root / ".tmp_step_00000004" / "model.safetensors").write_bytes(b"half")
+    os.replace(root / "step_00000003", root / ".old_step_00000003")  # killed mid re-save
+    (root / ".del_step_00000001").mkdir()  # killed mid rotation
+    with pytest.warns(UserWarning, match="restored step_00000003"):
+        t = Trainer(c, progress=False)
+    t.close()
+    assert t.step == 3
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000001", "step_00000002", "step_00000003"]
