@@ -99,7 +99,11 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 250
     keep_last: int = 3
-    """Checkpoints kept in run_dir/checkpoints."""
+    """Checkpoints kept in run_dir/checkpoints (0 keeps all); the newest is never removed."""
+    max_nonfinite_skips: int = 3
+    """Steps in a row whose loss or gradient is NaN/inf that are skipped (no update of the
+    weights, optimizer or EMA) before training stops with an error naming the step; 0 stops at
+    the first. A finite step resets the count."""
 
     def validate(self) -> None:
         if not self.stages:

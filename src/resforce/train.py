@@ -9,7 +9,9 @@ Safety (resforce issue 9): one trainer per run_dir (runlock.py; rank 0 holds the
 `resume=False` on a directory that already holds a run is refused unless `overwrite`, which
 moves the old run aside first (run_dir.old-<time>); leftovers of a crash mid-save are cleaned
 up at start; resume takes the newest checkpoint that loads, moving damaged ones aside with a
-warning; checkpoints are never written with NaN/inf in them (checkpoint.py).
+warning; a step whose loss or gradient is NaN/inf is skipped (weights, optimizer and EMA
+untouched), and more than `max_nonfinite_skips` in a row stop the run with an error naming the
+step; checkpoints are never written with NaN/inf in them (checkpoint.py).
 
 Under torchrun (cfg.parallel, see parallel.py) every rank runs this loop on its share of the
 global batch (optim.batch_size / ranks per step) with its own data and noise streams (seeds
@@ -45,6 +47,10 @@ from .loss import flow_matching_loss
 from .model.dit import CausalVideoDiT
 from .model.routing import apply_history_attention, make_layout_fn
 from .rundir import METRICS, open_run_dir, read_metrics
+
+
+class NonFiniteError(ValueError):
+    """Training produced NaN/inf more often in a row than cfg.max_nonfinite_skips allows."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,6 +150,8 @@ class Trainer:
         self.data = make_dataset(cfg.data, seed=seed)
         self.gen = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.step = 0
+        self.nonfinite_streak = 0
+        """Non-finite steps in a row so far (checkpointed, so a resume stops where a run would)."""
         self.total = sum(s.steps for s in cfg.stages)
         self.config_yaml = to_yaml(cfg)
         self._loaded = None  # (checkpoint, its contents) read by rank 0 while choosing it
@@ -208,6 +216,7 @@ class Trainer:
         parallel.load_full_state_dict(self.ema, ema_sd, self.parallel)
         parallel.load_full_optim_state_dict(self.model, self.opt, state["optimizer"], self.parallel)
         self.step = state["step"]
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         if state.get("world_size", 1) != self.world:
             warnings.warn(f"{ckpt} was written by {state.get('world_size', 1)} rank(s), this run has "
                           f"{self.world}: weights and optimizer resume exactly, the data and noise "
@@ -237,7 +246,7 @@ class Trainer:
         streams = {"generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                    "data": self.data.state_dict()}
         state = {"optimizer": parallel.full_optim_state_dict(self.model, self.opt, mode),
-                 "step": self.step, **streams}
+                 "step": self.step, "nonfinite_streak": self.nonfinite_streak, **streams}
         if self.world > 1:
             state.update(world_size=self.world, ranks=parallel.gather_objects(streams))
         path = on_main(lambda: save_checkpoint(self.run_dir, self.step, model_sd, ema_sd, state,
@@ -256,6 +265,8 @@ class Trainer:
 
     # -- one optimizer step -----------------------------------------------------------
     def train_step(self) -> dict:
+        """One optimizer step. A non-finite loss or gradient norm (the same on every rank:
+        both are reduced) skips the update: weights, optimizer and EMA stay as they were."""
         cfg, o = self.cfg, self.cfg.optim
         stage_idx, stage = stage_at(cfg, self.step)
         lr = learning_rate(cfg, self.step)
@@ -280,12 +291,36 @@ class Trainer:
                 (loss / o.grad_accum).backward()
             loss_sum += loss.item() / o.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
-        self.opt.step()
+        loss_mean, grad_norm = parallel.all_reduce_mean(loss_sum), parallel.to_float(grad_norm)
+        finite = math.isfinite(loss_mean) and math.isfinite(grad_norm)
+        if finite:
+            self.opt.step()
+            self.nonfinite_streak = 0
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            self.nonfinite_streak += 1
         self.step += 1
-        ema_update(self.ema, self.model, min(o.ema_decay, (1 + self.step) / (10 + self.step)))
-        return {"step": self.step, "stage": stage.name, "loss": parallel.all_reduce_mean(loss_sum),
-                "lr": lr, "grad_norm": parallel.to_float(grad_norm), "step_time": time.perf_counter() - t0,
-                "resample_time": resample_time}
+        if finite:
+            ema_update(self.ema, self.model, min(o.ema_decay, (1 + self.step) / (10 + self.step)))
+        m = {"step": self.step, "stage": stage.name, "loss": loss_mean, "lr": lr, "grad_norm": grad_norm,
+             "step_time": time.perf_counter() - t0, "resample_time": resample_time}
+        if not finite:
+            m["skipped"] = True
+        return m
+
+    def _check_finite(self, m: dict) -> None:
+        if not m.get("skipped"):
+            return
+        limit, n = self.cfg.max_nonfinite_skips, self.nonfinite_streak
+        if n > limit:
+            raise NonFiniteError(
+                f"step {self.step}: loss {m['loss']}, grad norm {m['grad_norm']}: {n} non-finite steps in a row "
+                f"(steps {self.step - n + 1}-{self.step}), more than max_nonfinite_skips={limit}; training "
+                f"stopped. Those steps changed nothing; the last checkpoint is "
+                f"{latest_checkpoint(self.run_dir) or '(none)'}. Lower optim.lr or check the data")
+        if self.main:
+            warnings.warn(f"step {self.step}: loss {m['loss']}, grad norm {m['grad_norm']} is not finite; "
+                          f"step skipped ({n} in a row, max_nonfinite_skips={limit})", stacklevel=2)
 
     # -- the loop ---------------------------------------------------------------------
     def run(self, stop_at: int | None = None) -> Path:
@@ -303,9 +338,10 @@ class Trainer:
                     m = self.train_step()
                     bar.update(1)
                     bar.set_postfix(stage=m["stage"], loss=f"{m['loss']:.4f}")
-                    if self.main and (self.step % self.cfg.log_every == 0 or self.step == end):
+                    if self.main and (self.step % self.cfg.log_every == 0 or self.step == end or m.get("skipped")):
                         log.write(json.dumps(m) + "\n")
                         log.flush()
+                    self._check_finite(m)
                     stage_changes = self.step < self.total and stage_at(self.cfg, self.step)[0] != stage_before
                     if self.step % self.cfg.ckpt_every == 0 or self.step == end or stage_changes:
                         self.save()
