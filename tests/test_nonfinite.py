@@ -1,12 +1,14 @@
 """NaN/inf guard: a non-finite step is skipped, too many in a row stop the run naming the step,
-and no checkpoint ever holds NaN/inf."""
+no checkpoint ever holds NaN/inf, and generation refuses NaN in or out."""
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
-from resforce.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint
+from resforce.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, read_weights, save_weights
 from resforce.cli import main
 from resforce.config import load_config
 from resforce.data.worlds import BouncingBalls
@@ -93,3 +95,35 @@ def test_diverged_weights_never_reach_a_checkpoint_and_the_last_good_one_survive
         train(cfg(run, "keep_last=1", "ckpt_every=1"), progress=False)
     assert checkpoint_dirs(run) == [good] and not list((run / "checkpoints").glob(".*"))
     assert all(torch.isfinite(v).all() for v in load_checkpoint(good)[0].values())
+
+
+def test_generate_refuses_a_nonfinite_prefix_and_diverged_weights(tmp_path, capsys):
+    run = tmp_path / "r"
+    train(cfg(run), stop_at=1, progress=False)
+    prefix = np.zeros((3, 1, 8, 8), dtype=np.float32)
+    prefix[0, 0, 3, 3] = np.nan
+    np.save(tmp_path / "p.npy", prefix)
+    out = tmp_path / "out.npy"
+    with pytest.raises(SystemExit):
+        main(["generate", str(run), "--chunks", "2", "--prefix", str(tmp_path / "p.npy"), "--out", str(out)])
+    assert "p.npy holds NaN or inf" in capsys.readouterr().err and not out.exists()
+    sd, yaml = read_weights(latest_checkpoint(run) / "ema.safetensors")
+    sd["proj_out.weight"][0, 0] = float("inf")
+    save_weights(tmp_path / "nan.safetensors", sd, yaml)
+    with pytest.raises(SystemExit):
+        main(["generate", str(tmp_path / "nan.safetensors"), "--chunks", "2", "--out", str(out)])
+    assert "nan.safetensors holds NaN or inf (tensor proj_out.weight)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_generate_refuses_nonfinite_output_of_finite_weights(tmp_path, capsys):
+    run = tmp_path / "r"
+    train(cfg(run), stop_at=1, progress=False)
+    sd, yaml = read_weights(latest_checkpoint(run) / "ema.safetensors")
+    sd = {k: v * 1e30 if k.startswith("proj_out") or "scale_shift" in k else v for k, v in sd.items()}
+    assert all(torch.isfinite(v).all() for v in sd.values())
+    save_weights(tmp_path / "huge.safetensors", sd, yaml)
+    out = tmp_path / "out.npy"
+    with pytest.raises(SystemExit):
+        main(["generate", str(tmp_path / "huge.safetensors"), "--chunks", "2", "--out", str(out)])
+    assert "huge.safetensors produced NaN or inf values" in capsys.readouterr().err and not out.exists()

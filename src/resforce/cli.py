@@ -55,10 +55,13 @@ def cmd_train(args) -> None:
 
 
 def generate_from_args(args, batch: int, record_router: bool = False, with_ground_truth: bool = False):
+    from .checks import check_video_values
     from .sampling import generate
     from .video_io import load_video
 
     prefix = load_video(args.prefix) if args.prefix else None
+    if prefix is not None:
+        check_video_values(prefix, f"--prefix {args.prefix}")
     return generate(args.run, batch=batch, chunks=args.chunks, seed=args.seed, steps=args.steps,
                     shift=args.shift, cfg_scale=args.cfg, history_noise=args.history_noise,
                     prefix=prefix, prefix_chunks=args.prefix_chunks or 0,
@@ -68,9 +71,13 @@ def generate_from_args(args, batch: int, record_router: bool = False, with_groun
 
 
 def cmd_generate(args) -> None:
-    from .video_io import save_grid_video, save_video
+    from .checks import check_counts, check_output
+    from .video_io import SAVE_EXTENSIONS, save_grid_video, save_video
 
-    out = Path(args.out)
+    check_counts(args)
+    out = check_output(args.out, SAVE_EXTENSIONS)  # before the rollout, not after it
+    if args.router_stats:
+        check_output(args.router_stats, (".json",), "--router-stats")
     g = generate_from_args(args, args.batch, record_router=bool(args.router_stats))
     videos = g.videos
     info = {"prefix_frames": g.prefix_frames, "train_frames": g.train_frames}
