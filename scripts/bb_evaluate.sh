@@ -46,7 +46,7 @@ model_of() {  # bb_<method>_s<seed> -> its run directory, or the shipped model f
     *) echo "$RUNS/$name" ;;
   esac
 }
-names=$( (echo bb_teacher_s0 bb_resampling_s0; ls -d "$RUNS"/bb_*_s[0-9] 2>/dev/null | xargs -n1 basename) | tr ' ' '\n' | sort -u)
+names=$(for d in bb_teacher_s0 bb_resampling_s0 "$RUNS"/bb_*_s[0-9]; do [ "$d" = "$RUNS/bb_*_s[0-9]" ] || basename "$d"; done | sort -u)
 for name in $names; do ev "$name" "$(model_of "$name")"; done
 for name in $names; do ev "${name}_dense" "$(model_of "$name")" --context all; done
 # 1024 chunks = 128x the training length (8 rollouts), teacher forcing vs Resampling Forcing

@@ -38,6 +38,7 @@ def _fake_eval(path: Path, failure_per_sample: np.ndarray, frames: int = 12):
     """An eval JSON like `resforce eval --json`: 2 segments of 6 frames, per-sample failure."""
     rows = [{"start": 0, "end": 6, "beyond_train": False}, {"start": 6, "end": 12, "beyond_train": True}]
     per_sample = {"failure": failure_per_sample.tolist(), "count_error": (failure_per_sample * 2).tolist(),
+                  "lost": (failure_per_sample * 3).tolist(),
                   "color_integrity": (1 - failure_per_sample).tolist()}
     per_frame = {k: np.repeat(np.mean(v, 0), 6).tolist() for k, v in per_sample.items()}
     path.write_text(json.dumps({"name": path.stem, "segment_len": 6, "train_frames": 4, "prefix_frames": 1,
@@ -53,6 +54,11 @@ def test_summarize_seed_statistics_shift_table_and_plots(tmp_path, capsys, monke
     _fake_eval(tmp_path / "bb_resampling_s0.json", np.array([[0.0, 0.1], [0.2, 0.3]]))
     _fake_eval(tmp_path / "bb_resampling_shift0.1_s0.json", np.array([[0.1, 0.1], [0.1, 0.1]]))
     _fake_eval(tmp_path / "bb_long_teacher_s0.json", np.array([[0.3, 0.3], [0.1, 0.1]]))
+    # the same models under other protocols: labelled tables of their own, never mixed in
+    _fake_eval(tmp_path / "bb_teacher_s0_dense.json", np.array([[0.9, 0.9], [0.9, 0.9]]))
+    _fake_eval(tmp_path / "bb_resampling_s0_dense.json", np.array([[0.5, 0.7], [0.5, 0.7]]))
+    _fake_eval(tmp_path / "bb_teacher_s0_x128.json", np.array([[0.6, 0.8], [0.6, 0.8]]))
+    _fake_eval(tmp_path / "bb_resampling_s0_x128.json", np.array([[0.2, 0.2], [0.2, 0.2]]))
     monkeypatch.setattr("sys.argv", ["bb_summarize.py", str(tmp_path)])
     _summarize_module().main()
     out = capsys.readouterr().out
@@ -63,6 +69,12 @@ def test_summarize_seed_statistics_shift_table_and_plots(tmp_path, capsys, monke
     assert "| RF, s = 0.1 | 1 | 0.100 ± 0.000† | 0.100 ± 0.000† |" in out
     assert "| RF, s = 0.1 − s = 0.6, seed 0 | 0.000 ± 0.100 | -0.100 ± 0.100 |" in out
     assert "| TF, 3000 steps | 1 | 0.200 ± 0.100† | 0.200 ± 0.100† |" in out
+    # balls lost (3x failure here), paired over the same rollouts
+    assert "| RF − TF, seed 0 | 0.000 ± 0.000 | -0.300 ± 0.000 |" in out
+    dense = out[out.index("Context extrapolation"):]
+    assert "| teacher forcing | 1 | 0.900 ± 0.000† | 0.900 ± 0.000† |" in dense
+    assert "0.900" not in out[:out.index("128x the training length")]  # other protocols stay apart
+    assert "| RF − TF, seed 0 | -1.200 ± 0.000 | -1.800 ± 0.000 |" in out  # x128, lost
     for png in ("methods_failure_vs_horizon.png", "shift_count_error_vs_horizon.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -110,10 +110,10 @@ def test_too_short_file_names_file_and_counts(tmp_path):
 
 
 def test_corrupt_file_names_file(tmp_path):
+    """Opening the folder probes every header: the corrupt file is named at once, not when drawn."""
     (tmp_path / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
-    ds = VideoFolder(VideoFolderConfig(root=str(tmp_path), num_frames=2))
     with pytest.raises(VideoFileError, match=r"broken\.mp4"):
-        ds.sample()
+        VideoFolder(VideoFolderConfig(root=str(tmp_path), num_frames=2))
 
 
 def test_config_validation_names_the_field(tmp_path):

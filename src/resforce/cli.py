@@ -62,16 +62,22 @@ def cmd_train(args) -> None:
     cfg = load_config(args.config, args.overrides)
     import os
 
-    run_dir = train(cfg, resume=not args.no_resume, stop_at=args.stop_at, init_from=args.init_from)
+    if args.stop_at is not None and args.stop_at < 1:
+        raise ValueError(f"--stop-at {args.stop_at}: expected a global step >= 1")
+    run_dir = train(cfg, resume=not (args.no_resume or args.overwrite), stop_at=args.stop_at,
+                    init_from=args.init_from, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # torchrun: print once (the group is shut down by now)
         print(f"run directory: {run_dir}  (checkpoints/, metrics.jsonl, config.yaml)")
 
 
 def generate_from_args(args, batch: int, record_router: bool = False, with_ground_truth: bool = False):
+    from .checks import check_video_values
     from .sampling import generate
     from .video_io import load_video
 
     prefix = load_video(args.prefix) if args.prefix else None
+    if prefix is not None:
+        check_video_values(prefix, f"--prefix {args.prefix}")
     return generate(args.run, batch=batch, chunks=args.chunks, seed=args.seed, steps=args.steps,
                     shift=args.shift, cfg_scale=args.cfg, history_noise=args.history_noise,
                     prefix=prefix, prefix_chunks=args.prefix_chunks or 0,
@@ -81,9 +87,13 @@ def generate_from_args(args, batch: int, record_router: bool = False, with_groun
 
 
 def cmd_generate(args) -> None:
-    from .video_io import save_grid_video, save_video
+    from .checks import check_counts, check_output
+    from .video_io import SAVE_EXTENSIONS, save_grid_video, save_video
 
-    out = Path(args.out)
+    check_counts(args)
+    out = check_output(args.out, SAVE_EXTENSIONS)  # before the rollout, not after it
+    if args.router_stats:
+        check_output(args.router_stats, (".json",), "--router-stats")
     g = generate_from_args(args, args.batch, record_router=bool(args.router_stats))
     videos = g.videos
     info = {"prefix_frames": g.prefix_frames, "train_frames": g.train_frames}
@@ -119,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train from a YAML recipe, with key=value overrides")
     t.add_argument("config", help="YAML recipe (see configs/)")
     t.add_argument("overrides", nargs="*", help="key=value, e.g. optim.lr=3e-4 stages.1.steps=500")
-    t.add_argument("--no-resume", action="store_true", help="ignore checkpoints already in run_dir")
+    t.add_argument("--no-resume", action="store_true",
+                   help="start from step 0; refused if run_dir already holds a run, unless --overwrite")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over (implies --no-resume): move an old run in run_dir aside to run_dir.old-<time>")
     t.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) at this global step")
     t.add_argument("--init-from", default=None,
                    help="start from another run's checkpoint (full state), e.g. a shared warm-up")
@@ -150,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad input, missing files, a full disk: no traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -20,9 +20,13 @@ def _gen_kwargs(args) -> dict:
 
 
 def cmd_eval(args) -> None:
+    from .checks import check_counts, check_output
     from .evaluation import evaluate, frechet_line, save_json, table_metrics
     from .metrics import format_table
 
+    check_counts(args)
+    if args.json:
+        check_output(args.json, (".json",), "--json")
     ev = evaluate(args.run, samples=args.samples, chunks=args.chunks, seed=args.seed or 0,
                   prefix_chunks=args.prefix_chunks if args.prefix_chunks is not None else 2,
                   segment_len=args.segment, frechet_reference=args.frechet_reference, **_gen_kwargs(args))
@@ -101,6 +105,9 @@ def _page_scale(width: int) -> int:
 
 
 def cmd_compare(args) -> None:
+    from .checks import check_counts
+
+    check_counts(args)
     names = args.names.split(",") if args.names else [Path(r).stem for r in args.runs]
     if len(names) != len(args.runs):
         raise ValueError(f"--names gives {len(names)} names for {len(args.runs)} runs")

@@ -6,6 +6,7 @@ an error naming the key. Lists index with numbers: `stages.1.steps=500`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,11 +100,17 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 250
     keep_last: int = 3
-    """Checkpoints kept in run_dir/checkpoints."""
+    """Checkpoints kept in run_dir/checkpoints (0 keeps all); the newest is never removed."""
+    max_nonfinite_skips: int = 3
+    """Steps in a row whose loss or gradient is NaN/inf that are skipped (no update of the
+    weights, optimizer or EMA) before training stops with an error naming the step; 0 stops at
+    the first. A finite step resets the count."""
 
     def validate(self) -> None:
+        """Raise ConfigError naming the first invalid key and what it expects."""
         if not self.stages:
             raise ConfigError("stages: a recipe needs at least one stage")
+        _check_numbers(self)
         if self.optim.batch_size % self.optim.grad_accum:
             raise ConfigError(f"optim.batch_size={self.optim.batch_size} must be a multiple of "
                               f"optim.grad_accum={self.optim.grad_accum}")
@@ -114,7 +121,60 @@ class TrainConfig:
         for i, s in enumerate(self.stages):
             if s.steps < 0 or s.clip_chunks < 1:
                 raise ConfigError(f"stages.{i}: steps must be >= 0 and clip_chunks >= 1")
+            if s.lr is not None and not (math.isfinite(s.lr) and s.lr > 0):
+                raise ConfigError(f"stages.{i}.lr={s.lr!r}: expected a finite number > 0 (or null: optim.lr)")
         self.model.validate()
+        _check_data_fits_model(self)
+
+
+_RULES = [  # (key, test, what is expected)
+    ("log_every", lambda v: v >= 1, "an integer >= 1 (log every N steps)"),
+    ("ckpt_every", lambda v: v >= 1, "an integer >= 1 (checkpoint every N steps)"),
+    ("keep_last", lambda v: v >= 0, "an integer >= 0 (0 keeps every checkpoint)"),
+    ("max_nonfinite_skips", lambda v: v >= 0, "an integer >= 0"),
+    ("seed", lambda v: v >= 0, "an integer >= 0"),
+    ("optim.lr", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    ("optim.weight_decay", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    ("optim.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("optim.grad_clip", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0 disables clipping)"),
+    ("optim.batch_size", lambda v: v >= 1, "an integer >= 1 (clips per optimizer step)"),
+    ("optim.grad_accum", lambda v: v >= 1, "an integer >= 1 (micro-batches per step)"),
+    ("optim.ema_decay", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("sample.chunks", lambda v: v >= 1, "an integer >= 1"),
+    ("sample.steps", lambda v: v >= 1, "an integer >= 1 (Euler steps per chunk)"),
+    ("sample.shift", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    ("sample.history_noise", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+]
+
+
+def _check_numbers(cfg: "TrainConfig") -> None:
+    for key, ok, expected in _RULES:
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r}: expected {expected}")
+
+
+DATA_CHANNELS = 3
+"""Both data sources give RGB clips."""
+
+
+def _check_data_fits_model(cfg: "TrainConfig") -> None:
+    """The clips must fit the model: RGB channels, frames divisible into patches."""
+    m = cfg.model
+    if m.in_channels != DATA_CHANNELS or m.out_channels != m.in_channels:
+        raise ConfigError(f"model.in_channels={m.in_channels}, model.out_channels={m.out_channels}: data.kind="
+                          f"{cfg.data.kind} gives {DATA_CHANNELS}-channel RGB clips, so both must be {DATA_CHANNELS}")
+    if cfg.data.kind == "bouncing_balls":
+        key, size = "data.bouncing_balls.resolution", (cfg.data.bouncing_balls.resolution,) * 2
+    else:
+        key, size = "data.video_folder.resolution", tuple(cfg.data.video_folder.size)
+    ph, pw = m.patch_size[1], m.patch_size[2]
+    if size[0] % ph or size[1] % pw:
+        raise ConfigError(f"{key}={list(size)}: expected a multiple of the model's patch size "
+                          f"{ph}x{pw} (model.patch_size={list(m.patch_size)})")
 
 
 def _yaml_chain(path: Path, depth: int = 0) -> list:

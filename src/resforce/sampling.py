@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from tqdm import tqdm
 
 from .checkpoint import load_model
+from .checks import check_counts, check_finite_output, check_prefix_fits, check_video_values
 from .model.routing import HistoryAttentionConfig, RouterRecorder, make_layout_fn
 from .rollout import rollout
 from .train import resolve_device
@@ -65,6 +67,7 @@ def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None =
     rolls past it); None = the run's `sample.context`, which defaults to its training context;
     0 = all history (dense, context extrapolation). attention: None = the history attention of
     the run's last training stage (dense, top-k routing or a window)."""
+    check_counts(SimpleNamespace(batch=batch, chunks=chunks, steps=steps, prefix_chunks=prefix_chunks))
     dev = resolve_device(device)
     model, cfg = load_model(path, dev, prefer_ema)
     s = cfg.sample
@@ -86,9 +89,10 @@ def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None =
             raise ValueError("--prefix-chunks needs a run trained on the built-in world; pass --prefix FILE")
         prefix = gt[:, :, :prefix_chunks * fpc] if prefix_chunks else None
     if prefix is not None:
+        check_video_values(prefix, "prefix")
+        check_prefix_fits(prefix, model.config.in_channels, res)
         if prefix.ndim == 4:
             prefix = prefix[None].expand(batch, -1, -1, -1, -1)
-        res = tuple(prefix.shape[-2:])
     recorder = RouterRecorder() if record_router else None
     attention = attention or trained  # default: what the run's last stage trained with
     layout_fn = make_layout_fn(attention, recorder) if (attention.mode != "dense" or recorder) else None
@@ -96,6 +100,7 @@ def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None =
     videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, layout_fn=layout_fn,
                      callback=lambda i, c: bar.update(1), device=dev)
     bar.close()
+    check_finite_output(videos, path)
     train_frames = max(st.clip_chunks for st in cfg.stages) * fpc
     n_prefix = 0 if prefix is None else prefix.shape[2]
     return Generated(videos.clamp(-1, 1).cpu(), n_prefix, train_frames, gt, states, cfg, recorder,

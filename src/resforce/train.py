@@ -5,6 +5,14 @@ the stage's strategy (no grad), one two-stream forward, velocity MSE, backward -
 AdamW -> EMA -> log -> checkpoint. Resume = model + EMA + optimizer + step + RNG states +
 data-stream position, so a stopped-and-resumed run ends with the same weights, bit for bit.
 
+Safety (resforce issue 9): one trainer per run_dir (runlock.py; rank 0 holds the lock);
+`resume=False` on a directory that already holds a run is refused unless `overwrite`, which
+moves the old run aside first (run_dir.old-<time>); leftovers of a crash mid-save are cleaned
+up at start; resume takes the newest checkpoint that loads, moving damaged ones aside with a
+warning; a step whose loss or gradient is NaN/inf is skipped (weights, optimizer and EMA
+untouched), and more than `max_nonfinite_skips` in a row stop the run with an error naming the
+step; checkpoints are never written with NaN/inf in them (checkpoint.py).
+
 Under torchrun (cfg.parallel, see parallel.py) every rank runs this loop on its share of the
 global batch (optim.batch_size / ranks per step) with its own data and noise streams (seeds
 offset by rank * parallel.RANK_SEED_STRIDE; rank 0's are the single-process streams). A
@@ -29,7 +37,8 @@ import torch
 from tqdm import tqdm
 
 from . import parallel
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointDamaged, CheckpointError, check_fits, checkpoint_dirs, latest_checkpoint,
+                         load_checkpoint, move_aside, recover_interrupted_saves, save_checkpoint)
 from .config import TrainConfig, to_yaml
 from .data import make_dataset
 from .fileio import write_text_atomic
@@ -37,6 +46,11 @@ from .history import build_history
 from .loss import flow_matching_loss
 from .model.dit import CausalVideoDiT
 from .model.routing import apply_history_attention, make_layout_fn
+from .rundir import METRICS, open_run_dir, read_metrics
+
+
+class NonFiniteError(ValueError):
+    """Training produced NaN/inf more often in a row than cfg.max_nonfinite_skips allows."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,11 +88,37 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.lerp_(p.detach(), 1 - decay)
 
 
+def on_main(fn):
+    """fn() on rank 0 (the only process without torchrun). Under torchrun its error reaches
+    every rank, so a failure on rank 0 (a locked run_dir, a full disk) stops all ranks instead of
+    leaving them waiting in the next collective. Returns fn()'s result on rank 0, None elsewhere."""
+    if not parallel.is_distributed():
+        return fn()
+    result = error = None
+    if parallel.is_main():
+        try:
+            result = fn()
+        except Exception as e:
+            error = e
+    message = parallel.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RankZeroError(f"rank 0 failed: {message}")
+    return result
+
+
+class RankZeroError(ValueError):
+    """Raised on ranks > 0 when rank 0 failed in on_main."""
+
+
 class Trainer:
-    """Holds the state of a run; `run()` trains until the recipe ends (or `stop_at`)."""
+    """Holds the state of a run; `run()` trains until the recipe ends (or `stop_at`).
+
+    The run directory is locked from construction to the end of run() (or close())."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = True, progress: bool = True,
-                 init_from: str | Path | None = None):
+                 init_from: str | Path | None = None, overwrite: bool = False):
         self.cfg = cfg
         self.parallel, self.device = parallel.setup(cfg.parallel, resolve_device(cfg.device))
         self.rank, self.world, self.main = parallel.rank(), parallel.world_size(), parallel.is_main()
@@ -88,6 +128,15 @@ class Trainer:
                              f"of optim.grad_accum={o.grad_accum} x {self.world} ranks")
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress and self.main
+        self.lock = on_main(lambda: open_run_dir(self.run_dir, resume, overwrite))
+        try:
+            self._build(resume, init_from)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, resume: bool, init_from) -> None:
+        cfg, o = self.cfg, self.cfg.optim
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = CausalVideoDiT(copy.deepcopy(cfg.model)).to(self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -101,31 +150,73 @@ class Trainer:
         self.data = make_dataset(cfg.data, seed=seed)
         self.gen = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.step = 0
+        self.nonfinite_streak = 0
+        """Non-finite steps in a row so far (checkpointed, so a resume stops where a run would)."""
         self.total = sum(s.steps for s in cfg.stages)
         self.config_yaml = to_yaml(cfg)
-        ckpt = latest_checkpoint(self.run_dir) if resume else None
-        if ckpt is None and init_from is not None:
-            # branch from another run's checkpoint (e.g. a shared teacher-forcing warm-up):
-            # its full state, step included, so the recipe continues where that run stood
-            init = Path(init_from)
-            ckpt = latest_checkpoint(init) if (init / "checkpoints").is_dir() else init
+        self._loaded = None  # (checkpoint, its contents) read by rank 0 while choosing it
+        ckpt = on_main(lambda: self._pick_checkpoint(resume, init_from))
         ckpt = parallel.broadcast_object(ckpt)  # every rank resumes from rank 0's choice
         if ckpt is not None:
             self._restore(ckpt)
             if ckpt.parent.parent != self.run_dir:
                 self._reseed()
         if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.run_dir / "config.yaml", self.config_yaml)
             self._trim_metrics()
 
+    def close(self) -> None:
+        """Release the run directory (idempotent; run() calls it when it ends)."""
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
+            self.lock = None
+
     # -- state ------------------------------------------------------------------------
+    def _pick_checkpoint(self, resume: bool, init_from) -> Path | None:
+        """Rank 0: the newest checkpoint of this run that loads (resume), else `init_from`'s.
+        Damaged newer ones are moved aside with a warning saying why; if none loads, an error
+        lists them all and nothing is moved. A checkpoint of another model is an error."""
+        expected = self.model.state_dict()
+        damaged = []
+        for ckpt in reversed(checkpoint_dirs(self.run_dir) if resume else []):
+            try:
+                data = load_checkpoint(ckpt)
+            except CheckpointDamaged as e:
+                damaged.append((ckpt, e))
+                continue
+            check_fits(ckpt, data[0], expected)
+            for bad, why in damaged:
+                warnings.warn(f"skipped checkpoint {bad.name} ({why}); moved it to "
+                              f"{move_aside(bad).name}; resuming from {ckpt.name}", stacklevel=2)
+            self._loaded = (ckpt, data)
+            return ckpt
+        if damaged:
+            raise CheckpointError(f"no checkpoint of {self.run_dir} loads: "
+                                  + "; ".join(str(why) for _, why in damaged)
+                                  + ". Repair them, or start over with --no-resume --overwrite "
+                                    "(moves this run aside)")
+        if init_from is None:
+            return None
+        init = Path(init_from)
+        if not init.exists():
+            raise FileNotFoundError(f"--init-from {init} does not exist (expected a run directory "
+                                    f"or a checkpoint directory)")
+        ckpt = latest_checkpoint(init) if (init / "checkpoints").is_dir() else init
+        if ckpt is None:
+            raise FileNotFoundError(f"--init-from {init}: that run has no checkpoints yet")
+        data = load_checkpoint(ckpt)
+        check_fits(ckpt, data[0], expected)
+        self._loaded = (ckpt, data)
+        return ckpt
+
     def _restore(self, ckpt: Path) -> None:
-        model_sd, ema_sd, state = load_checkpoint(ckpt)
+        loaded, self._loaded = self._loaded, None
+        model_sd, ema_sd, state = loaded[1] if loaded and loaded[0] == ckpt else load_checkpoint(ckpt)
         parallel.load_full_state_dict(self.model, model_sd, self.parallel)
         parallel.load_full_state_dict(self.ema, ema_sd, self.parallel)
         parallel.load_full_optim_state_dict(self.model, self.opt, state["optimizer"], self.parallel)
         self.step = state["step"]
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         if state.get("world_size", 1) != self.world:
             warnings.warn(f"{ckpt} was written by {state.get('world_size', 1)} rank(s), this run has "
                           f"{self.world}: weights and optimizer resume exactly, the data and noise "
@@ -147,34 +238,35 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; every rank must call it: gathering is collective).
-        Returns its directory on rank 0, None on the other ranks."""
+        Returns its directory on rank 0, None on the other ranks. Refuses NaN/inf weights
+        (NonFiniteCheckpoint) and reports a failed write (CheckpointWriteError) on every rank."""
         mode = self.parallel
         model_sd = parallel.full_state_dict(self.model, mode)
         ema_sd = parallel.full_state_dict(self.ema, mode)
         streams = {"generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                    "data": self.data.state_dict()}
         state = {"optimizer": parallel.full_optim_state_dict(self.model, self.opt, mode),
-                 "step": self.step, **streams}
+                 "step": self.step, "nonfinite_streak": self.nonfinite_streak, **streams}
         if self.world > 1:
             state.update(world_size=self.world, ranks=parallel.gather_objects(streams))
-        path = None
-        if self.main:
-            path = save_checkpoint(self.run_dir, self.step, model_sd, ema_sd, state,
-                                   self.config_yaml, self.cfg.keep_last)
+        path = on_main(lambda: save_checkpoint(self.run_dir, self.step, model_sd, ema_sd, state,
+                                               self.config_yaml, self.cfg.keep_last))
         parallel.barrier()
         return path
 
     def _trim_metrics(self) -> None:
-        """After a resume, drop logged lines past the checkpoint (they will be re-done)."""
-        path = self.run_dir / "metrics.jsonl"
+        """After a resume, drop logged lines past the checkpoint (they will be re-done), and
+        lines that are not JSON (a half-written last line; read_metrics warns)."""
+        path = self.run_dir / METRICS
         if not path.exists():
             return
-        keep = [ln for ln in path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
-        write_text_atomic(path, "".join(ln + "\n" for ln in keep))
+        keep = [r for r in read_metrics(path) if isinstance(r.get("step", 0), int) and r.get("step", 0) <= self.step]
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
     # -- one optimizer step -----------------------------------------------------------
     def train_step(self) -> dict:
+        """One optimizer step. A non-finite loss or gradient norm (the same on every rank:
+        both are reduced) skips the update: weights, optimizer and EMA stay as they were."""
         cfg, o = self.cfg, self.cfg.optim
         stage_idx, stage = stage_at(cfg, self.step)
         lr = learning_rate(cfg, self.step)
@@ -199,40 +291,74 @@ class Trainer:
                 (loss / o.grad_accum).backward()
             loss_sum += loss.item() / o.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
-        self.opt.step()
+        loss_mean, grad_norm = parallel.all_reduce_mean(loss_sum), parallel.to_float(grad_norm)
+        finite = math.isfinite(loss_mean) and math.isfinite(grad_norm)
+        if finite:
+            self.opt.step()
+            self.nonfinite_streak = 0
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            self.nonfinite_streak += 1
         self.step += 1
-        ema_update(self.ema, self.model, min(o.ema_decay, (1 + self.step) / (10 + self.step)))
-        return {"step": self.step, "stage": stage.name, "loss": parallel.all_reduce_mean(loss_sum),
-                "lr": lr, "grad_norm": parallel.to_float(grad_norm), "step_time": time.perf_counter() - t0,
-                "resample_time": resample_time}
+        if finite:
+            ema_update(self.ema, self.model, min(o.ema_decay, (1 + self.step) / (10 + self.step)))
+        m = {"step": self.step, "stage": stage.name, "loss": loss_mean, "lr": lr, "grad_norm": grad_norm,
+             "step_time": time.perf_counter() - t0, "resample_time": resample_time}
+        if not finite:
+            m["skipped"] = True
+        return m
+
+    def _check_finite(self, m: dict) -> None:
+        if not m.get("skipped"):
+            return
+        limit, n = self.cfg.max_nonfinite_skips, self.nonfinite_streak
+        if n > limit:
+            raise NonFiniteError(
+                f"step {self.step}: loss {m['loss']}, grad norm {m['grad_norm']}: {n} non-finite steps in a row "
+                f"(steps {self.step - n + 1}-{self.step}), more than max_nonfinite_skips={limit}; training "
+                f"stopped. Those steps changed nothing; the last checkpoint is "
+                f"{latest_checkpoint(self.run_dir) or '(none)'}. Lower optim.lr or check the data")
+        if self.main:
+            warnings.warn(f"step {self.step}: loss {m['loss']}, grad norm {m['grad_norm']} is not finite; "
+                          f"step skipped ({n} in a row, max_nonfinite_skips={limit})", stacklevel=2)
 
     # -- the loop ---------------------------------------------------------------------
     def run(self, stop_at: int | None = None) -> Path:
-        """Train to the end of the recipe (or to global step `stop_at`); returns run_dir."""
+        """Train to the end of the recipe (or to global step `stop_at`); returns run_dir.
+        Releases the run directory's lock when it returns or fails."""
+        if self.main and self.lock is None:  # run() again after an earlier run() released it
+            self.lock = open_run_dir(self.run_dir, resume=True)
         end = self.total if stop_at is None else min(stop_at, self.total)
         bar = tqdm(total=self.total, initial=self.step, disable=not self.progress,
                    desc=f"train {self.run_dir.name}", dynamic_ncols=True)
-        with open(self.run_dir / "metrics.jsonl", "a") if self.main else contextlib.nullcontext() as log:
-            while self.step < end:
-                stage_before = stage_at(self.cfg, self.step)[0]
-                m = self.train_step()
-                bar.update(1)
-                bar.set_postfix(stage=m["stage"], loss=f"{m['loss']:.4f}")
-                if self.main and (self.step % self.cfg.log_every == 0 or self.step == end):
-                    log.write(json.dumps(m) + "\n")
-                    log.flush()
-                stage_changes = self.step < self.total and stage_at(self.cfg, self.step)[0] != stage_before
-                if self.step % self.cfg.ckpt_every == 0 or self.step == end or stage_changes:
-                    self.save()
-        bar.close()
+        try:
+            with open(self.run_dir / METRICS, "a") if self.main else contextlib.nullcontext() as log:
+                while self.step < end:
+                    stage_before = stage_at(self.cfg, self.step)[0]
+                    m = self.train_step()
+                    bar.update(1)
+                    bar.set_postfix(stage=m["stage"], loss=f"{m['loss']:.4f}")
+                    if self.main and (self.step % self.cfg.log_every == 0 or self.step == end or m.get("skipped")):
+                        log.write(json.dumps(m) + "\n")
+                        log.flush()
+                    self._check_finite(m)
+                    stage_changes = self.step < self.total and stage_at(self.cfg, self.step)[0] != stage_before
+                    if self.step % self.cfg.ckpt_every == 0 or self.step == end or stage_changes:
+                        self.save()
+        finally:
+            bar.close()
+            self.close()
         return self.run_dir
 
 
 def train(cfg: TrainConfig, resume: bool = True, stop_at: int | None = None, progress: bool = True,
-          init_from: str | Path | None = None) -> Path:
+          init_from: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Train (see Trainer). resume=False starts over; in a directory that already holds a run
+    that needs overwrite=True, which moves the old run aside (run_dir.old-<time>)."""
     owns_group = not parallel.is_distributed()  # torchrun: set up by the Trainer, shut down here
     try:
-        return Trainer(cfg, resume=resume, progress=progress, init_from=init_from).run(stop_at)
+        return Trainer(cfg, resume=resume, progress=progress, init_from=init_from,
+                       overwrite=overwrite).run(stop_at)
     finally:
         if owns_group:
             parallel.shutdown()

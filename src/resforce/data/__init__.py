@@ -26,7 +26,10 @@ class _FolderStream:
     """VideoFolder behind the same `batch(batch_size, num_frames)` call as BouncingBalls."""
 
     def __init__(self, cfg: VideoFolderConfig, seed: int):
+        from resforce.data.videos import list_videos, probe_videos
+
         self.cfg, self.seed = cfg, seed
+        probe_videos(list_videos(cfg.root, cfg.extensions))  # at start, not when a file is first drawn
         self._by_frames: dict[int, VideoFolder] = {}
         self._state: dict | None = None
 
