@@ -3,8 +3,8 @@
 # 64 rollouts of 128 chunks from 2 given frames (130 frames = 16x the 8-frame training clips),
 # 16 Euler steps, shift 2.0, under the ROLLING CONTEXT of training (8 chunks: each chunk sees
 # the 7 before it; the default of `resforce eval`). Then, labelled separately:
-#   *_dense.json   the same rollouts with dense attention over all history (--context all):
-#                  context extrapolation, not exposure bias;
+#   *_dense.json   16 of the same rollouts with dense attention over all history
+#                  (--context all): context extrapolation, not exposure bias;
 #   *_x128.json    8 rollouts of 1024 chunks (128x the training length), rolling context;
 #   bb_resampling_s0_{topk,window}*.json   history attention at inference within the context.
 # Seed 0 of teacher forcing and Resampling Forcing are the shipped demo models when their
@@ -48,12 +48,15 @@ model_of() {  # bb_<method>_s<seed> -> its run directory, or the shipped model f
 }
 names=$(for d in bb_teacher_s0 bb_resampling_s0 "$RUNS"/bb_*_s[0-9]; do [ "$d" = "$RUNS/bb_*_s[0-9]" ] || basename "$d"; done | sort -u)
 for name in $names; do ev "$name" "$(model_of "$name")"; done
-for name in $names; do ev "${name}_dense" "$(model_of "$name")" --context all; done
 # 1024 chunks = 128x the training length (8 rollouts), teacher forcing vs Resampling Forcing
 for name in $names; do
   case $name in bb_teacher_s*|bb_resampling_s*)
     CHUNKS=1024 SAMPLES=8 ev "${name}_x128" "$(model_of "$name")" --segment 128 ;;
   esac
+done
+# dense attention over all history (context extrapolation; 16 rollouts, the old protocol's count)
+for name in $names; do
+  case $name in bb_teacher_s*|bb_resampling_s*) SAMPLES=16 ev "${name}_dense" "$(model_of "$name")" --context all ;; esac
 done
 # history attention at inference (claim 3), within the rolling context of 8 chunks
 for v in "topk 4" "topk 1" "window 1" "window 4"; do
