@@ -10,35 +10,47 @@ from __future__ import annotations
 
 import numpy as np
 
-WHAT = {"lost": ("keeps more of the given balls", "balls lost per frame"),
+WHAT = {"count_error": ("keeps the number of balls better", "ball-count error"),
+        "lost": ("keeps more of the given balls (same colour)", "given balls lost per frame"),
         "failure": ("fails fewer checks", "failure score")}
 """metric -> (what the better method does, what the number is)."""
 
 
-def paired_verdict(evs, metrics=("lost", "failure")) -> str:
-    """A sentence comparing evs[1] with evs[0] on the first of `metrics` both have; '' if the
-    evaluations are not a pair on the same seeds or have no such metric."""
-    if len(evs) != 2:
+def _last_segment(ev, metric) -> np.ndarray:
+    return np.array([np.nan if r[-1] is None else r[-1] for r in ev.per_sample_segments()[metric]], dtype=float)
+
+
+def _clause(a, b, metric) -> str:
+    xa, xb = _last_segment(a, metric), _last_segment(b, metric)
+    if xa.shape != xb.shape:
         return ""
-    a, b = evs
-    seg_a, seg_b = a.per_sample_segments(), b.per_sample_segments()
-    metric = next((m for m in metrics if m in seg_a and m in seg_b), None)
-    if metric is None or not a.rows or len(seg_a[metric]) != len(seg_b[metric]):
-        return ""
-    xa = np.array([np.nan if r[-1] is None else r[-1] for r in seg_a[metric]], dtype=float)
-    xb = np.array([np.nan if r[-1] is None else r[-1] for r in seg_b[metric]], dtype=float)
     diff = xb - xa
     ok = np.isfinite(diff)
     if ok.sum() < 2:
         return ""
     d, se = diff[ok].mean(), diff[ok].std(ddof=1) / np.sqrt(ok.sum())
+    better, number = WHAT.get(metric, ("scores better", metric))
+    numbers = (f"{number} {b.name} {np.nanmean(xb):.2f}, {a.name} {np.nanmean(xa):.2f}, paired "
+               f"{b.name} − {a.name} = {d:+.2f} ± {se:.2f}")
+    if abs(d) < 2 * se:
+        return f"no clear difference in {number} ({numbers})"
+    return f"{b.name if d < 0 else a.name} {better} ({numbers})"
+
+
+def paired_verdict(evs, metrics=("count_error", "lost")) -> str:
+    """A sentence comparing evs[1] with evs[0] on each of `metrics` both have (falling back to
+    `failure`); '' if the evaluations are not a pair on the same seeds."""
+    if len(evs) != 2 or not evs[0].rows:
+        return ""
+    a, b = evs
+    have = [m for m in metrics if m in a.per_sample_segments() and m in b.per_sample_segments()]
+    if not have and "failure" in a.per_sample_segments() and "failure" in b.per_sample_segments():
+        have = ["failure"]
+    clauses = [c for c in (_clause(a, b, m) for m in have) if c]
+    if not clauses:
+        return ""
     row = a.rows[-1]
     times = row["end"] / a.generated.train_frames
-    where = f"At {times:.0f}x the training length (frames {row['start']}-{row['end']})"
-    better, number = WHAT.get(metric, ("scores better", metric))
-    numbers = (f"{number}: {b.name} {np.nanmean(xb):.2f}, {a.name} {np.nanmean(xa):.2f}; paired difference "
-               f"{b.name} − {a.name} = {d:+.2f} ± {se:.2f} (s.e. over {ok.sum()} shared rollouts)")
-    if abs(d) < 2 * se:
-        return f"{where}, no clear difference between {b.name} and {a.name}: {numbers}."
-    winner = b.name if d < 0 else a.name
-    return f"{where}, {winner} {better}: {numbers}."
+    n = len(a.per_sample_segments()[have[0]])
+    return (f"At {times:.0f}x the training length (frames {row['start']}-{row['end']}, {n} shared rollouts, "
+            f"± s.e.): " + "; ".join(clauses) + ".")
