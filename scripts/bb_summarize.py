@@ -140,6 +140,7 @@ def main_runs(runs):
 
 METRICS = (("failure", "aggregate failure score (0 = every check passes; a lost or spawned ball fails every "
                        "per-ball term; lower is better)"),
+           ("count_error", "ball-count error (|balls on screen − given balls|, lower is better)"),
            ("lost", "balls of the given frames missing per frame (lower is better)"),
            ("identity_error", "identity error ((lost + spawned) / given balls; a colour change is one of each)"))
 
@@ -189,7 +190,7 @@ def main():
                   (f"bb_parallel_resampling_s{s}", f"bb_noise_aug_s{s}", f"parallel resampling − noise aug, seed {s}")]
     pairs += [(f"bb_noise_aug_s{s}", f"bb_teacher_s{s}", f"noise aug − TF, seed {s}") for s in seeds]
     pairs += [(f"bb_diffusion_forcing_s{s}", f"bb_teacher_s{s}", f"diffusion forcing − TF, seed {s}") for s in seeds]
-    for metric in ("failure", "lost"):
+    for metric in ("failure", "count_error", "lost"):
         t = paired_table(runs, metric, pairs)
         if t:
             print(f"\n**Paired {metric} differences** over the same rollouts (mean ± s.e. over rollouts; "
@@ -222,17 +223,18 @@ def main():
     long = variant(every, "_x128")
     if long:
         print("\n" + protocol_line(next(iter(long.values())), "128x the training length, rolling context"))
-        for metric, what in METRICS[:2]:
+        for metric, what in METRICS[:3]:
             print(f"\n**{what}**, 1024 generated chunks:\n\n{method_table(long, metric)}")
-        t = paired_table(long, "lost", [(f"bb_resampling_s{s}", f"bb_teacher_s{s}", f"RF − TF, seed {s}")
-                                        for s in seeds_of(long, "teacher")])
-        if t:
-            print(f"\n{t}")
+        for metric in ("count_error", "lost"):
+            t = paired_table(long, metric, [(f"bb_resampling_s{s}", f"bb_teacher_s{s}", f"RF − TF, seed {s}")
+                                            for s in seeds_of(long, "teacher")])
+            if t:
+                print(f"\n**Paired {metric} differences**, 1024 generated chunks:\n\n{t}")
     dense = variant(every, "_dense")
     if dense:
         print("\n### Context extrapolation (a different question: dense attention over all history)\n")
         print(protocol_line(next(iter(dense.values())), "Dense attention over every chunk, given frames always in view"))
-        for metric, what in METRICS[:2]:
+        for metric, what in METRICS[:3]:
             t = method_table(dense, metric)
             if t:
                 print(f"\n**{what}**, dense history:\n\n{t}")
