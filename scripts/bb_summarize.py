@@ -225,7 +225,7 @@ def main():
         print("\n" + protocol_line(next(iter(long.values())), "128x the training length, rolling context"))
         for metric, what in METRICS[:3]:
             print(f"\n**{what}**, 1024 generated chunks:\n\n{method_table(long, metric)}")
-        for metric in ("count_error", "lost"):
+        for metric in ("failure", "count_error", "lost"):
             t = paired_table(long, metric, [(f"bb_resampling_s{s}", f"bb_teacher_s{s}", f"RF − TF, seed {s}")
                                             for s in seeds_of(long, "teacher")])
             if t:
