@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from resforce.model import build_model
-from resforce.model.routing import HistoryAttentionConfig, make_layout_fn
+from resforce.model.routing import AttentionPolicy, HistoryAttentionConfig
 from resforce.rollout import SampleConfig, reference_rollout, rollout
 
 FPC, H, W = 1, 8, 8
@@ -67,8 +67,8 @@ def test_routing_on_the_retained_cache(randomize):
     model = make(randomize)
     cfg = SampleConfig(chunks=10, steps=2, seed=4, context=4)
     dense = rollout(model, 1, H, W, cfg)
-    top3 = rollout(model, 1, H, W, cfg, layout_fn=make_layout_fn(HistoryAttentionConfig(mode="topk", topk=3)))
-    top1 = rollout(model, 1, H, W, cfg, layout_fn=make_layout_fn(HistoryAttentionConfig(mode="topk", topk=1)))
+    top3 = rollout(model, 1, H, W, cfg, attention=AttentionPolicy(HistoryAttentionConfig(mode="topk", topk=3)))
+    top1 = rollout(model, 1, H, W, cfg, attention=AttentionPolicy(HistoryAttentionConfig(mode="topk", topk=1)))
     assert (dense - top3).abs().max().item() <= 1e-5
     assert (dense - top1).abs().max().item() > 1e-4
 

@@ -44,7 +44,7 @@ def _context_arg(text: str) -> int:
 
 
 def _attention_from_args(args):
-    from .model.routing import HistoryAttentionConfig
+    from .model.history_attention_config import HistoryAttentionConfig
 
     if args.topk is not None and args.window is not None:
         raise SystemExit("error: --topk and --window exclude each other")
@@ -110,8 +110,10 @@ def cmd_generate(args) -> None:
     print(f"wrote {out}: {videos.shape[0]} video(s) of {videos.shape[2]} frames "
           f"({info['prefix_frames']} given, training clips were {info['train_frames']} frames)")
     if args.router_stats:
+        from .router_plot import plot_router_selections
+
         g.recorder.save(args.router_stats)
-        g.recorder.plot(Path(args.router_stats).with_suffix(".png"))
+        plot_router_selections(g.recorder, Path(args.router_stats).with_suffix(".png"))
         print(f"router statistics: {args.router_stats} (plot: {Path(args.router_stats).with_suffix('.png')})")
 
 

@@ -19,7 +19,7 @@ from .data.worlds import BouncingBallsConfig
 from .flow import TimestepSampler
 from .history import HistoryConfig
 from .model.dit import DiTConfig
-from .model.routing import HistoryAttentionConfig
+from .model.history_attention_config import HistoryAttentionConfig
 from .rollout import SampleConfig
 
 
@@ -123,6 +123,10 @@ class TrainConfig:
                 raise ConfigError(f"stages.{i}: steps must be >= 0 and clip_chunks >= 1")
             if s.lr is not None and not (math.isfinite(s.lr) and s.lr > 0):
                 raise ConfigError(f"stages.{i}.lr={s.lr!r}: expected a finite number > 0 (or null: optim.lr)")
+            try:  # every stage's attention now, not when its stage starts
+                s.attention.validate()
+            except (ValueError, NotImplementedError) as e:
+                raise ConfigError(f"stages.{i}.attention: {e}") from None
         self.model.validate()
         _check_data_fits_model(self)
 

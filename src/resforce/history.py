@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .flow import add_noise, shift_timesteps
+from .model.attention_policy import cached_layout
 
 STRATEGIES = ("teacher", "noise_aug", "diffusion_forcing", "parallel_resampling", "resampling")
 
@@ -79,11 +80,12 @@ def _denoise(velocity, x, t_s: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def autoregressive_resample(model, clean, t_s, steps, generator=None, context=None, layout_fn=None,
+def autoregressive_resample(model, clean, t_s, steps, generator=None, context=None, attention=None,
                             noise=None):
     """The paper's self-resampling: for i = 1..N, noise chunk i to t_s and finish its
     denoising with the online model, attending (KV cache) to the already degraded chunks < i.
-    The noise of all chunks is drawn at once, as parallel_resample draws it."""
+    The noise of all chunks is drawn at once, as parallel_resample draws it. `attention`: the
+    history attention policy (AttentionPolicy) of the cached calls; None = dense."""
     fpc = model.config.frames_per_chunk
     b, _, f, h, w = clean.shape
     if noise is None:
@@ -96,21 +98,21 @@ def autoregressive_resample(model, clean, t_s, steps, generator=None, context=No
         x_ts = add_noise(clean[:, :, sl], noise[:, :, sl], t_s[:, None], fpc)
 
         def v(xx, tt):
-            layout = layout_fn(cache, False) if layout_fn else None
+            layout = cached_layout(attention, cache, False)
             return model.forward_chunk(xx, tt[:, None], cache, context=context, layout=layout)
 
         degraded = _denoise(v, x_ts, t_s, steps)
         if i < n - 1:  # the last chunk is nobody's history: skip its cache write
-            layout = layout_fn(cache, True) if layout_fn else None
+            layout = cached_layout(attention, cache, True)
             model.write_cache(degraded, cache, context=context, layout=layout)
         out.append(degraded)
     return torch.cat(out, dim=2)
 
 
 @torch.no_grad()
-def parallel_resample(model, clean, t_s, steps, generator=None, context=None, noise=None):
+def parallel_resample(model, clean, t_s, steps, generator=None, context=None, noise=None, attention=None):
     """Table 2's baseline: every chunk noised to t_s and denoised at once, conditioned on the
-    GROUND-TRUTH history (one two-stream pass per Euler step)."""
+    GROUND-TRUTH history (one two-stream pass per Euler step, under the `attention` policy)."""
     fpc = model.config.frames_per_chunk
     n = clean.shape[2] // fpc
     if noise is None:
@@ -118,14 +120,16 @@ def parallel_resample(model, clean, t_s, steps, generator=None, context=None, no
     x_ts = add_noise(clean, noise, t_s[:, None].expand(-1, n), fpc)
 
     def v(xx, tt):
-        return model(xx, tt[:, None].expand(-1, n), history=clean, context=context)
+        return model(xx, tt[:, None].expand(-1, n), history=clean, context=context, attention=attention)
 
     return _denoise(v, x_ts, t_s, steps)
 
 
 def build_history(cfg: HistoryConfig, model, clean: torch.Tensor, generator=None, context=None,
-                  layout_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(history, t_history) for a batch of clean videos (B, C, F, H, W); both detached."""
+                  attention=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(history, t_history) for a batch of clean videos (B, C, F, H, W); both detached.
+    `attention`: the stage's history attention policy; parallel resampling always runs under
+    it (its two-stream pass is the training pass), self-resampling only if route_resampling."""
     fpc = model.config.frames_per_chunk
     b, n = clean.shape[0], clean.shape[2] // fpc
     zeros = torch.zeros(b, n, device=clean.device)
@@ -142,10 +146,11 @@ def build_history(cfg: HistoryConfig, model, clean: torch.Tensor, generator=None
     model.eval()  # resampling is inference with the online weights
     try:
         if s == "parallel_resampling":
-            hist = parallel_resample(model, clean, t_s, cfg.resample_steps, generator, context)
+            hist = parallel_resample(model, clean, t_s, cfg.resample_steps, generator, context,
+                                     attention=attention)
         else:
-            lf = layout_fn if cfg.route_resampling else None
-            hist = autoregressive_resample(model, clean, t_s, cfg.resample_steps, generator, context, lf)
+            routed = attention if cfg.route_resampling else None
+            hist = autoregressive_resample(model, clean, t_s, cfg.resample_steps, generator, context, routed)
     finally:
         model.train(was_training)
     return hist.detach(), zeros

@@ -14,7 +14,9 @@ from tqdm import tqdm
 
 from .checkpoint import load_model
 from .checks import check_counts, check_finite_output, check_prefix_fits, check_video_values
-from .model.routing import HistoryAttentionConfig, RouterRecorder, make_layout_fn
+from .model.attention_policy import AttentionPolicy
+from .model.history_attention_config import HistoryAttentionConfig
+from .model.router_stats import RouterRecorder
 from .rollout import rollout
 from .train import resolve_device
 
@@ -95,9 +97,9 @@ def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None =
             prefix = prefix[None].expand(batch, -1, -1, -1, -1)
     recorder = RouterRecorder() if record_router else None
     attention = attention or trained  # default: what the run's last stage trained with
-    layout_fn = make_layout_fn(attention, recorder) if (attention.mode != "dense" or recorder) else None
+    policy = AttentionPolicy(attention, recorder)
     bar = tqdm(total=s.chunks, desc="generate", disable=not progress, dynamic_ncols=True)
-    videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, layout_fn=layout_fn,
+    videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, attention=policy,
                      callback=lambda i, c: bar.update(1), device=dev)
     bar.close()
     check_finite_output(videos, path)

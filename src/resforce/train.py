@@ -45,7 +45,7 @@ from .fileio import write_text_atomic
 from .history import build_history
 from .loss import flow_matching_loss
 from .model.dit import CausalVideoDiT
-from .model.routing import apply_history_attention, make_layout_fn
+from .model.attention_policy import AttentionPolicy
 from .rundir import METRICS, open_run_dir, read_metrics
 
 
@@ -272,8 +272,7 @@ class Trainer:
         lr = learning_rate(cfg, self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        apply_history_attention(self.model, stage.attention)
-        layout_fn = make_layout_fn(stage.attention)
+        attention = AttentionPolicy(stage.attention)  # routed / windowed stages: passed to every pass
         frames = stage.clip_chunks * cfg.model.frames_per_chunk
         micro = o.batch_size // o.grad_accum // self.world
         t0 = time.perf_counter()
@@ -283,11 +282,11 @@ class Trainer:
         for k in range(o.grad_accum):
             clean = self.data.batch(micro, frames)[0].to(self.device)
             t1 = time.perf_counter()
-            history, t_hist = build_history(stage.history, self.model, clean, self.gen, layout_fn=layout_fn)
+            history, t_hist = build_history(stage.history, self.model, clean, self.gen, attention=attention)
             resample_time += time.perf_counter() - t1
             with parallel.no_grad_sync(self.wrapped, skip=k < o.grad_accum - 1):
                 loss = flow_matching_loss(self.wrapped, clean, history, t_hist, cfg.timesteps, self.gen,
-                                          space=cfg.loss_space)
+                                          space=cfg.loss_space, attention=attention)
                 (loss / o.grad_accum).backward()
             loss_sum += loss.item() / o.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))

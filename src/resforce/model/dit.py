@@ -261,10 +261,6 @@ class CausalVideoDiT(nn.Module):
         self.norm_out = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, cfg.out_channels * math.prod(cfg.patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
-        self.masked_layout_fn = None
-        """Optional (kind, num_chunks, tokens_per_chunk, device) -> layout replacing the masked
-        layouts of forward() (kind: 'two_stream' or 'block_causal'); history routing sets it
-        for the routed fine-tune (routing.apply_history_attention). None = dense."""
         if cfg.init == "zero_adaln":
             self._zero_adaln_init()
 
@@ -354,19 +350,21 @@ class CausalVideoDiT(nn.Module):
                              f"got {tuple(t.shape)}")
 
     # -- the three layouts ------------------------------------------------------------
-    def forward(self, x, t, *, history=None, t_history=None, context=None):
+    def forward(self, x, t, *, history=None, t_history=None, context=None, attention=None):
         """Velocity for x (B, C, F, H, W) at per-chunk times t (B, chunks).
 
         With `history` (same shape as x, per-chunk times t_history, 0 = clean) this is the
         two-stream training pass: noisy chunk i sees history chunks < i and itself.
         Without it, x is one block-causal stream: chunk i sees chunks <= i.
+        `attention`: the history attention policy (AttentionPolicy: routed top-k or window
+        layouts, via its `masked(kind, ...)`); None = dense.
         """
         self._check(x, t)
         b, _, f, hh, ww = x.shape
         n, tpc = self.num_chunks(f), self.tokens_per_chunk(hh, ww)
         rope = self._rope(f, hh, ww, 0, x.device)
         if history is None:
-            layout = self._masked_layout("block_causal", n, tpc, x.device)
+            layout = self._masked_layout(attention, "block_causal", n, tpc, x.device)
             hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc)
             return self._to_velocity(self._head(hidden, temb, tpc, x.shape), x, t)
         if t_history is None:
@@ -375,15 +373,15 @@ class CausalVideoDiT(nn.Module):
         if history.shape != x.shape:
             raise ValueError(f"history {tuple(history.shape)} and x {tuple(x.shape)} must match")
         tokens = torch.cat([self._embed(history), self._embed(x)], dim=1)
-        layout = self._masked_layout("two_stream", n, tpc, x.device)
+        layout = self._masked_layout(attention, "two_stream", n, tpc, x.device)
         rope2 = tuple(torch.cat([r, r], dim=0) for r in rope)  # same positions in both streams
         hidden, temb = self._trunk(tokens, torch.cat([t_history, t], dim=1), layout, rope2, context, tpc)
         noisy = hidden[:, n * tpc:]
         return self._to_velocity(self._head(noisy, temb[:, n:], tpc, x.shape), x, t)
 
-    def _masked_layout(self, kind: str, n: int, tpc: int, device):
-        if self.masked_layout_fn is not None:
-            return self.masked_layout_fn(kind, n, tpc, device)
+    def _masked_layout(self, attention, kind: str, n: int, tpc: int, device):
+        if attention is not None:
+            return attention.masked(kind, n, tpc, self.config.attention_backend, device)
         make = two_stream_layout if kind == "two_stream" else block_causal_layout
         return make(n, tpc, self.config.attention_backend, device)
 
