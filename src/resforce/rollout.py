@@ -20,7 +20,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .flow import add_noise, euler_grid, euler_sample, guided
+from .flow import (EulerSchedule, add_noise, euler_grid, euler_integrate, euler_sample, grid_schedule,
+                   guided)
 from .model.attention_policy import AttentionPolicy, cached_layout
 from .model.history_attention_config import HistoryAttentionConfig
 from .model.dit import CausalVideoDiT
@@ -82,6 +83,21 @@ def _write(model, chunk, caches, contexts, history_noise, generator, attention):
         model.write_cache(chunk, cache, t=t, context=ctx, layout=layout)
 
 
+def chunk_step(model: CausalVideoDiT, x: torch.Tensor, schedule: EulerSchedule, caches: list,
+               contexts: list, attention: AttentionPolicy | None = None, cfg_scale: float = 1.0,
+               commit: bool = True, history_noise: float = 0.0, generator=None) -> torch.Tensor:
+    """One autoregressive step, shared by rollout and self-resampling (history.py): denoise
+    chunk x along the Euler schedule while attending to the KV cache(s), then commit the
+    finished chunk to them as history (unless commit=False). caches/contexts: the
+    conditional branch, plus the unconditional one with guidance (cfg_scale != 1)."""
+    uncond = _chunk_velocity(model, caches[1], contexts[1], attention) if len(caches) > 1 else None
+    v = guided(_chunk_velocity(model, caches[0], contexts[0], attention), uncond, cfg_scale)
+    chunk = euler_integrate(v, x, schedule)
+    if commit:
+        _write(model, chunk, caches, contexts, history_noise, generator, attention)
+    return chunk
+
+
 @torch.no_grad()
 def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: SampleConfig,
             prefix: torch.Tensor | None = None, context: torch.Tensor | None = None,
@@ -121,11 +137,8 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
     shape = (batch, mc.in_channels, mc.frames_per_chunk, height, width)
     for i in range(cfg.chunks):
         noise = torch.randn(shape, generator=generator, device=device)
-        v = guided(_chunk_velocity(model, caches[0], context, attention),
-                   _chunk_velocity(model, caches[1], uncond_context, attention) if use_cfg else None,
-                   cfg.cfg_scale)
-        chunk = euler_sample(v, noise, grid)
-        _write(model, chunk, caches, contexts, cfg.history_noise, generator, attention)
+        chunk = chunk_step(model, noise, grid_schedule(grid, batch, device), caches, contexts, attention,
+                           cfg.cfg_scale, history_noise=cfg.history_noise, generator=generator)
         if callback is not None:
             callback(n_prefix + i, chunk)
         if return_video:
