@@ -44,8 +44,8 @@ def compare(runs: list, names: list[str], out_dir, samples: int, chunks: int | N
             prefix_chunks: int = 2, notes: str = "", title: str = "resforce comparison",
             segment_len: int | None = None, frechet_reference: int | None = None, **gen_kwargs) -> Path:
     """Evaluate every run on the same seeds and write out_dir/index.html."""
-    from .evaluation import FRECHET_REFERENCE_CLIPS, evaluate, frechet_line, save_json, table_metrics
-    from .metrics import DRIFT_DEFINITION, FAILURE_DEFINITION, format_table
+    from .evaluation import FRECHET_REFERENCE_CLIPS, evaluate, frechet_line, plot_metrics, save_json, table_metrics
+    from .stats import format_table
     from .report import plot_metric_vs_horizon, write_compare_page
     from .verdict import paired_verdict
     from .video_io import save_grid_video
@@ -79,13 +79,12 @@ def compare(runs: list, names: list[str], out_dir, samples: int, chunks: int | N
     metrics = table_metrics(evs[0])
     plots = []
     train_len = evs[0].generated.train_frames
-    for m in [x for x in ("failure", "drift", "count_error", "identity_error", "color_integrity", "accel_error",
-                          "background_noise") if x in evs[0].per_frame]:
+    for m in plot_metrics(evs[0]):
         png = f"{m}_vs_horizon.png"
         plot_metric_vs_horizon({ev.name: ev.per_frame for ev in evs}, m, out / png, train_len=train_len, smooth=4)
         plots.append(png)
     text = format_table(rows, metrics)
-    definition = FAILURE_DEFINITION if "failure" in evs[0].per_frame else DRIFT_DEFINITION
+    definition = evs[0].world.summary_definition
     if frechet_line(evs[0]):
         definition += "\n" + frechet_line(evs[0])
         text += "\n" + frechet_line(evs[0])

@@ -21,6 +21,7 @@ from .history import HistoryConfig
 from .model.dit import DiTConfig
 from .model.history_attention_config import HistoryAttentionConfig
 from .rollout import SampleConfig
+from .worlds import WORLDS, known_kinds, world_of
 
 
 class ConfigError(ValueError):
@@ -32,7 +33,8 @@ class DataConfig:
     """Where training clips come from."""
 
     kind: str = "bouncing_balls"
-    """'bouncing_balls' (built-in procedural world) or 'video_folder' (your videos, PyAV)."""
+    """The world (resforce.worlds registry): 'bouncing_balls' (built-in procedural world) or
+    'video_folder' (your videos, PyAV)."""
     bouncing_balls: BouncingBallsConfig = field(default_factory=BouncingBallsConfig)
     video_folder: VideoFolderConfig = field(default_factory=VideoFolderConfig)
 
@@ -116,8 +118,8 @@ class TrainConfig:
                               f"optim.grad_accum={self.optim.grad_accum}")
         if self.optim.schedule not in ("constant", "cosine"):
             raise ConfigError(f"optim.schedule must be 'constant' or 'cosine', got {self.optim.schedule!r}")
-        if self.data.kind not in ("bouncing_balls", "video_folder"):
-            raise ConfigError(f"data.kind must be 'bouncing_balls' or 'video_folder', got {self.data.kind!r}")
+        if self.data.kind not in WORLDS:
+            raise ConfigError(f"data.kind must be {known_kinds()}, got {self.data.kind!r}")
         for i, s in enumerate(self.stages):
             if s.steps < 0 or s.clip_chunks < 1:
                 raise ConfigError(f"stages.{i}: steps must be >= 0 and clip_chunks >= 1")
@@ -161,20 +163,14 @@ def _check_numbers(cfg: "TrainConfig") -> None:
             raise ConfigError(f"{key}={value!r}: expected {expected}")
 
 
-DATA_CHANNELS = 3
-"""Both data sources give RGB clips."""
-
-
 def _check_data_fits_model(cfg: "TrainConfig") -> None:
-    """The clips must fit the model: RGB channels, frames divisible into patches."""
-    m = cfg.model
-    if m.in_channels != DATA_CHANNELS or m.out_channels != m.in_channels:
+    """The clips of the run's world must fit the model: channels, frames divisible into patches."""
+    m, world = cfg.model, world_of(cfg.data)
+    channels = world.channels
+    if m.in_channels != channels or m.out_channels != m.in_channels:
         raise ConfigError(f"model.in_channels={m.in_channels}, model.out_channels={m.out_channels}: data.kind="
-                          f"{cfg.data.kind} gives {DATA_CHANNELS}-channel RGB clips, so both must be {DATA_CHANNELS}")
-    if cfg.data.kind == "bouncing_balls":
-        key, size = "data.bouncing_balls.resolution", (cfg.data.bouncing_balls.resolution,) * 2
-    else:
-        key, size = "data.video_folder.resolution", tuple(cfg.data.video_folder.size)
+                          f"{cfg.data.kind} gives {channels}-channel RGB clips, so both must be {channels}")
+    key, size = world.resolution_key, world.resolution
     ph, pw = m.patch_size[1], m.patch_size[2]
     if size[0] % ph or size[1] % pw:
         raise ConfigError(f"{key}={list(size)}: expected a multiple of the model's patch size "

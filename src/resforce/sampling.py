@@ -18,11 +18,8 @@ from .model.attention_policy import AttentionPolicy
 from .model.history_attention_config import HistoryAttentionConfig
 from .model.router_stats import RouterRecorder
 from .rollout import rollout
+from .worlds import world_of
 from .train import resolve_device
-
-EVAL_SEED_OFFSET = 1_000_003
-"""Evaluation clips come from a world seed far from the training stream's."""
-
 
 @dataclass
 class Generated:
@@ -32,9 +29,10 @@ class Generated:
     train_frames: int
     """Frames of the longest training clip of the run (to mark the training length)."""
     ground_truth: torch.Tensor | None
-    """(B, C, F, H, W) ground truth of the world for the same clips (bouncing balls), or None."""
+    """(B, C, F, H, W) ground truth of the world for the same clips, or None (a world
+    without ground truth)."""
     states: object | None
-    """World states (BallStates) of the ground truth clips, or None."""
+    """World states of the ground truth clips (whatever the world keeps), or None."""
     config: object
     recorder: RouterRecorder | None = None
     context: int = 0
@@ -44,13 +42,9 @@ class Generated:
 
 
 def world_clips(cfg, batch: int, frames: int, seed: int):
-    """Ground-truth clips of the run's world, from evaluation seeds (not the training stream)."""
-    from .data.worlds import BouncingBalls
-
-    if cfg.data.kind != "bouncing_balls":
-        return None, None
-    bb = dataclasses.replace(cfg.data.bouncing_balls, seed=cfg.data.bouncing_balls.seed + EVAL_SEED_OFFSET + seed)
-    return BouncingBalls(bb).batch(batch, frames)
+    """(videos, states): ground-truth clips of the run's world from evaluation seed `seed` (not
+    the training stream), or (None, None) where the world has no ground truth."""
+    return world_of(cfg.data).clips(batch, frames, seed)
 
 
 def training_context(cfg) -> int:
@@ -83,7 +77,7 @@ def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None =
         s = dataclasses.replace(s, sink=trained.sink)  # a sink only where training had one
     s.cache_chunks()  # validates context and sink before any work
     fpc = model.config.frames_per_chunk
-    res = _resolution(cfg)
+    res = world_of(cfg.data).resolution
     gt = states = None
     if prefix is None and (prefix_chunks or with_ground_truth):
         gt, states = world_clips(cfg, batch, (prefix_chunks + s.chunks) * fpc, s.seed)
@@ -107,10 +101,3 @@ def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None =
     n_prefix = 0 if prefix is None else prefix.shape[2]
     return Generated(videos.clamp(-1, 1).cpu(), n_prefix, train_frames, gt, states, cfg, recorder,
                      context=s.context, sink=s.sink)
-
-
-def _resolution(cfg) -> tuple[int, int]:
-    if cfg.data.kind == "bouncing_balls":
-        r = cfg.data.bouncing_balls.resolution
-        return r, r
-    return tuple(cfg.data.video_folder.size)

@@ -40,7 +40,7 @@ from . import parallel
 from .checkpoint import (CheckpointDamaged, CheckpointError, check_fits, checkpoint_dirs, latest_checkpoint,
                          load_checkpoint, move_aside, recover_interrupted_saves, save_checkpoint)
 from .config import TrainConfig, to_yaml
-from .data import make_dataset
+from .worlds import world_of
 from .fileio import write_text_atomic
 from .history import build_history
 from .loss import flow_matching_loss
@@ -147,7 +147,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),
                                      weight_decay=o.weight_decay)
         seed = cfg.seed + parallel.RANK_SEED_STRIDE * self.rank
-        self.data = make_dataset(cfg.data, seed=seed)
+        self.data = world_of(cfg.data).stream(seed)
         self.gen = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.step = 0
         self.nonfinite_streak = 0
@@ -233,7 +233,7 @@ class Trainer:
         draws its own data and noise, from this run's seed and the branch step, so branches
         with different seeds differ and branches with the same seed see the same stream."""
         offset = 1_000_003 * self.step + parallel.RANK_SEED_STRIDE * self.rank
-        self.data = make_dataset(self.cfg.data, seed=self.cfg.seed + offset)
+        self.data = world_of(self.cfg.data).stream(self.cfg.seed + offset)
         self.gen.manual_seed(self.cfg.seed + 1 + offset)
 
     def save(self) -> Path | None:
