@@ -75,7 +75,7 @@ def test_compare_writes_page_with_every_asset(runs, tmp_path):
 
 
 def test_demo_runs_from_the_shipped_models(tmp_path, capsys):
-    from resforce.cli_eval import shipped_models
+    from resforce.demo import shipped_models
 
     assert all(p.is_file() for p in shipped_models().values())  # no retraining in make demo
     main(["demo", "--out", str(tmp_path), "--samples", "1", "--chunks", "3", "--segment", "2"])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_args import add_frechet_arg
 from .worlds import scoring_worlds, world_of
 
 
@@ -175,6 +176,5 @@ def add_command(sub) -> None:
                         "and training length; default: the default world config")
     s.add_argument("--segment", type=int, default=None, help="frames per table segment (default: training length)")
     s.add_argument("--json", default=None, help="also write the metrics here (like eval --json)")
-    from .cli_eval import _add_frechet_arg
-    _add_frechet_arg(s)
+    add_frechet_arg(s)
     s.set_defaults(func=cmd_score)

@@ -8,6 +8,7 @@ paper's 0-5 / 5-10 / 10-15 s.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import torch
 from . import frechet as F
 from . import stats as S
 from .fileio import write_text_atomic
-from .sampling import Generated, generate, world_clips
+from .sampling import Generated, SampleOverrides, generate, world_clips
 from .worlds import World, world_of
 
 FRECHET_COLUMNS = ("frechet", "frechet_floor")
@@ -119,19 +120,23 @@ def score_videos(videos, cfg, states=None, ground_truth=None, ref_frames: int = 
     return world_of(cfg.data).score(videos, states, ground_truth, ref_frames)
 
 
-def evaluate(path, name: str | None = None, samples: int = 16, chunks: int | None = None,
-             prefix_chunks: int = 2, segment_len: int | None = None, seed: int = 0,
-             progress: bool = True, frechet_reference: int = FRECHET_REFERENCE_CLIPS,
-             **gen_kwargs) -> Evaluation:
+def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOverrides | None = None,
+             prefix_chunks: int = 2, segment_len: int | None = None, progress: bool = True,
+             frechet_reference: int = FRECHET_REFERENCE_CLIPS, **options) -> Evaluation:
     """Roll out ``samples`` videos, score them per frame, summarise them by whole segments.
+    ``sample``: overrides of the run's sample config (seed None = 0, the evaluation seeds);
+    ``options``: attention, device, prefer_ema of :func:`resforce.sampling.generate`.
 
     With the world's ground truth, each segment also gets its Frechet distance to
     ``frechet_reference`` independent ground-truth clips of the world (0: none), and the
     ground truth of the same clips as the floor (``frechet_floor``).
     """
     _check_frechet_reference(frechet_reference)
-    g = generate(path, batch=samples, chunks=chunks, seed=seed, prefix_chunks=prefix_chunks,
-                 with_ground_truth=True, progress=progress, **gen_kwargs)
+    sample = sample or SampleOverrides()
+    if sample.seed is None:
+        sample = dataclasses.replace(sample, seed=0)
+    g = generate(path, sample, batch=samples, prefix_chunks=prefix_chunks, with_ground_truth=True,
+                 progress=progress, **options)
     per_frame = score(g)
     frames = int(g.videos.shape[2])
     if segment_len is not None and segment_len > frames:

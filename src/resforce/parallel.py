@@ -51,6 +51,13 @@ streams)."""
 
 
 # ----------------------------------------------------------------------------- environment
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available, else cpu; any other name as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
 

@@ -17,9 +17,9 @@ from .checks import check_counts, check_finite_output, check_prefix_fits, check_
 from .model.attention_policy import AttentionPolicy
 from .model.history_attention_config import HistoryAttentionConfig
 from .model.router_stats import RouterRecorder
-from .rollout import rollout
+from .parallel import resolve_device
+from .rollout import SampleConfig, rollout
 from .worlds import world_of
-from .train import resolve_device
 
 @dataclass
 class Generated:
@@ -52,24 +52,44 @@ def training_context(cfg) -> int:
     return max(st.clip_chunks for st in cfg.stages)
 
 
-def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None = None,
-             steps: int | None = None, shift: float | None = None, cfg_scale: float | None = None,
-             history_noise: float | None = None, prefix: torch.Tensor | None = None,
-             prefix_chunks: int = 0, attention: HistoryAttentionConfig | None = None,
+@dataclass
+class SampleOverrides:
+    """Changes to a run's `sample` config (rollout.SampleConfig) for one generation; None keeps
+    the run's value."""
+
+    chunks: int | None = None
+    """Chunks to generate after the prefix."""
+    seed: int | None = None
+    """Seed of the initial noise (and of the world's evaluation clips)."""
+    steps: int | None = None
+    """Euler steps per chunk."""
+    shift: float | None = None
+    """Shift of the Euler grid."""
+    cfg_scale: float | None = None
+    """Classifier-free guidance scale."""
+    history_noise: float | None = None
+    """Re-noise cached history to this level."""
+    context: int | None = None
+    """Chunks seen at once (own chunk included; the KV cache rolls past it); None = the run's
+    `sample.context`, which defaults to its training context; 0 = all history (dense,
+    context extrapolation)."""
+
+    def apply(self, s: SampleConfig) -> SampleConfig:
+        """The run's sample config with these overrides."""
+        return dataclasses.replace(s, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+
+
+def generate(path, sample: SampleOverrides | None = None, attention: HistoryAttentionConfig | None = None, *,
+             batch: int = 1, prefix: torch.Tensor | None = None, prefix_chunks: int = 0,
              device: str = "auto", prefer_ema: bool = True, record_router: bool = False,
-             progress: bool = True, with_ground_truth: bool = False,
-             context: int | None = None) -> Generated:
-    """Roll out a run's model. context: chunks seen at once (own chunk included; the KV cache
-    rolls past it); None = the run's `sample.context`, which defaults to its training context;
-    0 = all history (dense, context extrapolation). attention: None = the history attention of
-    the run's last training stage (dense, top-k routing or a window)."""
-    check_counts(SimpleNamespace(batch=batch, chunks=chunks, steps=steps, prefix_chunks=prefix_chunks))
+             progress: bool = True, with_ground_truth: bool = False) -> Generated:
+    """Roll out a run's model with its `sample` config changed by `sample`. attention: None =
+    the history attention of the run's last training stage (dense, top-k routing or a window)."""
+    sample = sample or SampleOverrides()
+    check_counts(SimpleNamespace(batch=batch, chunks=sample.chunks, steps=sample.steps, prefix_chunks=prefix_chunks))
     dev = resolve_device(device)
     model, cfg = load_model(path, dev, prefer_ema)
-    s = cfg.sample
-    overrides = dict(chunks=chunks, seed=seed, steps=steps, shift=shift, cfg_scale=cfg_scale,
-                     history_noise=history_noise, context=context)
-    s = dataclasses.replace(s, **{k: v for k, v in overrides.items() if v is not None})
+    s = sample.apply(cfg.sample)
     trained = cfg.stages[-1].attention
     if s.context is None:
         s = dataclasses.replace(s, context=training_context(cfg))

@@ -53,12 +53,6 @@ class NonFiniteError(ValueError):
     """Training produced NaN/inf more often in a row than cfg.max_nonfinite_skips allows."""
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def stage_at(cfg: TrainConfig, step: int) -> tuple[int, object]:
     """(index, stage) that owns global step `step` (0-based)."""
     end = 0
@@ -120,7 +114,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = True, progress: bool = True,
                  init_from: str | Path | None = None, overwrite: bool = False):
         self.cfg = cfg
-        self.parallel, self.device = parallel.setup(cfg.parallel, resolve_device(cfg.device))
+        self.parallel, self.device = parallel.setup(cfg.parallel, parallel.resolve_device(cfg.device))
         self.rank, self.world, self.main = parallel.rank(), parallel.world_size(), parallel.is_main()
         o = cfg.optim
         if o.batch_size % (o.grad_accum * self.world):
