@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from .attention import CachedLayout, Layout, block_causal_layout, two_stream_layout
 from .cache import KVCache
@@ -59,7 +58,8 @@ class DiTConfig:
     attention_backend: str = "sdpa"
     """'sdpa' (CPU and GPU) or 'flex' (FlexAttention BlockMask, for CUDA; forward only on CPU)."""
     gradient_checkpointing: bool = False
-    """Recompute each block in the backward pass (saves memory on long clips)."""
+    """Recompute each block in the backward pass (saves memory on long clips). Applied from
+    outside the model, by the trainer (parallel.apply_activation_checkpointing)."""
     init: str = "zero_adaln"
     """'zero_adaln' (DiT: gates and output projection start at zero, for training from
     scratch) or 'wan' (Wan's random scale_shift_table, before loading weights)."""
@@ -319,10 +319,7 @@ class CausalVideoDiT(nn.Module):
             raise ValueError("this model has text cross-attention (text_dim > 0): pass context")
         temb, mod, context = self.condition_embedder(t, context)
         for block in self.blocks:
-            if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, mod, layout, rope, context, tpc, use_reentrant=False)
-            else:
-                tokens = block(tokens, mod, layout, rope, context, tpc)
+            tokens = block(tokens, mod, layout, rope, context, tpc)
         return tokens, temb
 
     def _head(self, tokens, temb, tpc, shape):
