@@ -34,15 +34,16 @@ def shift_timesteps(t: torch.Tensor | float, shift: float):
 
 @dataclass
 class TimestepSampler:
-    """How training draws t in (0, 1).
-
-    kind: 'uniform' or 'logit_normal' (t = sigmoid(mean + std * n), n ~ N(0, 1));
-    mean, std: of the logit-normal; shift: applied after drawing (1.0 = none)."""
+    """How training draws t in (0, 1)."""
 
     kind: str = "logit_normal"
+    """'uniform' or 'logit_normal' (t = sigmoid(mean + std * n), n ~ N(0, 1))."""
     mean: float = 0.0
+    """Mean of the logit-normal's normal draw."""
     std: float = 1.0
+    """Std of the logit-normal's normal draw."""
     shift: float = 1.0
+    """Shift t -> s t / (1 + (s - 1) t) applied after drawing (1.0 = none)."""
 
     def __post_init__(self):
         if self.kind not in ("uniform", "logit_normal"):

@@ -44,6 +44,7 @@ class SampleConfig:
     """Re-noise each finished chunk to this level before caching it and tell the model so
     (diffusion forcing / noise augmentation inference); 0 = clean history."""
     seed: int = 0
+    """Seed of the initial noise of every chunk (and of the re-noising of history)."""
     context: Optional[int] = None
     """Chunks the model sees at once, its own chunk included, like a training clip: the KV
     cache keeps the last context - 1 chunks and evicts older ones (rolling context, constant

@@ -38,17 +38,23 @@ class DiTConfig:
     patch_size: tuple[int, int, int] = (1, 4, 4)
     """(pt, ph, pw) patch of the Conv3d patch embedding; pt must divide frames_per_chunk."""
     num_attention_heads: int = 4
+    """Attention heads per layer."""
     attention_head_dim: int = 32
     """Per-head width; hidden size = heads * head_dim. Must be even (RoPE)."""
     ffn_dim: int = 512
+    """Hidden width of each block's feed-forward network."""
     num_layers: int = 4
+    """Transformer blocks."""
     freq_dim: int = 256
     """Width of the sinusoidal timestep features."""
     text_dim: int = 0
     """Width of condition tokens for cross-attention (4096 for Wan's umT5); 0 = no attn2."""
     cross_attn_norm: bool = True
+    """LayerNorm (with affine) before the text cross-attention, as in Wan."""
     eps: float = 1e-6
+    """Epsilon of the layer and RMS norms."""
     rope_theta: float = 10000.0
+    """Base of the rotary position embedding's frequencies."""
     frames_per_chunk: int = 1
     """Latent frames per autoregressive chunk (the paper: 3)."""
     prediction: str = "velocity"
@@ -63,6 +69,10 @@ class DiTConfig:
     init: str = "zero_adaln"
     """'zero_adaln' (DiT: gates and output projection start at zero, for training from
     scratch) or 'wan' (Wan's random scale_shift_table, before loading weights)."""
+    preset: str | None = None
+    """A named preset (PRESETS: tiny, test, wan2.1-1.3b, wan2.1-14b) whose fields are the
+    defaults of this config; fields set in the YAML or by overrides win (config.py applies
+    it when the config loads)."""
 
     @property
     def inner_dim(self) -> int:
