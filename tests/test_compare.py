@@ -88,7 +88,11 @@ def test_verdict_is_computed_from_paired_numbers():
     """Clear winner, no clear difference, and unpaired inputs: the sentence follows the numbers."""
     from types import SimpleNamespace
 
-    from resforce.verdict import paired_verdict
+    from resforce.verdict import paired_verdict as verdict
+    from resforce.worlds.bouncing_balls import BouncingBallsWorld
+
+    def paired_verdict(evs):
+        return verdict(evs, BouncingBallsWorld.verdict_metrics)
 
     def ev(name, lost):
         segs = {"lost": [[0.0, x] for x in lost]}

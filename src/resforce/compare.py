@@ -58,7 +58,7 @@ def compare(runs: list, names: list[str], out_dir, samples: int, sample: SampleO
         definition += "\n" + frechet_line(evs[0])
         text += "\n" + frechet_line(evs[0])
     (out / "table.txt").write_text(text + "\n")
-    line = paired_verdict(evs)
+    line = paired_verdict(evs, evs[0].world.verdict_metrics)
     page = write_compare_page(out, methods, plots, title=title, metrics=metrics, verdict=line,
                               notes=(notes + "\n" + definition).strip())
     print(text)

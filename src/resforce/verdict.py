@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
-WHAT = {"lost": ("keeps more of the given balls", "balls lost per frame"),
-        "failure": ("fails fewer checks", "failure score")}
-"""metric -> (what the better method does, what the number is)."""
 
-
-def paired_verdict(evs, metrics=("lost", "failure")) -> str:
-    """A sentence comparing evs[1] with evs[0] on the first of `metrics` both have; '' if the
-    evaluations are not a pair on the same seeds or have no such metric."""
+def paired_verdict(evs, verdict_metrics: dict[str, tuple[str, str]]) -> str:
+    """A sentence comparing evs[1] with evs[0] on the first of `verdict_metrics` (the world's
+    World.verdict_metrics: metric -> (what the better method does, what the number is), lower
+    is better) both have; '' if the evaluations are not a pair on the same seeds or have no
+    such metric."""
     if len(evs) != 2:
         return ""
     a, b = evs
     seg_a, seg_b = a.per_sample_segments(), b.per_sample_segments()
-    metric = next((m for m in metrics if m in seg_a and m in seg_b), None)
+    metric = next((m for m in verdict_metrics if m in seg_a and m in seg_b), None)
     if metric is None or not a.rows or len(seg_a[metric]) != len(seg_b[metric]):
         return ""
     xa = np.array([np.nan if r[-1] is None else r[-1] for r in seg_a[metric]], dtype=float)
@@ -35,7 +33,7 @@ def paired_verdict(evs, metrics=("lost", "failure")) -> str:
     row = a.rows[-1]
     times = row["end"] / a.generated.train_frames
     where = f"At {times:.0f}x the training length (frames {row['start']}-{row['end']})"
-    better, number = WHAT.get(metric, ("scores better", metric))
+    better, number = verdict_metrics[metric]
     numbers = (f"{number}: {b.name} {np.nanmean(xb):.2f}, {a.name} {np.nanmean(xa):.2f}; paired difference "
                f"{b.name} − {a.name} = {d:+.2f} ± {se:.2f} (s.e. over {ok.sum()} shared rollouts)")
     if abs(d) < 2 * se:

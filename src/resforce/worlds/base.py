@@ -46,6 +46,9 @@ class World:
     """Metrics whose per-sample segment means go into the JSON, for paired comparisons."""
     summary_definition: str = DRIFT_DEFINITION
     """What the summary score of the tables means (printed under them)."""
+    verdict_metrics: dict[str, tuple[str, str]] = {}
+    """metric -> (what the better method does, what the number is): the paired verdict of
+    a comparison (resforce.verdict) uses the first one both runs have; none: no verdict."""
     title: str = "videos"
     """What the world's clips are, in messages."""
     scores_files: bool = False

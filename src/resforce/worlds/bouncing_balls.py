@@ -32,6 +32,8 @@ class BouncingBallsWorld(World):
                           "size_error", "size_term", "shape_term", "accel_error", "accel_term", "teleport_term",
                           "background_noise", "position_error")
     summary_definition = FAILURE_DEFINITION
+    verdict_metrics = {"lost": ("keeps more of the given balls", "balls lost per frame"),
+                       "failure": ("fails fewer checks", "failure score")}
     title = "bouncing balls"
     scores_files = True
 
