@@ -14,10 +14,10 @@ import time
 import torch
 
 from resforce.config import load_config
-from resforce.worlds import world_of
 from resforce.history import HistoryConfig, build_history
 from resforce.loss import flow_matching_loss
 from resforce.model.dit import CausalVideoDiT
+from resforce.worlds import world_of
 
 
 def step(model, opt, cfg, clean, hist_cfg, gen):
