@@ -14,10 +14,10 @@ import time
 import torch
 
 from resforce.config import load_config
-from resforce.data import make_dataset
 from resforce.history import HistoryConfig, build_history
 from resforce.loss import flow_matching_loss
 from resforce.model.dit import CausalVideoDiT
+from resforce.worlds import world_of
 
 
 def step(model, opt, cfg, clean, hist_cfg, gen):
@@ -43,7 +43,7 @@ def main():
     torch.manual_seed(0)
     model = CausalVideoDiT(cfg.model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    data = make_dataset(cfg.data)
+    data = world_of(cfg.data).stream()
     gen = torch.Generator().manual_seed(0)
     frames = args.chunks * cfg.model.frames_per_chunk
     clean = data.batch(cfg.optim.batch_size, frames)[0]

@@ -42,7 +42,7 @@ def peak(model: str, chunks: int, batch: int, context: str) -> dict:
 
 
 def main() -> None:
-    from resforce.cli_eval import shipped_models
+    from resforce.demo import shipped_models
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(shipped_models()["teacher forcing"]))

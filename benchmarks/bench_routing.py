@@ -20,7 +20,7 @@ import time
 import torch
 
 from resforce.model import build_model
-from resforce.model.routing import HistoryAttentionConfig, make_layout_fn
+from resforce.model.routing import AttentionPolicy, HistoryAttentionConfig
 
 LENGTHS = (16, 32, 64, 128, 256)
 
@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     with torch.inference_mode():
         for name, cfg in modes(args.window, args.sink).items():
-            layout_fn = make_layout_fn(cfg)
+            policy = AttentionPolicy(cfg)
             caches = {}
             for n in args.lengths:
                 caches[n] = model.new_cache(hw, hw)
@@ -96,7 +96,7 @@ def main(argv=None) -> None:
             for r in range(args.repeats + 2):  # lengths interleaved, so load drift hits all alike
                 for n, cache in caches.items():
                     t0 = time.perf_counter()
-                    model.forward_chunk(x, t, cache, layout=layout_fn(cache, False))
+                    model.forward_chunk(x, t, cache, layout=policy.cached(cache, False))
                     if r >= 2:  # two warm-up rounds
                         times[n].append(time.perf_counter() - t0)
             table[name] = {

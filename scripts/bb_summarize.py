@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from resforce.stats import paired_difference
+
 ORDER = ["warmup", "teacher", "noise_aug", "diffusion_forcing", "parallel_resampling", "resampling"]
 LABEL = {"warmup": "TF warm-up (step 1500)", "teacher": "teacher forcing", "noise_aug": "noise augmentation",
          "diffusion_forcing": "diffusion forcing", "parallel_resampling": "parallel resampling",
@@ -90,10 +92,8 @@ def paired_table(runs, metric, pairs):
     for a, b, title in pairs:
         if a not in runs or b not in runs or any(metric not in runs[x]["per_sample_segments"] for x in (a, b)):
             continue
-        xa, xb = per_sample(runs[a], metric), per_sample(runs[b], metric)
-        diff = xa - xb
-        n = np.isfinite(diff).sum(0)
-        cells = [fmt(m, s) for m, s in zip(np.nanmean(diff, 0), np.nanstd(diff, 0, ddof=1) / np.sqrt(n))]
+        mean, se = paired_difference(per_sample(runs[a], metric), per_sample(runs[b], metric))
+        cells = [fmt(m, s) for m, s in zip(mean, se)]
         if not lines:
             head = ["paired difference (same rollout seeds)"] + seg_labels(runs[a])
             lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

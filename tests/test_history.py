@@ -89,3 +89,18 @@ def test_resample_strength_distribution():
 def test_bad_strategy_names_the_field():
     with pytest.raises(ValueError, match="history.strategy"):
         HistoryConfig(strategy="magic")
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_full_strength_resampling_is_a_rollout(model, steps):
+    """Self-resampling steps through rollout's own chunk step and Euler integrator: at t_s = 1
+    it ignores the clean video and IS a rollout (unshifted grid) from the same noise."""
+    from resforce.rollout import SampleConfig, rollout
+
+    b, fpc = 2, model.config.frames_per_chunk
+    g = torch.Generator().manual_seed(4)
+    noise = torch.cat([torch.randn(b, 3, fpc, H, W, generator=g) for _ in range(N)], dim=2)
+    video = rollout(model, b, H, W, SampleConfig(chunks=N, steps=steps, shift=1.0, seed=4))
+    ar = autoregressive_resample(model, clean(b), torch.ones(b), steps, noise=noise)
+    assert (ar - video).abs().max() < 1e-5
+    assert (ar - clean(b)).abs().max() > 0.1

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from resforce.model import build_model
-from resforce.model.routing import HistoryAttentionConfig, make_layout_fn
+from resforce.model.routing import AttentionPolicy, HistoryAttentionConfig
 from resforce.rollout import SampleConfig, reference_rollout, rollout
 
 FPC, H, W = 1, 8, 8
@@ -67,8 +67,8 @@ def test_routing_on_the_retained_cache(randomize):
     model = make(randomize)
     cfg = SampleConfig(chunks=10, steps=2, seed=4, context=4)
     dense = rollout(model, 1, H, W, cfg)
-    top3 = rollout(model, 1, H, W, cfg, layout_fn=make_layout_fn(HistoryAttentionConfig(mode="topk", topk=3)))
-    top1 = rollout(model, 1, H, W, cfg, layout_fn=make_layout_fn(HistoryAttentionConfig(mode="topk", topk=1)))
+    top3 = rollout(model, 1, H, W, cfg, attention=AttentionPolicy(HistoryAttentionConfig(mode="topk", topk=3)))
+    top1 = rollout(model, 1, H, W, cfg, attention=AttentionPolicy(HistoryAttentionConfig(mode="topk", topk=1)))
     assert (dense - top3).abs().max().item() <= 1e-5
     assert (dense - top1).abs().max().item() > 1e-4
 
@@ -119,23 +119,23 @@ def test_generation_defaults_to_the_runs_training_context(tmp_path, capsys):
 def test_generation_defaults_to_the_last_stage_attention(tmp_path):
     """A routed recipe generates with its routing (no flag needed); a window+sink recipe keeps
     its sink when the context rolls; dense recipes keep no sink."""
-    from resforce.sampling import generate
+    from resforce.sampling import SampleOverrides, generate
     from resforce.cli import main
     from tiny import tiny
 
     run = tmp_path / "routed"
     main(["train", "configs/bb_resampling_routed.yaml", *tiny(run, "stages.0.steps=1", "stages.1.steps=1",
                                                                "stages.2.steps=1", "stages.2.attention.topk=1")])
-    routed = generate(run, chunks=6, prefix_chunks=1, progress=False)
-    dense = generate(run, chunks=6, prefix_chunks=1, progress=False,
-                     attention=HistoryAttentionConfig(mode="dense"))
+    six = SampleOverrides(chunks=6)
+    routed = generate(run, six, prefix_chunks=1, progress=False)
+    dense = generate(run, six, HistoryAttentionConfig(mode="dense"), prefix_chunks=1, progress=False)
     assert not torch.equal(routed.videos, dense.videos)
-    assert torch.equal(routed.videos, generate(run, chunks=6, prefix_chunks=1, progress=False,
-                                               attention=HistoryAttentionConfig(mode="topk", topk=1)).videos)
+    assert torch.equal(routed.videos, generate(run, six, HistoryAttentionConfig(mode="topk", topk=1),
+                                               prefix_chunks=1, progress=False).videos)
     win = tmp_path / "win"
     main(["train", "configs/bb_teacher.yaml", *tiny(win, "stages.0.steps=1", "stages.1.steps=1",
                                                     "stages.1.attention.mode=window", "stages.1.attention.window=2",
                                                     "stages.1.attention.sink=1")])
-    with_sink = generate(win, chunks=12, prefix_chunks=1, progress=False, context=4)
+    with_sink = generate(win, SampleOverrides(chunks=12, context=4), prefix_chunks=1, progress=False)
     assert with_sink.context == 4 and with_sink.sink == 1
     assert routed.sink == 0 and routed.context == 16  # the routed stage trains on 16-chunk clips

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from resforce.model import build_model
 from resforce.model.attention import CachedLayout, two_stream_chunk_mask
 from resforce.model.cache import KVCache
-from resforce.model.routing import (HistoryAttentionConfig, RoutedCachedLayout, RouterRecorder,
-                                    apply_history_attention, make_layout_fn, merge_lse,
-                                    routed_block_causal_layout, routed_reference,
-                                    routed_two_stream_layout)
+from resforce.model.routing import (AttentionPolicy, HistoryAttentionConfig, RoutedCachedLayout,
+                                    RouterRecorder, merge_lse, routed_block_causal_layout,
+                                    routed_reference, routed_two_stream_layout)
 from resforce.rollout import SampleConfig, rollout
+from resforce.router_plot import plot_router_selections
 
 N, FPC, H, W = 4, 2, 8, 8
 
@@ -241,13 +241,13 @@ def data(b=2, n=N, seed=1):
 
 
 def routed_cached_outputs(model, cfg, hist, noisy, t, t_hist, recorder=None):
-    layout_fn = make_layout_fn(cfg, recorder)
+    policy = AttentionPolicy(cfg, recorder)
     cache = model.new_cache(H, W)
     outs = []
     for i in range(t.shape[1]):
         sl = slice(i * FPC, (i + 1) * FPC)
-        outs.append(model.forward_chunk(noisy[:, :, sl], t[:, i:i + 1], cache, layout=layout_fn(cache, False)))
-        model.write_cache(hist[:, :, sl], cache, t=t_hist[:, i:i + 1], layout=layout_fn(cache, True))
+        outs.append(model.forward_chunk(noisy[:, :, sl], t[:, i:i + 1], cache, layout=policy.cached(cache, False)))
+        model.write_cache(hist[:, :, sl], cache, t=t_hist[:, i:i + 1], layout=policy.cached(cache, True))
     return torch.cat(outs, dim=2)
 
 
@@ -259,11 +259,12 @@ def test_routed_two_stream_equals_routed_kv_cache(randomize, cfg):
     t_hist = torch.rand(2, N) * 0.2
     with torch.no_grad():
         dense = model(noisy, t, history=hist, t_history=t_hist)
-        apply_history_attention(model, cfg)
-        routed = model(noisy, t, history=hist, t_history=t_hist)
+        routed = model(noisy, t, history=hist, t_history=t_hist, attention=AttentionPolicy(cfg))
         cached = routed_cached_outputs(model, cfg, hist, noisy, t, t_hist)
-        apply_history_attention(model, None)
         assert torch.equal(model(noisy, t, history=hist, t_history=t_hist), dense)
+        # a dense policy is the model's default
+        assert torch.equal(model(noisy, t, history=hist, t_history=t_hist,
+                                 attention=AttentionPolicy(HistoryAttentionConfig())), dense)
     assert (routed - cached).abs().max().item() <= 1e-5
     # routing is really on: chunks 0..1 see <= 1 history chunk (identical to dense),
     # chunk 3 sees fewer than its 3 history chunks (different)
@@ -274,7 +275,7 @@ def test_routed_two_stream_equals_routed_kv_cache(randomize, cfg):
 
 def test_routed_parity_breaks_if_selection_is_wrong(randomize, monkeypatch):
     """The parity is real: if training picked the k *lowest*-scoring chunks, it would differ."""
-    from resforce.model import routing
+    from resforce.model import routing_naive
 
     cfg = topk(1)
     model = make(randomize)
@@ -282,14 +283,13 @@ def test_routed_parity_breaks_if_selection_is_wrong(randomize, monkeypatch):
     t_hist = torch.zeros(2, N)
     with torch.no_grad():
         cached = routed_cached_outputs(model, cfg, hist, noisy, t, t_hist)
-        orig = routing._select_chunks
+        orig = routing_naive._select_chunks
 
         def lowest(cfg_, q, k, cand, window, tpc):
             return orig(cfg_, -q, k, cand, window, tpc)
 
-        monkeypatch.setattr(routing, "_select_chunks", lowest)
-        apply_history_attention(model, cfg)
-        bad = model(noisy, t, history=hist, t_history=t_hist)
+        monkeypatch.setattr(routing_naive, "_select_chunks", lowest)
+        bad = model(noisy, t, history=hist, t_history=t_hist, attention=AttentionPolicy(cfg))
     assert (bad - cached).abs().max().item() > 1e-3
 
 
@@ -298,10 +298,10 @@ def test_routed_block_causal_equals_two_stream_with_same_history(randomize):
     block-causal stream, so both passes agree."""
     model = make(randomize)
     _, x, t = data()
-    apply_history_attention(model, topk(1))
+    routed = AttentionPolicy(topk(1))
     with torch.no_grad():
-        a = model(x, t)
-        b = model(x, t, history=x, t_history=t)
+        a = model(x, t, attention=routed)
+        b = model(x, t, history=x, t_history=t, attention=routed)
     assert (a - b).abs().max().item() <= 1e-5
     # the block-causal routed mask: own chunk + top-1 of the chunks before (dense: all of them)
     L, n = 2, 4
@@ -317,9 +317,8 @@ def test_routed_block_causal_equals_two_stream_with_same_history(randomize):
 
 def test_routed_training_pass_has_gradients(randomize):
     model = make(randomize).train()
-    apply_history_attention(model, topk(1))
     hist, noisy, t = data()
-    model(noisy, t, history=hist).square().mean().backward()
+    model(noisy, t, history=hist, attention=AttentionPolicy(topk(1))).square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert model.blocks[0].attn1.to_k.weight.grad.abs().sum() > 0
@@ -331,10 +330,10 @@ def test_routed_rollout_and_recorder(randomize, tmp_path):
     sc = SampleConfig(chunks=4, steps=2, shift=3.0, seed=2)
     base = rollout(model, 2, H, W, sc)
     # dense factory == no factory; top-k with k >= all chunks == dense
-    assert torch.equal(rollout(model, 2, H, W, sc, layout_fn=make_layout_fn(HistoryAttentionConfig())), base)
-    assert (rollout(model, 2, H, W, sc, layout_fn=make_layout_fn(topk(8))) - base).abs().max() <= 1e-4
+    assert torch.equal(rollout(model, 2, H, W, sc, attention=AttentionPolicy(HistoryAttentionConfig())), base)
+    assert (rollout(model, 2, H, W, sc, attention=AttentionPolicy(topk(8))) - base).abs().max() <= 1e-4
     rec = RouterRecorder()
-    routed = rollout(model, 2, H, W, sc, layout_fn=make_layout_fn(topk(1), rec))
+    routed = rollout(model, 2, H, W, sc, attention=AttentionPolicy(topk(1), rec))
     assert routed.shape == base.shape and torch.isfinite(routed).all()
     assert (routed - base).abs().max() > 1e-4  # chunks 2, 3 route over 2, 3 history chunks
     heads, tpc = model.config.num_attention_heads, model.tokens_per_chunk(H, W)
@@ -359,7 +358,7 @@ def test_routed_rollout_and_recorder(randomize, tmp_path):
     assert js["calls"] == rec.calls and len(js["by_distance"]) == model.config.num_layers
     npz = np.load(rec.save(tmp_path / "router.npz"))
     assert np.array_equal(npz["by_index_layer0"], rec.by_index[0])
-    png = rec.plot(tmp_path / "router.png")
+    png = plot_router_selections(rec, tmp_path / "router.png")
     assert png.stat().st_size > 1000
 
 
@@ -371,7 +370,7 @@ def test_config_validation():
     with pytest.raises(NotImplementedError, match="post_rope"):
         HistoryAttentionConfig(mode="topk", descriptor="pre_rope").validate()
     with pytest.raises(ValueError, match="window"):
-        make_layout_fn(HistoryAttentionConfig(mode="window", window=0, sink=0))
+        AttentionPolicy(HistoryAttentionConfig(mode="window", window=0, sink=0))
 
 
 def test_fast_path_grad_branch_equals_workspace_branch():
@@ -379,7 +378,7 @@ def test_fast_path_grad_branch_equals_workspace_branch():
     buffers. Same numbers, and reusing the workspace across calls/sizes stays correct."""
     b, h, L, d, n = 2, 2, 4, 8, 6
     cache, hk, hv = filled_cache(b, h, n, L, d)
-    fn = make_layout_fn(topk(2))
+    fn = AttentionPolicy(topk(2)).cached
     q, k, v = qkv(b, h, L, d)
     with torch.no_grad():
         ws = fn(cache, False).attend(0, q, k, v)
@@ -393,3 +392,14 @@ def test_fast_path_grad_branch_equals_workspace_branch():
     assert (out - ws).abs().max() <= 1e-5
     out.sum().backward()
     assert torch.isfinite(qg.grad).all() and qg.grad.abs().sum() > 0
+
+
+def test_every_stage_attention_is_checked_when_the_config_loads():
+    """A typo in a later stage's attention fails at load time, naming the stage, not when
+    that stage starts."""
+    from resforce.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"stages\.1\.attention: .*mode"):
+        load_config("configs/bb_resampling.yaml", ["stages.1.attention.mode=topkk"])
+    with pytest.raises(ConfigError, match=r"stages\.1\.attention: .*post_rope"):
+        load_config("configs/bb_resampling.yaml", ["stages.1.attention.descriptor=pre_rope"])

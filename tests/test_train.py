@@ -93,3 +93,40 @@ def test_branches_with_same_seed_match_and_other_seeds_differ(tmp_path):
     a, b, c = (weights(tmp_path / n)[0] for n in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_activation_checkpointing_applied_from_outside(tmp_path, randomize):
+    """parallel.apply_activation_checkpointing keeps fewer activations for the backward,
+    gives the same gradients and parameter names, and a run with model.gradient_checkpointing
+    trains to the same weights."""
+    import copy
+
+    from resforce import parallel
+    from resforce.model import build_model
+
+    plain = randomize(build_model(preset="test", patch_size=(1, 4, 4))).train()
+    ckpt = parallel.apply_activation_checkpointing(copy.deepcopy(plain))
+    assert [n for n, _ in ckpt.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    g = torch.Generator().manual_seed(0)
+    x, h, t = torch.randn(2, 3, 4, 8, 8, generator=g), torch.randn(2, 3, 4, 8, 8, generator=g), torch.rand(2, 4, generator=g)
+
+    def saved_and_grads(model):
+        count = [0]
+
+        def pack(tensor):
+            count[0] += 1
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = model(x, t, history=h).square().mean()
+        loss.backward()
+        return count[0], [p.grad for p in model.parameters()]
+
+    (n_plain, g_plain), (n_ckpt, g_ckpt) = saved_and_grads(plain), saved_and_grads(ckpt)
+    assert n_ckpt < n_plain / 2
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_plain, g_ckpt))
+    train(cfg(tmp_path, "plain", "stages.0.steps=2", "stages.1.steps=0"), progress=False)
+    train(cfg(tmp_path, "ac", "stages.0.steps=2", "stages.1.steps=0", "model.gradient_checkpointing=true"),
+          progress=False)
+    m1, m2 = weights(tmp_path / "plain")[0], weights(tmp_path / "ac")[0]
+    assert all(torch.allclose(m1[k], m2[k], atol=1e-6) for k in m1)

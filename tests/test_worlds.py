@@ -195,3 +195,52 @@ def test_validation_catches_fields_mutated_after_construction():
     cfg.radius_max = 20.0
     with pytest.raises(ValueError, match="radius_max"):
         BouncingBalls(cfg)
+
+
+def test_a_new_world_is_one_class_and_one_registry_entry(tmp_path, monkeypatch):
+    """Config checks, training streams, sampling and evaluation ask the run's world: a world
+    registered in resforce.worlds.WORLDS is trained on and scored with no other change."""
+    import torch
+
+    from resforce import worlds
+    from resforce.config import ConfigError, load_config
+    from resforce.evaluation import score_videos
+    from resforce.train import train
+    from tiny import tiny
+
+    class Stripes(worlds.World):
+        kind = "stripes"
+        table_metrics = ("flicker",)
+
+        @property
+        def resolution(self):
+            return 8, 8
+
+        @property
+        def resolution_key(self):
+            return "data.kind"
+
+        def stream(self, seed=0):
+            class Stream:
+                def batch(self, n, frames=None):
+                    x = torch.linspace(-1, 1, 8).expand(n, 3, frames, 8, 8).contiguous()
+                    return x, None
+
+                def state_dict(self):
+                    return {}
+
+                def load_state_dict(self, state):
+                    pass
+
+            return Stream()
+
+    with pytest.raises(ConfigError, match="data.kind must be 'bouncing_balls' or 'video_folder'"):
+        load_config("configs/bb_teacher.yaml", tiny(tmp_path / "r", "data.kind=stripes"))
+    monkeypatch.setitem(worlds.WORLDS, "stripes", Stripes)
+    cfg = load_config("configs/bb_teacher.yaml", tiny(tmp_path / "r", "data.kind=stripes", "stages.0.steps=1",
+                                                       "stages.1.steps=0", "stages.0.clip_chunks=2"))
+    train(cfg, progress=False)
+    assert (tmp_path / "r" / "metrics.jsonl").read_text().count("loss") == 1
+    scores = score_videos(torch.zeros(1, 3, 4, 8, 8), cfg)
+    assert set(scores) == {"sharpness", "flicker", "color_drift", "drift"}  # generic only
+    assert worlds.world_of(cfg.data).clips(1, 4, 0) == (None, None)

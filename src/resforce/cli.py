@@ -6,53 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampling (defaults: the run's `sample` config)")
-    g.add_argument("--chunks", type=int, default=None, help="chunks to generate after the prefix")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--steps", type=int, default=None, help="Euler steps per chunk")
-    g.add_argument("--shift", type=float, default=None, help="shift of the Euler grid")
-    g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
-    g.add_argument("--history-noise", type=float, default=None,
-                   help="re-noise cached history to this level (diffusion forcing / noise aug)")
-    g.add_argument("--prefix", default=None, help="video file (.npy/.mp4/.gif) whose frames start the rollout")
-    g.add_argument("--prefix-chunks", type=int, default=None,
-                   help="start from this many ground-truth chunks of the run's own data world")
-    g.add_argument("--context", type=_context_arg, default=None,
-                   help="chunks the model sees at once, its own included (the KV cache rolls past "
-                        "it; default: the run's training context); 'all' = dense attention over the "
-                        "whole history (context extrapolation)")
-    g.add_argument("--device", default="auto")
-    g.add_argument("--online", action="store_true", help="use the online weights, not the EMA")
-    r = p.add_argument_group("history attention at generation time")
-    r.add_argument("--topk", type=int, default=None, help="route each query to the top-k history chunks")
-    r.add_argument("--window", type=int, default=None, help="attend to the w most recent history chunks")
-    r.add_argument("--sink", type=int, default=0, help="with --window: always keep the first s chunks")
-
-
-def _context_arg(text: str) -> int:
-    if text == "all":
-        return 0
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of chunks >= 1 or 'all', got {text!r}")
-    return value
-
-
-def _attention_from_args(args):
-    from .model.routing import HistoryAttentionConfig
-
-    if args.topk is not None and args.window is not None:
-        raise SystemExit("error: --topk and --window exclude each other")
-    if args.topk is not None:
-        return HistoryAttentionConfig(mode="topk", topk=args.topk)
-    if args.window is not None:
-        return HistoryAttentionConfig(mode="window", window=args.window, sink=args.sink)
-    return None  # the attention of the run's last training stage
+from .cli_args import add_sampling_args
 
 
 def cmd_train(args) -> None:
@@ -72,18 +26,15 @@ def cmd_train(args) -> None:
 
 def generate_from_args(args, batch: int, record_router: bool = False, with_ground_truth: bool = False):
     from .checks import check_video_values
+    from .cli_args import generation_options
     from .sampling import generate
     from .video_io import load_video
 
     prefix = load_video(args.prefix) if args.prefix else None
     if prefix is not None:
         check_video_values(prefix, f"--prefix {args.prefix}")
-    return generate(args.run, batch=batch, chunks=args.chunks, seed=args.seed, steps=args.steps,
-                    shift=args.shift, cfg_scale=args.cfg, history_noise=args.history_noise,
-                    prefix=prefix, prefix_chunks=args.prefix_chunks or 0,
-                    attention=_attention_from_args(args), device=args.device,
-                    prefer_ema=not args.online, record_router=record_router,
-                    with_ground_truth=with_ground_truth, context=args.context)
+    return generate(args.run, batch=batch, prefix=prefix, prefix_chunks=args.prefix_chunks or 0,
+                    record_router=record_router, with_ground_truth=with_ground_truth, **generation_options(args))
 
 
 def cmd_generate(args) -> None:
@@ -110,8 +61,10 @@ def cmd_generate(args) -> None:
     print(f"wrote {out}: {videos.shape[0]} video(s) of {videos.shape[2]} frames "
           f"({info['prefix_frames']} given, training clips were {info['train_frames']} frames)")
     if args.router_stats:
+        from .router_plot import plot_router_selections
+
         g.recorder.save(args.router_stats)
-        g.recorder.plot(Path(args.router_stats).with_suffix(".png"))
+        plot_router_selections(g.recorder, Path(args.router_stats).with_suffix(".png"))
         print(f"router statistics: {args.router_stats} (plot: {Path(args.router_stats).with_suffix('.png')})")
 
 
@@ -144,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, default=1, help="videos to generate (side by side in mp4/gif)")
     g.add_argument("--fps", type=int, default=8)
     g.add_argument("--router-stats", default=None, help="save which history chunks each head selects (.json)")
-    _add_sampling_args(g)
+    add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
 
     x = sub.add_parser("export", help="one self-contained .safetensors file (weights + config) from a run")
@@ -154,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--online", action="store_true", help="export the online weights, not the EMA")
     x.set_defaults(func=cmd_export)
 
-    from . import cli_eval
-    cli_eval.add_commands(sub, _add_sampling_args)
+    from . import cli_eval, cli_score
+    cli_eval.add_commands(sub)
+    cli_score.add_command(sub)
     return p
 
 

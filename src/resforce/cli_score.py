@@ -1,8 +1,8 @@
 """`resforce score`: score any video files with a world's metrics, on the scale of `resforce eval`.
 
 Other tools' outputs (or videos from elsewhere) get the same per-frame metrics, segment table
-and JSON as a run's rollouts. Without world states, the reference balls are read off the first
-``--prefix-frames`` frames (the given frames of a rollout).
+and JSON as a run's rollouts. Without world states, the world's reference (what must be
+conserved) is read off the first ``--prefix-frames`` frames (the given frames of a rollout).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-WORLDS = ("bouncing_balls",)
+from .cli_args import add_frechet_arg
+from .worlds import scoring_worlds, world_of
 
 
 def load_video_array(path: Path) -> np.ndarray:
@@ -43,25 +44,32 @@ def load_video_array(path: Path) -> np.ndarray:
     return np.clip(a, -1.0, 1.0)
 
 
-def to_world_resolution(v: np.ndarray, resolution: int) -> tuple[np.ndarray, str]:
+def to_world_resolution(v: np.ndarray, resolution: tuple[int, int]) -> tuple[np.ndarray, str]:
     """Undo an integer nearest-neighbour upscale (how `resforce generate` writes .mp4/.gif):
-    frames k times the world's resolution are block-averaged back to it, so sizes and speeds
-    in px mean what they mean in the world. Returns the video and a note (empty if unchanged)."""
-    h, w = v.shape[-2:]
-    if (h, w) == (resolution, resolution) or h != w or h % resolution:
+    frames k times the world's (H, W) are block-averaged back to it, so sizes and speeds in px
+    mean what they mean in the world. Returns the video and a note (empty if unchanged)."""
+    (h, w), (rh, rw) = v.shape[-2:], resolution
+    if (h, w) == (rh, rw) or h % rh or w % rw or h // rh != w // rw:
         return v, ""
-    k = h // resolution
-    small = v.reshape(*v.shape[:-2], resolution, k, resolution, k).mean(axis=(-3, -1))
-    return small, f"frames of {h}x{w} px = {k} x the world's {resolution} px: block-averaged to {resolution}x{resolution}"
+    k = h // rh
+    small = v.reshape(*v.shape[:-2], rh, k, rw, k).mean(axis=(-3, -1))
+    return small, f"frames of {h}x{w} px = {k} x the world's {_px(resolution)} px: block-averaged to {rh}x{rw}"
+
+
+def _px(resolution: tuple[int, int]) -> str:
+    rh, rw = resolution
+    return str(rh) if rh == rw else f"{rh}x{rw}"
 
 
 def _world_config(args):
     from .config import TrainConfig, load_config
 
-    if args.world not in WORLDS:
-        raise ValueError(f"--world {args.world!r} is not a known world; known: {', '.join(WORLDS)}")
+    if args.world not in scoring_worlds():
+        raise ValueError(f"--world {args.world!r} is not a known world; known: {', '.join(scoring_worlds())}")
     if args.config is None:
-        return TrainConfig(), False
+        cfg = TrainConfig()
+        cfg.data.kind = args.world
+        return cfg, False
     if not Path(args.config).is_file():
         raise FileNotFoundError(f"--config {args.config}: no such file (give a run's config.yaml)")
     cfg = load_config(args.config)
@@ -80,22 +88,24 @@ def score_files(paths: list[Path], cfg, prefix_frames: int = 2, segment_len: int
     import torch
 
     from . import evaluation as E
-    from . import metrics as M
     from .sampling import Generated
+    from .stats import segment_table
 
-    res = cfg.data.bouncing_balls.resolution
+    world = world_of(cfg.data)
+    res = world.resolution
     frechet_reference = E.FRECHET_REFERENCE_CLIPS if frechet_reference is None else frechet_reference
     E._check_frechet_reference(frechet_reference)
     if prefix_frames < 1:
-        raise ValueError(f"--prefix-frames must be >= 1 (the frames whose balls are the reference), got {prefix_frames}")
+        raise ValueError(f"--prefix-frames must be >= 1 (the given frames: the reference of the world's metrics), "
+                         f"got {prefix_frames}")
     for p in paths:  # every file checked before any is decoded
         if not p.is_file():
             raise FileNotFoundError(f"video file not found: {p}")
     videos, notes = [], []
     for p in paths:
         v, note = to_world_resolution(load_video_array(p), res)
-        if v.shape[1] != 3:
-            raise ValueError(f"{p}: bouncing balls are scored in colour; got {v.shape[1]} channel(s)")
+        if v.shape[1] != world.channels:
+            raise ValueError(f"{p}: {world.title} are scored with {world.channels} channels; got {v.shape[1]} channel(s)")
         if videos and v.shape[1:] != videos[0][1].shape[1:]:
             raise ValueError(f"{p} has (C,F,H,W) = {v.shape[1:]} but {videos[0][0]} has {videos[0][1].shape[1:]}: "
                              "score videos of the same length and size together")
@@ -110,14 +120,14 @@ def score_files(paths: list[Path], cfg, prefix_frames: int = 2, segment_len: int
         raise ValueError(f"--segment {segment_len} is longer than the video ({frames} frames)")
     seg = segment_len or min(train_frames or frames, frames)
     per_frame = E.score_videos(batch, cfg, ref_frames=prefix_frames)
-    rows = M.segment_table(per_frame, seg, train_len=train_frames)
+    rows = segment_table(per_frame, seg, train_len=train_frames)
     info = {}
-    if frechet_reference and batch.shape[-2:] == (res, res):
+    if frechet_reference and batch.shape[-2:] == res:
         # floor: as many independent ground-truth clips as videos scored, of the same length
         floor, _ = _floor_clips(cfg, batch.shape[0], frames)
         info = E.add_frechet(rows, batch, cfg, seg, frechet_reference, floor=floor)
     elif frechet_reference:
-        notes.append(f"no Frechet distance: frames are {batch.shape[-1]} px, the world's are {res} px")
+        notes.append(f"no Frechet distance: frames are {_px(batch.shape[-2:])} px, the world's are {_px(res)} px")
     g = Generated(torch.from_numpy(batch), prefix_frames, train_frames, None, None, cfg)
     ev = E.Evaluation(name or paths[0].stem, g, per_frame, rows, seg, info)
     return ev, notes
@@ -135,7 +145,7 @@ def _floor_clips(cfg, clips: int, frames: int):
 
 def cmd_score(args) -> None:
     from .evaluation import frechet_line, save_json, table_metrics
-    from .metrics import FAILURE_DEFINITION, format_table
+    from .stats import format_table
 
     cfg, from_run = _world_config(args)
     train = max(s.clip_chunks for s in cfg.stages) * cfg.model.frames_per_chunk if from_run else None
@@ -143,14 +153,14 @@ def cmd_score(args) -> None:
     ev, notes = score_files(paths, cfg, args.prefix_frames, args.segment, train, args.frechet_reference)
     s = ev.summary()
     print(f"scored {s['samples']} video(s) of {s['frames']} frames with the {args.world} metrics "
-          f"({'world of ' + args.config if from_run else 'default world config'}); reference balls: "
-          f"those of the first {args.prefix_frames} frame(s)" + ("; * = beyond the run's training length" if train else ""))
+          f"({'world of ' + args.config if from_run else 'default world config'}); "
+          f"{ev.world.reference_note(args.prefix_frames)}" + ("; * = beyond the run's training length" if train else ""))
     for note in notes:
         print(f"note: {note}")
     print(format_table(ev.rows, table_metrics(ev)))
     if frechet_line(ev):
         print(frechet_line(ev))
-    print(FAILURE_DEFINITION.split(". ")[0] + ".")
+    print(ev.world.summary_definition.split(". ")[0] + ".")
     if args.json:
         print(f"wrote {save_json(ev, args.json, extra={'files': [str(p) for p in paths], 'world': args.world, 'notes': notes})}")
 
@@ -158,14 +168,13 @@ def cmd_score(args) -> None:
 def add_command(sub) -> None:
     s = sub.add_parser("score", help="score video files (.npy/.mp4/.gif) with a world's metrics, like eval")
     s.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, scored as the samples of one table")
-    s.add_argument("--world", required=True, help=f"the world whose metrics apply: {', '.join(WORLDS)}")
+    s.add_argument("--world", required=True, help=f"the world whose metrics apply: {', '.join(scoring_worlds())}")
     s.add_argument("--prefix-frames", type=int, default=2,
-                   help="the first K frames are the given ones: their balls are the reference (default 2)")
+                   help="the first K frames are the given ones: the reference of the world's metrics (default 2)")
     s.add_argument("--config", default=None,
-                   help="a run's config.yaml: its data.bouncing_balls (palette, background, resolution) "
+                   help="a run's config.yaml: its world (data.<kind>: e.g. palette, background, resolution) "
                         "and training length; default: the default world config")
     s.add_argument("--segment", type=int, default=None, help="frames per table segment (default: training length)")
     s.add_argument("--json", default=None, help="also write the metrics here (like eval --json)")
-    from .cli_eval import _add_frechet_arg
-    _add_frechet_arg(s)
+    add_frechet_arg(s)
     s.set_defaults(func=cmd_score)

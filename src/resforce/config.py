@@ -18,9 +18,10 @@ from .data.videos import VideoFolderConfig
 from .data.worlds import BouncingBallsConfig
 from .flow import TimestepSampler
 from .history import HistoryConfig
-from .model.dit import DiTConfig
-from .model.routing import HistoryAttentionConfig
+from .model.dit import PRESETS, DiTConfig
+from .model.history_attention_config import HistoryAttentionConfig
 from .rollout import SampleConfig
+from .worlds import WORLDS, known_kinds, world_of
 
 
 class ConfigError(ValueError):
@@ -32,9 +33,12 @@ class DataConfig:
     """Where training clips come from."""
 
     kind: str = "bouncing_balls"
-    """'bouncing_balls' (built-in procedural world) or 'video_folder' (your videos, PyAV)."""
+    """The world (resforce.worlds registry): 'bouncing_balls' (built-in procedural world) or
+    'video_folder' (your videos, PyAV)."""
     bouncing_balls: BouncingBallsConfig = field(default_factory=BouncingBallsConfig)
+    """The bouncing-balls world (used when kind = bouncing_balls)."""
     video_folder: VideoFolderConfig = field(default_factory=VideoFolderConfig)
+    """The video folder (used when kind = video_folder)."""
 
 
 @dataclass
@@ -44,7 +48,9 @@ class OptimConfig:
     lr: float = 1e-3
     """Peak learning rate (the paper: 5e-5 on Wan2.1-1.3B)."""
     betas: tuple[float, float] = (0.9, 0.99)
+    """AdamW's (beta1, beta2): decay rates of the gradient's first and second moments."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay (0 = none)."""
     warmup_steps: int = 100
     """Linear learning-rate warm-up from 0 at the start of training."""
     schedule: str = "constant"
@@ -64,8 +70,11 @@ class StageConfig:
     """One stage of a recipe: e.g. teacher-forcing warm-up, then Resampling Forcing."""
 
     name: str = "stage"
+    """Logged with every step of the stage (metrics.jsonl `stage`)."""
     steps: int = 1000
+    """Optimizer steps of this stage; stages run one after the other (0 skips it)."""
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    """How the history the noisy chunks see is built (teacher forcing, resampling, ...)."""
     clip_chunks: int = 8
     """Training clip length in chunks."""
     lr: float | None = None
@@ -79,18 +88,24 @@ class TrainConfig:
     """A whole training run."""
 
     model: DiTConfig = field(default_factory=DiTConfig)
+    """The network (shapes, prediction target); `model.preset: tiny` starts from a preset."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Where the training clips come from (the run's world)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer, learning-rate schedule, batch and EMA."""
     timesteps: TimestepSampler = field(default_factory=TimestepSampler)
     """Distribution of the training timesteps t^i of the noisy chunks."""
     loss_space: str = "velocity"
     """'velocity' (the paper's velocity MSE) or 'x0' (the same error measured on the clean
     video: velocity MSE weighted by t^2; steadier for x0-predicting models)."""
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    """The recipe: stages run in order (e.g. teacher-forcing warm-up, then resampling)."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """Defaults for `resforce generate` / `eval` with this run."""
     run_dir: str = "runs/default"
+    """Directory of the run: checkpoints/, metrics.jsonl, config.yaml (one trainer at a time)."""
     seed: int = 0
+    """Seed of the initial weights, the data stream and the training noise."""
     device: str = "auto"
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."""
     parallel: str = "auto"
@@ -98,7 +113,9 @@ class TrainConfig:
     torchrun with WORLD_SIZE > 1, else none), 'none', 'ddp' or 'fsdp' (FSDP2, per block).
     optim.batch_size is the global batch, split evenly across the ranks."""
     log_every: int = 10
+    """Write a metrics.jsonl line every N steps (and at the end, and for skipped steps)."""
     ckpt_every: int = 250
+    """Save a checkpoint every N steps (and at the end and at every stage change)."""
     keep_last: int = 3
     """Checkpoints kept in run_dir/checkpoints (0 keeps all); the newest is never removed."""
     max_nonfinite_skips: int = 3
@@ -116,13 +133,17 @@ class TrainConfig:
                               f"optim.grad_accum={self.optim.grad_accum}")
         if self.optim.schedule not in ("constant", "cosine"):
             raise ConfigError(f"optim.schedule must be 'constant' or 'cosine', got {self.optim.schedule!r}")
-        if self.data.kind not in ("bouncing_balls", "video_folder"):
-            raise ConfigError(f"data.kind must be 'bouncing_balls' or 'video_folder', got {self.data.kind!r}")
+        if self.data.kind not in WORLDS:
+            raise ConfigError(f"data.kind must be {known_kinds()}, got {self.data.kind!r}")
         for i, s in enumerate(self.stages):
             if s.steps < 0 or s.clip_chunks < 1:
                 raise ConfigError(f"stages.{i}: steps must be >= 0 and clip_chunks >= 1")
             if s.lr is not None and not (math.isfinite(s.lr) and s.lr > 0):
                 raise ConfigError(f"stages.{i}.lr={s.lr!r}: expected a finite number > 0 (or null: optim.lr)")
+            try:  # every stage's attention now, not when its stage starts
+                s.attention.validate()
+            except (ValueError, NotImplementedError) as e:
+                raise ConfigError(f"stages.{i}.attention: {e}") from None
         self.model.validate()
         _check_data_fits_model(self)
 
@@ -157,20 +178,14 @@ def _check_numbers(cfg: "TrainConfig") -> None:
             raise ConfigError(f"{key}={value!r}: expected {expected}")
 
 
-DATA_CHANNELS = 3
-"""Both data sources give RGB clips."""
-
-
 def _check_data_fits_model(cfg: "TrainConfig") -> None:
-    """The clips must fit the model: RGB channels, frames divisible into patches."""
-    m = cfg.model
-    if m.in_channels != DATA_CHANNELS or m.out_channels != m.in_channels:
+    """The clips of the run's world must fit the model: channels, frames divisible into patches."""
+    m, world = cfg.model, world_of(cfg.data)
+    channels = world.channels
+    if m.in_channels != channels or m.out_channels != m.in_channels:
         raise ConfigError(f"model.in_channels={m.in_channels}, model.out_channels={m.out_channels}: data.kind="
-                          f"{cfg.data.kind} gives {DATA_CHANNELS}-channel RGB clips, so both must be {DATA_CHANNELS}")
-    if cfg.data.kind == "bouncing_balls":
-        key, size = "data.bouncing_balls.resolution", (cfg.data.bouncing_balls.resolution,) * 2
-    else:
-        key, size = "data.video_folder.resolution", tuple(cfg.data.video_folder.size)
+                          f"{cfg.data.kind} gives {channels}-channel RGB clips, so both must be {channels}")
+    key, size = world.resolution_key, world.resolution
     ph, pw = m.patch_size[1], m.patch_size[2]
     if size[0] % ph or size[1] % pw:
         raise ConfigError(f"{key}={list(size)}: expected a multiple of the model's patch size "
@@ -212,21 +227,37 @@ def _as_config(node) -> TrainConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> TrainConfig:
-    """TrainConfig from an optional YAML file plus `key=value` overrides."""
-    node = OmegaConf.structured(TrainConfig)
-    if path is not None:
-        for layer in _yaml_chain(Path(path)):
-            try:
-                node = OmegaConf.merge(node, layer)
-            except OmegaConfBaseException as e:
-                raise ConfigError(f"{path}: {str(e).splitlines()[0]} (key: {getattr(e, 'full_key', '?')})") from None
+    """TrainConfig from an optional YAML file plus `key=value` overrides. A `model.preset`
+    (from either) supplies the model defaults under them."""
+    layers = _yaml_chain(Path(path)) if path is not None else []
+    node = _layered(OmegaConf.structured(TrainConfig), path, layers, overrides)
+    preset = node.model.preset
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"model.preset={preset!r}: expected one of {sorted(PRESETS)}")
+        base = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"model": _preset_fields(preset)})
+        node = _layered(base, path, layers, overrides)
+    return _as_config(node)
+
+
+def _preset_fields(preset: str) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in PRESETS[preset].items()}
+
+
+def _layered(node, path, layers: list, overrides) -> object:
+    """`node` with the YAML layers and then the overrides merged on top."""
+    for layer in layers:
+        try:
+            node = OmegaConf.merge(node, layer)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{path}: {str(e).splitlines()[0]} (key: {getattr(e, 'full_key', '?')})") from None
     for item in overrides:
         key, value = _parse_override(item)
         try:
             OmegaConf.update(node, key, value, merge=True)
         except OmegaConfBaseException as e:
             raise ConfigError(f"override {item!r}: {str(e).splitlines()[0]}") from None
-    return _as_config(node)
+    return node
 
 
 def config_from_yaml(text: str) -> TrainConfig:

@@ -1,13 +1,14 @@
 """Long-horizon evaluation of a run: rollouts, metrics per frame, tables by segment.
 
-Bouncing-balls runs are scored against what the world allows (ball count, colour, size,
-shape, background, steady motion) and, where ground truth exists, against it; any run also
-gets the generic metrics (sharpness, colour drift, flicker). Segments are one training
-length long, so the table reads like the paper's 0-5 / 5-10 / 10-15 s.
+The run's world (resforce.worlds) scores the videos: against what the world allows and,
+where it has ground truth, against it; every world gets the generic metrics (sharpness,
+colour drift, flicker). Segments are one training length long, so the table reads like the
+paper's 0-5 / 5-10 / 10-15 s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -16,20 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ball_identity
-from . import metrics as M
+from . import frechet as F
+from . import stats as S
 from .fileio import write_text_atomic
-from .sampling import Generated, generate, world_clips
+from .sampling import Generated, SampleOverrides, generate, world_clips
+from .worlds import World, world_of
 
-TABLE_METRICS = ("failure", "drift", "count_error", "identity_error", "color_integrity", "size_error",
-                 "background_noise", "accel_error", "position_error", "sharpness", "flicker", "generic_flicker",
-                 "frechet", "frechet_floor")
-"""Columns of the eval/compare tables, where a run has them: bouncing-balls runs are summed up
-by ``failure`` (metrics.FAILURE_DEFINITION), other worlds by the generic ``drift``."""
-PER_SAMPLE_METRICS = ("failure", "drift", "count_error", "identity_error", "lost", "spawned", "color_integrity",
-                      "size_error", "size_term", "shape_term", "accel_error", "accel_term", "teleport_term",
-                      "background_noise", "position_error")
-"""Metrics whose per-sample segment means go into the JSON, for paired comparisons."""
+FRECHET_COLUMNS = ("frechet", "frechet_floor")
+"""Table columns after the world's own (World.table_metrics), for worlds with ground truth."""
 FRECHET_REFERENCE_CLIPS = 256
 """Default size of the Frechet reference: ground-truth clips of the world. Measured with
 scripts/frechet_reference_size.py (docs/metrics.md, bb_base world, clips of 32 frames): two
@@ -53,10 +48,14 @@ class Evaluation:
     frechet_reference: dict = field(default_factory=dict)
     """How the Frechet reference was drawn, and the floor per segment (empty: no Frechet)."""
 
+    @property
+    def world(self) -> World:
+        return world_of(self.generated.config.data)
+
     def per_sample_segments(self) -> dict:
         """metric -> [sample][segment] means, for paired comparisons across runs evaluated on
         the same seeds (same prefixes and initial noise)."""
-        keys = [m for m in PER_SAMPLE_METRICS if m in self.per_frame]
+        keys = [m for m in self.world.per_sample_metrics if m in self.per_frame]
         return {k: _segment_means(self.per_frame[k], self.segment_len) for k in keys}
 
     def summary(self) -> dict:
@@ -68,7 +67,7 @@ class Evaluation:
                 "samples": int(self.generated.videos.shape[0]),
                 "frames": int(self.generated.videos.shape[2]),
                 "rows": _jsonable(self.rows),
-                "dropped_tail_frames": M.whole_segments(int(self.generated.videos.shape[2]), self.segment_len)[1],
+                "dropped_tail_frames": S.whole_segments(int(self.generated.videos.shape[2]), self.segment_len)[1],
                 "per_sample_segments": self.per_sample_segments(),
                 "frechet_reference": _jsonable(self.frechet_reference),
                 "per_frame_mean": {k: _nanmean0(v) for k, v in self.per_frame.items()}}
@@ -77,7 +76,7 @@ class Evaluation:
 def _segment_means(v: np.ndarray, seg: int) -> list:
     """(samples, frames) -> per sample, the mean of each whole segment (NaN-aware; None if
     undefined); a tail shorter than a segment is left out, as in the table."""
-    bounds, _ = M.whole_segments(v.shape[1], seg)
+    bounds, _ = S.whole_segments(v.shape[1], seg)
     out = []
     for s, e in bounds:
         with warnings.catch_warnings():
@@ -115,45 +114,35 @@ def score(g: Generated) -> dict[str, np.ndarray]:
 
 def score_videos(videos, cfg, states=None, ground_truth=None, ref_frames: int = 2) -> dict[str, np.ndarray]:
     """Per-frame metrics (samples, frames) of any videos (B, C, F, H, W) in [-1, 1] of a run's
-    world. Bouncing balls: the world's metrics, against the world states where given (their
-    balls are the reference; radii, positions), else against the balls of the first
-    ``ref_frames`` frames; the generic metrics get a ``generic_`` prefix."""
+    world (World.score): against the world states where given, else against the first
+    ``ref_frames`` frames."""
     videos = videos.numpy() if isinstance(videos, torch.Tensor) else np.asarray(videos)
-    out = M.evaluate_generic(videos)
-    if cfg.data.kind != "bouncing_balls":
-        return out
-    bb = cfg.data.bouncing_balls
-    known = {}
-    if states is not None:
-        known = dict(radii=[list(r[v]) for r, v in zip(states.radii, states.valid)],
-                     gt_positions=np.where(states.valid[:, None, :, None], states.positions, np.nan),
-                     reference_balls=[ball_identity.palette_indices(c[v], bb.colors)
-                                      for c, v in zip(states.colors, states.valid)])
-    balls = M.evaluate_bouncing_balls(
-        videos, bb.colors, bb.background, gt_frames=None if ground_truth is None else ground_truth.numpy(),
-        pixel_center=0.5, ref_frames=ref_frames, **known)
-    return {**{f"generic_{k}": v for k, v in out.items()}, **balls}
+    return world_of(cfg.data).score(videos, states, ground_truth, ref_frames)
 
 
-def evaluate(path, name: str | None = None, samples: int = 16, chunks: int | None = None,
-             prefix_chunks: int = 2, segment_len: int | None = None, seed: int = 0,
-             progress: bool = True, frechet_reference: int = FRECHET_REFERENCE_CLIPS,
-             **gen_kwargs) -> Evaluation:
+def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOverrides | None = None,
+             prefix_chunks: int = 2, segment_len: int | None = None, progress: bool = True,
+             frechet_reference: int = FRECHET_REFERENCE_CLIPS, **options) -> Evaluation:
     """Roll out ``samples`` videos, score them per frame, summarise them by whole segments.
+    ``sample``: overrides of the run's sample config (seed None = 0, the evaluation seeds);
+    ``options``: attention, device, prefer_ema of :func:`resforce.sampling.generate`.
 
     With the world's ground truth, each segment also gets its Frechet distance to
     ``frechet_reference`` independent ground-truth clips of the world (0: none), and the
     ground truth of the same clips as the floor (``frechet_floor``).
     """
     _check_frechet_reference(frechet_reference)
-    g = generate(path, batch=samples, chunks=chunks, seed=seed, prefix_chunks=prefix_chunks,
-                 with_ground_truth=True, progress=progress, **gen_kwargs)
+    sample = sample or SampleOverrides()
+    if sample.seed is None:
+        sample = dataclasses.replace(sample, seed=0)
+    g = generate(path, sample, batch=samples, prefix_chunks=prefix_chunks, with_ground_truth=True,
+                 progress=progress, **options)
     per_frame = score(g)
     frames = int(g.videos.shape[2])
     if segment_len is not None and segment_len > frames:
         raise ValueError(f"--segment {segment_len} is longer than the rollout ({frames} frames)")
     seg = segment_len or min(g.train_frames, frames)
-    rows = M.segment_table(per_frame, seg, train_len=g.train_frames)
+    rows = S.segment_table(per_frame, seg, train_len=g.train_frames)
     info = {}
     if g.ground_truth is not None and frechet_reference:
         info = add_frechet(rows, g.videos, g.config, seg, frechet_reference, floor=g.ground_truth)
@@ -172,7 +161,7 @@ def add_frechet(rows: list[dict], videos, cfg, seg: int, reference_clips: int = 
     Returns the reference's description and the floor per segment, for the JSON."""
     np_ = lambda x: x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)  # noqa: E731
     reference, _ = world_clips(cfg, reference_clips, FRECHET_REFERENCE_FRAMES, FRECHET_REFERENCE_SEED)
-    fds = M.frechet_vs_horizon(np_(videos), reference.numpy(), seg, floor=None if floor is None else np_(floor))
+    fds = F.frechet_vs_horizon(np_(videos), reference.numpy(), seg, floor=None if floor is None else np_(floor))
     for row, fd in zip(rows, fds):
         for k in ("frechet", "frechet_floor"):
             if k in fd:
@@ -196,8 +185,14 @@ def frechet_line(ev: Evaluation) -> str:
 
 
 def table_metrics(ev: Evaluation) -> list[str]:
+    """The columns of the run's world (then the Frechet ones) that the evaluation has."""
     have = set(ev.per_frame) | set(ev.rows[0]["mean"] if ev.rows else ())
-    return [m for m in TABLE_METRICS if m in have] or list(ev.per_frame)
+    return [m for m in ev.world.table_metrics + FRECHET_COLUMNS if m in have] or list(ev.per_frame)
+
+
+def plot_metrics(ev: Evaluation) -> list[str]:
+    """The metrics of the run's world worth plotting against the horizon."""
+    return [m for m in ev.world.plot_metrics if m in ev.per_frame]
 
 
 def save_json(ev: Evaluation, path, extra: dict | None = None) -> Path:
@@ -206,7 +201,3 @@ def save_json(ev: Evaluation, path, extra: dict | None = None) -> Path:
     write_text_atomic(path, json.dumps({**ev.summary(), **_jsonable(extra or {})}, indent=1))
     return path
 
-
-def videos_for_page(ev: Evaluation, n: int = 4) -> torch.Tensor:
-    """The first n samples side by side are what the comparison page shows."""
-    return ev.generated.videos[:n]

@@ -8,7 +8,7 @@ Timesteps are per chunk: t has shape (B, chunks) and is broadcast over each chun
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -34,15 +34,16 @@ def shift_timesteps(t: torch.Tensor | float, shift: float):
 
 @dataclass
 class TimestepSampler:
-    """How training draws t in (0, 1).
-
-    kind: 'uniform' or 'logit_normal' (t = sigmoid(mean + std * n), n ~ N(0, 1));
-    mean, std: of the logit-normal; shift: applied after drawing (1.0 = none)."""
+    """How training draws t in (0, 1)."""
 
     kind: str = "logit_normal"
+    """'uniform' or 'logit_normal' (t = sigmoid(mean + std * n), n ~ N(0, 1))."""
     mean: float = 0.0
+    """Mean of the logit-normal's normal draw."""
     std: float = 1.0
+    """Std of the logit-normal's normal draw."""
     shift: float = 1.0
+    """Shift t -> s t / (1 + (s - 1) t) applied after drawing (1.0 = none)."""
 
     def __post_init__(self):
         if self.kind not in ("uniform", "logit_normal"):
@@ -82,10 +83,36 @@ def guided(velocity_cond: VelocityFn, velocity_uncond: VelocityFn | None, scale:
     return v
 
 
+EulerSchedule = Iterable[tuple[torch.Tensor, "float | torch.Tensor"]]
+"""(t, dt) per Euler step: t (B, 1) the times the velocity is evaluated at, dt the step (a
+float shared by the batch, or (B,) per sample; negative toward clean)."""
+
+
+def euler_integrate(velocity: VelocityFn, x: torch.Tensor, schedule: EulerSchedule) -> torch.Tensor:
+    """The one Euler integrator of dx/dt = velocity(x, t): x <- x + dt * velocity(x, t) for each
+    (t, dt) of the schedule. Rollout, reference rollout and self-resampling all step here."""
+    for t, dt in schedule:
+        if isinstance(dt, torch.Tensor):  # per sample: broadcast over (C, F, H, W)
+            dt = dt.view(-1, *(1,) * (x.ndim - 1))
+        x = x + dt * velocity(x, t)
+    return x
+
+
+def grid_schedule(grid: torch.Tensor, batch: int, device=None) -> EulerSchedule:
+    """The steps of a shared time grid (euler_grid): every sample at the same t."""
+    for t_cur, t_next in zip(grid[:-1], grid[1:]):
+        yield torch.full((batch, 1), float(t_cur), device=device), (t_next - t_cur).item()
+
+
+def truncated_schedule(t_s: torch.Tensor, steps: int) -> EulerSchedule:
+    """From per-sample times t_s (B,) down to 0 in `steps` equal steps (self-resampling;
+    one step is x - t_s v)."""
+    dt = t_s / steps
+    for k in range(steps):
+        yield (t_s * (1 - k / steps))[:, None], -dt
+
+
 def euler_sample(velocity: VelocityFn, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Integrate dx/dt = velocity(x, t) along the grid; t is passed as a python-float tensor
     of shape (B, 1) per step (one chunk at a time)."""
-    for t_cur, t_next in zip(grid[:-1], grid[1:]):
-        t = torch.full((x.shape[0], 1), float(t_cur), device=x.device)
-        x = x + (t_next - t_cur).item() * velocity(x, t)
-    return x
+    return euler_integrate(velocity, x, grid_schedule(grid, x.shape[0], x.device))

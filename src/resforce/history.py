@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .flow import add_noise, shift_timesteps
+from .flow import add_noise, euler_integrate, shift_timesteps, truncated_schedule
+from .rollout import chunk_step
 
 STRATEGIES = ("teacher", "noise_aug", "diffusion_forcing", "parallel_resampling", "resampling")
 
@@ -69,48 +70,34 @@ def sample_resample_strength(cfg: HistoryConfig, batch: int, generator=None, dev
     return t_s.expand(batch).clone()
 
 
-def _denoise(velocity, x, t_s: torch.Tensor, steps: int) -> torch.Tensor:
-    """Euler from per-sample t_s (B,) down to 0 in `steps` equal steps (one step: x - t_s v)."""
-    for k in range(steps):
-        t_cur = t_s * (1 - k / steps)
-        dt = t_s / steps
-        x = x - dt[:, None, None, None, None] * velocity(x, t_cur)
-    return x
-
-
 @torch.no_grad()
-def autoregressive_resample(model, clean, t_s, steps, generator=None, context=None, layout_fn=None,
+def autoregressive_resample(model, clean, t_s, steps, generator=None, context=None, attention=None,
                             noise=None):
     """The paper's self-resampling: for i = 1..N, noise chunk i to t_s and finish its
     denoising with the online model, attending (KV cache) to the already degraded chunks < i.
-    The noise of all chunks is drawn at once, as parallel_resample draws it."""
+    Each chunk goes through rollout's own chunk step (denoise against the cache, commit to
+    it), so training history is made exactly as inference makes a video. The noise of all chunks is drawn at once, as parallel_resample draws it. `attention`: the
+    history attention policy (AttentionPolicy) of the cached calls; None = dense."""
     fpc = model.config.frames_per_chunk
     b, _, f, h, w = clean.shape
     if noise is None:
         noise = torch.randn(clean.shape, generator=generator, device=clean.device)
-    cache = model.new_cache(h, w)
+    caches = [model.new_cache(h, w)]
     out = []
     n = f // fpc
     for i in range(n):
         sl = slice(i * fpc, (i + 1) * fpc)
         x_ts = add_noise(clean[:, :, sl], noise[:, :, sl], t_s[:, None], fpc)
-
-        def v(xx, tt):
-            layout = layout_fn(cache, False) if layout_fn else None
-            return model.forward_chunk(xx, tt[:, None], cache, context=context, layout=layout)
-
-        degraded = _denoise(v, x_ts, t_s, steps)
-        if i < n - 1:  # the last chunk is nobody's history: skip its cache write
-            layout = layout_fn(cache, True) if layout_fn else None
-            model.write_cache(degraded, cache, context=context, layout=layout)
-        out.append(degraded)
+        # the last chunk is nobody's history: no commit
+        out.append(chunk_step(model, x_ts, truncated_schedule(t_s, steps), caches, [context], attention,
+                              commit=i < n - 1))
     return torch.cat(out, dim=2)
 
 
 @torch.no_grad()
-def parallel_resample(model, clean, t_s, steps, generator=None, context=None, noise=None):
+def parallel_resample(model, clean, t_s, steps, generator=None, context=None, noise=None, attention=None):
     """Table 2's baseline: every chunk noised to t_s and denoised at once, conditioned on the
-    GROUND-TRUTH history (one two-stream pass per Euler step)."""
+    GROUND-TRUTH history (one two-stream pass per Euler step, under the `attention` policy)."""
     fpc = model.config.frames_per_chunk
     n = clean.shape[2] // fpc
     if noise is None:
@@ -118,14 +105,16 @@ def parallel_resample(model, clean, t_s, steps, generator=None, context=None, no
     x_ts = add_noise(clean, noise, t_s[:, None].expand(-1, n), fpc)
 
     def v(xx, tt):
-        return model(xx, tt[:, None].expand(-1, n), history=clean, context=context)
+        return model(xx, tt.expand(-1, n), history=clean, context=context, attention=attention)
 
-    return _denoise(v, x_ts, t_s, steps)
+    return euler_integrate(v, x_ts, truncated_schedule(t_s, steps))
 
 
 def build_history(cfg: HistoryConfig, model, clean: torch.Tensor, generator=None, context=None,
-                  layout_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(history, t_history) for a batch of clean videos (B, C, F, H, W); both detached."""
+                  attention=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(history, t_history) for a batch of clean videos (B, C, F, H, W); both detached.
+    `attention`: the stage's history attention policy; parallel resampling always runs under
+    it (its two-stream pass is the training pass), self-resampling only if route_resampling."""
     fpc = model.config.frames_per_chunk
     b, n = clean.shape[0], clean.shape[2] // fpc
     zeros = torch.zeros(b, n, device=clean.device)
@@ -142,10 +131,11 @@ def build_history(cfg: HistoryConfig, model, clean: torch.Tensor, generator=None
     model.eval()  # resampling is inference with the online weights
     try:
         if s == "parallel_resampling":
-            hist = parallel_resample(model, clean, t_s, cfg.resample_steps, generator, context)
+            hist = parallel_resample(model, clean, t_s, cfg.resample_steps, generator, context,
+                                     attention=attention)
         else:
-            lf = layout_fn if cfg.route_resampling else None
-            hist = autoregressive_resample(model, clean, t_s, cfg.resample_steps, generator, context, lf)
+            routed = attention if cfg.route_resampling else None
+            hist = autoregressive_resample(model, clean, t_s, cfg.resample_steps, generator, context, routed)
     finally:
         model.train(was_training)
     return hist.detach(), zeros

@@ -5,7 +5,8 @@ The model code (model/dit.py) knows nothing of this module; the trainer asks it 
 1. `setup(mode, device)`: detect torchrun (WORLD_SIZE / RANK / LOCAL_RANK in the
    environment), initialise the default process group - NCCL when the device is CUDA (each
    rank takes the GPU of its LOCAL_RANK), Gloo on the CPU - and resolve the mode;
-2. `wrap_model(model, mode, device)`: "none" returns the model; "ddp" wraps it in
+2. `apply_activation_checkpointing(model)` (model.gradient_checkpointing) and
+   `wrap_model(model, mode, device)`: "none" returns the model; "ddp" wraps it in
    `DistributedDataParallel`; "fsdp" applies FSDP2 `fully_shard` to every transformer block
    and then to the root, in place;
 3. save and load *full* (unsharded) state dicts, so a checkpoint of a 2-rank FSDP run is the
@@ -51,6 +52,13 @@ streams)."""
 
 
 # ----------------------------------------------------------------------------- environment
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available, else cpu; any other name as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
 
@@ -172,6 +180,18 @@ FORWARD_METHODS = ("forward_chunk", "write_cache")
 """Methods other than forward that run the model; FSDP2 must unshard around them."""
 
 
+def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
+    """Recompute every transformer block (`model.blocks`) in the backward pass instead of
+    keeping its activations, applied from outside the model like torchtitan does, before
+    wrapping. torch's composable `checkpoint` works by forward hooks, so parameter names (and
+    checkpoints) stay as they are and FSDP2 composes with it. In place; returns the model."""
+    from torch.distributed._composable import checkpoint
+
+    for block in model.blocks:
+        checkpoint(block)
+    return model
+
+
 def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None,
                forward_methods=FORWARD_METHODS) -> nn.Module:
     """The module to run the training forward on.
@@ -285,6 +305,6 @@ def load_full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, sd:
 
 __all__ = ["MODES", "RANK_SEED_STRIDE", "launched_by_torchrun", "env_world_size", "is_distributed",
            "world_size", "rank", "local_rank", "is_main", "barrier", "resolve_mode", "setup",
-           "shutdown", "all_reduce_mean", "gather_objects", "broadcast_object", "to_float",
-           "wrap_model", "shard_like_model", "no_grad_sync", "full_state_dict",
+           "resolve_device", "shutdown", "all_reduce_mean", "gather_objects", "broadcast_object", "to_float",
+           "apply_activation_checkpointing", "wrap_model", "shard_like_model", "no_grad_sync", "full_state_dict",
            "load_full_state_dict", "full_optim_state_dict", "load_full_optim_state_dict"]

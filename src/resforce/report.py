@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .fileio import atomic_write, write_text_atomic
-from .metrics import _table_cells, mean_se
+from .stats import mean_se, table_cells
 from .video_io import save_video  # re-exported: the page's videos are written with it
 
 __all__ = [
@@ -118,7 +118,7 @@ def plot_metric_vs_horizon(
 # ----------------------------------------------------------------------------- tables
 def rows_to_html(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None, precision: int = 3) -> str:
     """HTML table of :func:`resforce.metrics.segment_table` rows (beyond-training rows marked)."""
-    header, body, note = _table_cells(rows, metrics, precision)
+    header, body, note = table_cells(rows, metrics, precision)
     out = ['<table class="metrics">', "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>", "<tbody>"]
     for r, cells in zip(rows, body):
         cls = ' class="beyond"' if r.get("beyond_train") else ""

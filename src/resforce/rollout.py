@@ -15,18 +15,17 @@ the whole prefix at every step. It is slow and exists so a test can prove the tw
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-from .flow import add_noise, euler_grid, euler_sample, guided
-from .model.cache import KVCache
+from .flow import (EulerSchedule, add_noise, euler_grid, euler_integrate, euler_sample, grid_schedule,
+                   guided)
+from .model.attention_policy import AttentionPolicy, cached_layout
+from .model.history_attention_config import HistoryAttentionConfig
 from .model.dit import CausalVideoDiT
 
-LayoutFactory = Callable[[KVCache, bool], object]
-"""(cache, write) -> attention layout; lets routing/window baselines replace dense attention."""
 
 
 @dataclass
@@ -45,6 +44,7 @@ class SampleConfig:
     """Re-noise each finished chunk to this level before caching it and tell the model so
     (diffusion forcing / noise augmentation inference); 0 = clean history."""
     seed: int = 0
+    """Seed of the initial noise of every chunk (and of the re-noising of history)."""
     context: Optional[int] = None
     """Chunks the model sees at once, its own chunk included, like a training clip: the KV
     cache keeps the last context - 1 chunks and evicts older ones (rolling context, constant
@@ -66,36 +66,52 @@ class SampleConfig:
         return self.context - 1
 
 
-def _chunk_velocity(model, cache, context, layout_fn):
+def _chunk_velocity(model, cache, context, attention):
     def v(x, t):
-        layout = layout_fn(cache, False) if layout_fn else None
+        layout = cached_layout(attention, cache, False)
         return model.forward_chunk(x, t, cache, context=context, layout=layout)
     return v
 
 
-def _write(model, chunk, caches, contexts, history_noise, generator, layout_fn):
+def _write(model, chunk, caches, contexts, history_noise, generator, attention):
     b, fpc = chunk.shape[0], model.config.frames_per_chunk
     t = torch.full((b, 1), float(history_noise), device=chunk.device)
     if history_noise > 0:
         noise = torch.randn(chunk.shape, generator=generator, device=chunk.device)
         chunk = add_noise(chunk, noise, t, fpc)
     for cache, ctx in zip(caches, contexts):
-        layout = layout_fn(cache, True) if layout_fn else None
+        layout = cached_layout(attention, cache, True)
         model.write_cache(chunk, cache, t=t, context=ctx, layout=layout)
+
+
+def chunk_step(model: CausalVideoDiT, x: torch.Tensor, schedule: EulerSchedule, caches: list,
+               contexts: list, attention: AttentionPolicy | None = None, cfg_scale: float = 1.0,
+               commit: bool = True, history_noise: float = 0.0, generator=None) -> torch.Tensor:
+    """One autoregressive step, shared by rollout and self-resampling (history.py): denoise
+    chunk x along the Euler schedule while attending to the KV cache(s), then commit the
+    finished chunk to them as history (unless commit=False). caches/contexts: the
+    conditional branch, plus the unconditional one with guidance (cfg_scale != 1)."""
+    uncond = _chunk_velocity(model, caches[1], contexts[1], attention) if len(caches) > 1 else None
+    v = guided(_chunk_velocity(model, caches[0], contexts[0], attention), uncond, cfg_scale)
+    chunk = euler_integrate(v, x, schedule)
+    if commit:
+        _write(model, chunk, caches, contexts, history_noise, generator, attention)
+    return chunk
 
 
 @torch.no_grad()
 def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: SampleConfig,
             prefix: torch.Tensor | None = None, context: torch.Tensor | None = None,
             uncond_context: torch.Tensor | None = None,
-            layout_fn: LayoutFactory | None = None,
+            attention: AttentionPolicy | None = None,
             callback: Callable[[int, torch.Tensor], None] | None = None,
             device=None, return_video: bool = True) -> torch.Tensor | None:
     """Generate (batch, C, F, H, W): the prefix chunks (if any) followed by cfg.chunks new ones.
 
     `callback(i, chunk)` is called as each chunk is finished (streaming). With
     `return_video=False` finished chunks go only to the callback and nothing is returned, so
-    with a rolling context a rollout of any length runs in constant memory."""
+    with a rolling context a rollout of any length runs in constant memory. `attention`: the
+    history attention policy (routed / windowed layouts); None = dense."""
     mc = model.config
     device = device or next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -114,7 +130,7 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
         model.num_chunks(prefix.shape[2])  # validates whole chunks
         for i in range(prefix.shape[2] // mc.frames_per_chunk):
             c = prefix[:, :, i * mc.frames_per_chunk:(i + 1) * mc.frames_per_chunk].to(device)
-            _write(model, c, caches, contexts, cfg.history_noise, generator, layout_fn)
+            _write(model, c, caches, contexts, cfg.history_noise, generator, attention)
             if return_video:
                 chunks.append(c)
     n_prefix = 0 if prefix is None else prefix.shape[2] // mc.frames_per_chunk
@@ -122,11 +138,8 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
     shape = (batch, mc.in_channels, mc.frames_per_chunk, height, width)
     for i in range(cfg.chunks):
         noise = torch.randn(shape, generator=generator, device=device)
-        v = guided(_chunk_velocity(model, caches[0], context, layout_fn),
-                   _chunk_velocity(model, caches[1], uncond_context, layout_fn) if use_cfg else None,
-                   cfg.cfg_scale)
-        chunk = euler_sample(v, noise, grid)
-        _write(model, chunk, caches, contexts, cfg.history_noise, generator, layout_fn)
+        chunk = chunk_step(model, noise, grid_schedule(grid, batch, device), caches, contexts, attention,
+                           cfg.cfg_scale, history_noise=cfg.history_noise, generator=generator)
         if callback is not None:
             callback(n_prefix + i, chunk)
         if return_video:
@@ -148,35 +161,28 @@ def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int
     done = prefix.to(device) if prefix is not None else None
     grid = euler_grid(cfg.steps, cfg.shift, device=device)
     shape = (batch, mc.in_channels, fpc, height, width)
-    with _banded(model, cfg):
-        for _ in range(cfg.chunks):
-            seen = None if cfg.cache_chunks() == 0 else done
-            n_seen = 0 if seen is None else seen.shape[2] // fpc
+    banded = _banded(cfg)
+    for _ in range(cfg.chunks):
+        seen = None if cfg.cache_chunks() == 0 else done
+        n_seen = 0 if seen is None else seen.shape[2] // fpc
 
-            def v(x, t, seen=seen, n_seen=n_seen):
-                full = x if seen is None else torch.cat([seen, x], dim=2)
-                t_full = torch.cat([torch.zeros(batch, n_seen, device=device), t], dim=1)
-                return model(full, t_full, context=context)[:, :, -fpc:]
+        def v(x, t, seen=seen, n_seen=n_seen):
+            full = x if seen is None else torch.cat([seen, x], dim=2)
+            t_full = torch.cat([torch.zeros(batch, n_seen, device=device), t], dim=1)
+            return model(full, t_full, context=context, attention=banded)[:, :, -fpc:]
 
-            chunk = euler_sample(v, torch.randn(shape, generator=generator, device=device), grid)
-            done = chunk if done is None else torch.cat([done, chunk], dim=2)
+        chunk = euler_sample(v, torch.randn(shape, generator=generator, device=device), grid)
+        done = chunk if done is None else torch.cat([done, chunk], dim=2)
     return done
 
 
-@contextlib.contextmanager
-def _banded(model: CausalVideoDiT, cfg: SampleConfig):
+def _banded(cfg: SampleConfig) -> AttentionPolicy | None:
     """With a rolling context, the block-causal pass under a banded chunk mask: chunk j sees
     the `context - 1` chunks before it (and the sink). A rolling KV cache computes exactly
     this: each chunk's cached keys were made when it was written, seeing its own band, and
     keep their absolute RoPE positions. (It is not a re-encoding of the last chunks from
     scratch: those would see less history at deeper layers.)"""
-    from .model.routing import HistoryAttentionConfig, apply_history_attention
-
-    keep, before = cfg.cache_chunks(), model.masked_layout_fn
-    if keep:  # keep == 0 (context 1): every chunk alone, see reference_rollout
-        apply_history_attention(model, HistoryAttentionConfig(mode="window", window=keep - cfg.sink,
-                                                               sink=cfg.sink))
-    try:
-        yield
-    finally:
-        model.masked_layout_fn = before
+    keep = cfg.cache_chunks()
+    if not keep:  # None: all history (dense); 0 (context 1): every chunk alone, see reference_rollout
+        return None
+    return AttentionPolicy(HistoryAttentionConfig(mode="window", window=keep - cfg.sink, sink=cfg.sink))

@@ -14,13 +14,12 @@ from tqdm import tqdm
 
 from .checkpoint import load_model
 from .checks import check_counts, check_finite_output, check_prefix_fits, check_video_values
-from .model.routing import HistoryAttentionConfig, RouterRecorder, make_layout_fn
-from .rollout import rollout
-from .train import resolve_device
-
-EVAL_SEED_OFFSET = 1_000_003
-"""Evaluation clips come from a world seed far from the training stream's."""
-
+from .model.attention_policy import AttentionPolicy
+from .model.history_attention_config import HistoryAttentionConfig
+from .model.router_stats import RouterRecorder
+from .parallel import resolve_device
+from .rollout import SampleConfig, rollout
+from .worlds import world_of
 
 @dataclass
 class Generated:
@@ -30,9 +29,10 @@ class Generated:
     train_frames: int
     """Frames of the longest training clip of the run (to mark the training length)."""
     ground_truth: torch.Tensor | None
-    """(B, C, F, H, W) ground truth of the world for the same clips (bouncing balls), or None."""
+    """(B, C, F, H, W) ground truth of the world for the same clips, or None (a world
+    without ground truth)."""
     states: object | None
-    """World states (BallStates) of the ground truth clips, or None."""
+    """World states of the ground truth clips (whatever the world keeps), or None."""
     config: object
     recorder: RouterRecorder | None = None
     context: int = 0
@@ -42,13 +42,9 @@ class Generated:
 
 
 def world_clips(cfg, batch: int, frames: int, seed: int):
-    """Ground-truth clips of the run's world, from evaluation seeds (not the training stream)."""
-    from .data.worlds import BouncingBalls
-
-    if cfg.data.kind != "bouncing_balls":
-        return None, None
-    bb = dataclasses.replace(cfg.data.bouncing_balls, seed=cfg.data.bouncing_balls.seed + EVAL_SEED_OFFSET + seed)
-    return BouncingBalls(bb).batch(batch, frames)
+    """(videos, states): ground-truth clips of the run's world from evaluation seed `seed` (not
+    the training stream), or (None, None) where the world has no ground truth."""
+    return world_of(cfg.data).clips(batch, frames, seed)
 
 
 def training_context(cfg) -> int:
@@ -56,24 +52,44 @@ def training_context(cfg) -> int:
     return max(st.clip_chunks for st in cfg.stages)
 
 
-def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None = None,
-             steps: int | None = None, shift: float | None = None, cfg_scale: float | None = None,
-             history_noise: float | None = None, prefix: torch.Tensor | None = None,
-             prefix_chunks: int = 0, attention: HistoryAttentionConfig | None = None,
+@dataclass
+class SampleOverrides:
+    """Changes to a run's `sample` config (rollout.SampleConfig) for one generation; None keeps
+    the run's value."""
+
+    chunks: int | None = None
+    """Chunks to generate after the prefix."""
+    seed: int | None = None
+    """Seed of the initial noise (and of the world's evaluation clips)."""
+    steps: int | None = None
+    """Euler steps per chunk."""
+    shift: float | None = None
+    """Shift of the Euler grid."""
+    cfg_scale: float | None = None
+    """Classifier-free guidance scale."""
+    history_noise: float | None = None
+    """Re-noise cached history to this level."""
+    context: int | None = None
+    """Chunks seen at once (own chunk included; the KV cache rolls past it); None = the run's
+    `sample.context`, which defaults to its training context; 0 = all history (dense,
+    context extrapolation)."""
+
+    def apply(self, s: SampleConfig) -> SampleConfig:
+        """The run's sample config with these overrides."""
+        return dataclasses.replace(s, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+
+
+def generate(path, sample: SampleOverrides | None = None, attention: HistoryAttentionConfig | None = None, *,
+             batch: int = 1, prefix: torch.Tensor | None = None, prefix_chunks: int = 0,
              device: str = "auto", prefer_ema: bool = True, record_router: bool = False,
-             progress: bool = True, with_ground_truth: bool = False,
-             context: int | None = None) -> Generated:
-    """Roll out a run's model. context: chunks seen at once (own chunk included; the KV cache
-    rolls past it); None = the run's `sample.context`, which defaults to its training context;
-    0 = all history (dense, context extrapolation). attention: None = the history attention of
-    the run's last training stage (dense, top-k routing or a window)."""
-    check_counts(SimpleNamespace(batch=batch, chunks=chunks, steps=steps, prefix_chunks=prefix_chunks))
+             progress: bool = True, with_ground_truth: bool = False) -> Generated:
+    """Roll out a run's model with its `sample` config changed by `sample`. attention: None =
+    the history attention of the run's last training stage (dense, top-k routing or a window)."""
+    sample = sample or SampleOverrides()
+    check_counts(SimpleNamespace(batch=batch, chunks=sample.chunks, steps=sample.steps, prefix_chunks=prefix_chunks))
     dev = resolve_device(device)
     model, cfg = load_model(path, dev, prefer_ema)
-    s = cfg.sample
-    overrides = dict(chunks=chunks, seed=seed, steps=steps, shift=shift, cfg_scale=cfg_scale,
-                     history_noise=history_noise, context=context)
-    s = dataclasses.replace(s, **{k: v for k, v in overrides.items() if v is not None})
+    s = sample.apply(cfg.sample)
     trained = cfg.stages[-1].attention
     if s.context is None:
         s = dataclasses.replace(s, context=training_context(cfg))
@@ -81,7 +97,7 @@ def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None =
         s = dataclasses.replace(s, sink=trained.sink)  # a sink only where training had one
     s.cache_chunks()  # validates context and sink before any work
     fpc = model.config.frames_per_chunk
-    res = _resolution(cfg)
+    res = world_of(cfg.data).resolution
     gt = states = None
     if prefix is None and (prefix_chunks or with_ground_truth):
         gt, states = world_clips(cfg, batch, (prefix_chunks + s.chunks) * fpc, s.seed)
@@ -95,9 +111,9 @@ def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None =
             prefix = prefix[None].expand(batch, -1, -1, -1, -1)
     recorder = RouterRecorder() if record_router else None
     attention = attention or trained  # default: what the run's last stage trained with
-    layout_fn = make_layout_fn(attention, recorder) if (attention.mode != "dense" or recorder) else None
+    policy = AttentionPolicy(attention, recorder)
     bar = tqdm(total=s.chunks, desc="generate", disable=not progress, dynamic_ncols=True)
-    videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, layout_fn=layout_fn,
+    videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, attention=policy,
                      callback=lambda i, c: bar.update(1), device=dev)
     bar.close()
     check_finite_output(videos, path)
@@ -105,10 +121,3 @@ def generate(path, batch: int = 1, chunks: int | None = None, seed: int | None =
     n_prefix = 0 if prefix is None else prefix.shape[2]
     return Generated(videos.clamp(-1, 1).cpu(), n_prefix, train_frames, gt, states, cfg, recorder,
                      context=s.context, sink=s.sink)
-
-
-def _resolution(cfg) -> tuple[int, int]:
-    if cfg.data.kind == "bouncing_balls":
-        r = cfg.data.bouncing_balls.resolution
-        return r, r
-    return tuple(cfg.data.video_folder.size)

@@ -122,7 +122,9 @@ def _fmt(mean: float, se: float, precision: int) -> str:
     return s
 
 
-def _table_cells(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None, precision: int):
+def table_cells(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None, precision: int):
+    """(header, body, note) of a segment table: the cells every table format (text,
+    Markdown, the report's HTML) lays out the same way."""
     if metrics is None:
         metrics = list(rows[0]["mean"]) if rows else []
     has_method = any("method" in r for r in rows)
@@ -151,7 +153,7 @@ def _needs_note(rows: Sequence[Mapping[str, Any]]) -> bool:
 
 def format_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None, precision: int = 3) -> str:
     """Fixed-width text table of :func:`segment_table` rows (``mean ± se`` per metric)."""
-    header, body, note = _table_cells(rows, metrics, precision)
+    header, body, note = table_cells(rows, metrics, precision)
     widths = [max(len(header[i]), *(len(b[i]) for b in body)) if body else len(header[i]) for i in range(len(header))]
     line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     out = [line(header), "  ".join("-" * w for w in widths)] + [line(b) for b in body]
@@ -162,7 +164,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | Non
 
 def to_markdown(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None, precision: int = 3) -> str:
     """GitHub-flavoured Markdown table of :func:`segment_table` rows."""
-    header, body, note = _table_cells(rows, metrics, precision)
+    header, body, note = table_cells(rows, metrics, precision)
     out = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in b) + " |" for b in body]
     if _needs_note(rows):

@@ -40,23 +40,17 @@ from . import parallel
 from .checkpoint import (CheckpointDamaged, CheckpointError, check_fits, checkpoint_dirs, latest_checkpoint,
                          load_checkpoint, move_aside, recover_interrupted_saves, save_checkpoint)
 from .config import TrainConfig, to_yaml
-from .data import make_dataset
+from .worlds import world_of
 from .fileio import write_text_atomic
 from .history import build_history
 from .loss import flow_matching_loss
 from .model.dit import CausalVideoDiT
-from .model.routing import apply_history_attention, make_layout_fn
+from .model.attention_policy import AttentionPolicy
 from .rundir import METRICS, open_run_dir, read_metrics
 
 
 class NonFiniteError(ValueError):
     """Training produced NaN/inf more often in a row than cfg.max_nonfinite_skips allows."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def stage_at(cfg: TrainConfig, step: int) -> tuple[int, object]:
@@ -120,7 +114,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = True, progress: bool = True,
                  init_from: str | Path | None = None, overwrite: bool = False):
         self.cfg = cfg
-        self.parallel, self.device = parallel.setup(cfg.parallel, resolve_device(cfg.device))
+        self.parallel, self.device = parallel.setup(cfg.parallel, parallel.resolve_device(cfg.device))
         self.rank, self.world, self.main = parallel.rank(), parallel.world_size(), parallel.is_main()
         o = cfg.optim
         if o.batch_size % (o.grad_accum * self.world):
@@ -142,12 +136,14 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         # self.model stays the raw model (history strategies, state dicts); the training
         # forward goes through self.wrapped (DDP wrapper; the model itself under fsdp/none)
+        if cfg.model.gradient_checkpointing:  # the online model only: the EMA never runs a backward
+            parallel.apply_activation_checkpointing(self.model)
         self.wrapped = parallel.wrap_model(self.model, self.parallel, self.device)
         parallel.shard_like_model(self.ema, self.parallel, self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),
                                      weight_decay=o.weight_decay)
         seed = cfg.seed + parallel.RANK_SEED_STRIDE * self.rank
-        self.data = make_dataset(cfg.data, seed=seed)
+        self.data = world_of(cfg.data).stream(seed)
         self.gen = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.step = 0
         self.nonfinite_streak = 0
@@ -233,7 +229,7 @@ class Trainer:
         draws its own data and noise, from this run's seed and the branch step, so branches
         with different seeds differ and branches with the same seed see the same stream."""
         offset = 1_000_003 * self.step + parallel.RANK_SEED_STRIDE * self.rank
-        self.data = make_dataset(self.cfg.data, seed=self.cfg.seed + offset)
+        self.data = world_of(self.cfg.data).stream(self.cfg.seed + offset)
         self.gen.manual_seed(self.cfg.seed + 1 + offset)
 
     def save(self) -> Path | None:
@@ -272,8 +268,7 @@ class Trainer:
         lr = learning_rate(cfg, self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        apply_history_attention(self.model, stage.attention)
-        layout_fn = make_layout_fn(stage.attention)
+        attention = AttentionPolicy(stage.attention)  # routed / windowed stages: passed to every pass
         frames = stage.clip_chunks * cfg.model.frames_per_chunk
         micro = o.batch_size // o.grad_accum // self.world
         t0 = time.perf_counter()
@@ -283,11 +278,11 @@ class Trainer:
         for k in range(o.grad_accum):
             clean = self.data.batch(micro, frames)[0].to(self.device)
             t1 = time.perf_counter()
-            history, t_hist = build_history(stage.history, self.model, clean, self.gen, layout_fn=layout_fn)
+            history, t_hist = build_history(stage.history, self.model, clean, self.gen, attention=attention)
             resample_time += time.perf_counter() - t1
             with parallel.no_grad_sync(self.wrapped, skip=k < o.grad_accum - 1):
                 loss = flow_matching_loss(self.wrapped, clean, history, t_hist, cfg.timesteps, self.gen,
-                                          space=cfg.loss_space)
+                                          space=cfg.loss_space, attention=attention)
                 (loss / o.grad_accum).backward()
             loss_sum += loss.item() / o.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-WHAT = {"count_error": ("keeps the number of balls better", "ball-count error"),
-        "lost": ("keeps more of the given balls (same colour)", "given balls lost per frame"),
-        "failure": ("fails fewer checks", "failure score")}
-"""metric -> (what the better method does, what the number is)."""
-
 
 def _last_segment(ev, metric) -> np.ndarray:
     return np.array([np.nan if r[-1] is None else r[-1] for r in ev.per_sample_segments()[metric]], dtype=float)
 
 
-def _clause(a, b, metric) -> str:
+def _clause(a, b, metric: str, better: str, number: str) -> str:
     xa, xb = _last_segment(a, metric), _last_segment(b, metric)
     if xa.shape != xb.shape:
         return ""
@@ -29,7 +24,6 @@ def _clause(a, b, metric) -> str:
     if ok.sum() < 2:
         return ""
     d, se = diff[ok].mean(), diff[ok].std(ddof=1) / np.sqrt(ok.sum())
-    better, number = WHAT.get(metric, ("scores better", metric))
     numbers = (f"{number} {b.name} {np.nanmean(xb):.2f}, {a.name} {np.nanmean(xa):.2f}, paired "
                f"{b.name} − {a.name} = {d:+.2f} ± {se:.2f}")
     if abs(d) < 2 * se:
@@ -37,16 +31,16 @@ def _clause(a, b, metric) -> str:
     return f"{b.name if d < 0 else a.name} {better} ({numbers})"
 
 
-def paired_verdict(evs, metrics=("count_error", "lost")) -> str:
-    """A sentence comparing evs[1] with evs[0] on each of `metrics` both have (falling back to
-    `failure`); '' if the evaluations are not a pair on the same seeds."""
+def paired_verdict(evs, verdict_metrics: dict[str, tuple[str, str]]) -> str:
+    """A sentence comparing evs[1] with evs[0], one clause per metric of `verdict_metrics`
+    (the world's World.verdict_metrics: metric -> (what the better method does, what the
+    number is), lower is better) that both have; '' if the evaluations are not a pair on the
+    same seeds or share none of those metrics."""
     if len(evs) != 2 or not evs[0].rows:
         return ""
     a, b = evs
-    have = [m for m in metrics if m in a.per_sample_segments() and m in b.per_sample_segments()]
-    if not have and "failure" in a.per_sample_segments() and "failure" in b.per_sample_segments():
-        have = ["failure"]
-    clauses = [c for c in (_clause(a, b, m) for m in have) if c]
+    have = [m for m in verdict_metrics if m in a.per_sample_segments() and m in b.per_sample_segments()]
+    clauses = [c for c in (_clause(a, b, m, *verdict_metrics[m]) for m in have) if c]
     if not clauses:
         return ""
     row = a.rows[-1]

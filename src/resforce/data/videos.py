@@ -14,6 +14,8 @@ demuxes every file).
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -98,8 +100,12 @@ class VideoFolder:
         start = int(self.rng.integers(available - self.config.span + 1))
         return self.read_clip(path, start), read_caption(path)
 
-    def batch(self, batch_size: int) -> tuple[torch.Tensor, list[str | None]]:
-        """`batch_size` random clips: (B, 3, F, H, W) and their captions."""
+    def batch(self, batch_size: int, num_frames: int | None = None) -> tuple[torch.Tensor, list[str | None]]:
+        """`batch_size` random clips: (B, 3, F, H, W) and their captions. `num_frames` (like
+        BouncingBalls.batch) sets the clip length from now on; None keeps config.num_frames.
+        The stream position (rng) carries on across clip lengths."""
+        if num_frames is not None and num_frames != self.config.num_frames:
+            self.config = dataclasses.replace(self.config, num_frames=num_frames)
         clips = [self.sample() for _ in range(batch_size)]
         return torch.stack([c[0] for c in clips]), [c[1] for c in clips]
 

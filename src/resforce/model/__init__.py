@@ -1,4 +1,4 @@
-"""The model math: CausalVideoDiT, RoPE, attention layouts, KV cache (routing in routing.py)."""
+"""The model math: CausalVideoDiT, RoPE, attention layouts, KV cache (history routing: routing.py lists its files)."""
 from .cache import KVCache
 from .dit import PRESETS, CausalVideoDiT, DiTConfig, build_model
 

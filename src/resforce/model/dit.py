@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from .attention import CachedLayout, Layout, block_causal_layout, two_stream_layout
 from .cache import KVCache
@@ -39,17 +38,23 @@ class DiTConfig:
     patch_size: tuple[int, int, int] = (1, 4, 4)
     """(pt, ph, pw) patch of the Conv3d patch embedding; pt must divide frames_per_chunk."""
     num_attention_heads: int = 4
+    """Attention heads per layer."""
     attention_head_dim: int = 32
     """Per-head width; hidden size = heads * head_dim. Must be even (RoPE)."""
     ffn_dim: int = 512
+    """Hidden width of each block's feed-forward network."""
     num_layers: int = 4
+    """Transformer blocks."""
     freq_dim: int = 256
     """Width of the sinusoidal timestep features."""
     text_dim: int = 0
     """Width of condition tokens for cross-attention (4096 for Wan's umT5); 0 = no attn2."""
     cross_attn_norm: bool = True
+    """LayerNorm (with affine) before the text cross-attention, as in Wan."""
     eps: float = 1e-6
+    """Epsilon of the layer and RMS norms."""
     rope_theta: float = 10000.0
+    """Base of the rotary position embedding's frequencies."""
     frames_per_chunk: int = 1
     """Latent frames per autoregressive chunk (the paper: 3)."""
     prediction: str = "velocity"
@@ -59,10 +64,15 @@ class DiTConfig:
     attention_backend: str = "sdpa"
     """'sdpa' (CPU and GPU) or 'flex' (FlexAttention BlockMask, for CUDA; forward only on CPU)."""
     gradient_checkpointing: bool = False
-    """Recompute each block in the backward pass (saves memory on long clips)."""
+    """Recompute each block in the backward pass (saves memory on long clips). Applied from
+    outside the model, by the trainer (parallel.apply_activation_checkpointing)."""
     init: str = "zero_adaln"
     """'zero_adaln' (DiT: gates and output projection start at zero, for training from
     scratch) or 'wan' (Wan's random scale_shift_table, before loading weights)."""
+    preset: str | None = None
+    """A named preset (PRESETS: tiny, test, wan2.1-1.3b, wan2.1-14b) whose fields are the
+    defaults of this config; fields set in the YAML or by overrides win (config.py applies
+    it when the config loads)."""
 
     @property
     def inner_dim(self) -> int:
@@ -261,10 +271,6 @@ class CausalVideoDiT(nn.Module):
         self.norm_out = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, cfg.out_channels * math.prod(cfg.patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
-        self.masked_layout_fn = None
-        """Optional (kind, num_chunks, tokens_per_chunk, device) -> layout replacing the masked
-        layouts of forward() (kind: 'two_stream' or 'block_causal'); history routing sets it
-        for the routed fine-tune (routing.apply_history_attention). None = dense."""
         if cfg.init == "zero_adaln":
             self._zero_adaln_init()
 
@@ -323,10 +329,7 @@ class CausalVideoDiT(nn.Module):
             raise ValueError("this model has text cross-attention (text_dim > 0): pass context")
         temb, mod, context = self.condition_embedder(t, context)
         for block in self.blocks:
-            if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, mod, layout, rope, context, tpc, use_reentrant=False)
-            else:
-                tokens = block(tokens, mod, layout, rope, context, tpc)
+            tokens = block(tokens, mod, layout, rope, context, tpc)
         return tokens, temb
 
     def _head(self, tokens, temb, tpc, shape):
@@ -354,19 +357,21 @@ class CausalVideoDiT(nn.Module):
                              f"got {tuple(t.shape)}")
 
     # -- the three layouts ------------------------------------------------------------
-    def forward(self, x, t, *, history=None, t_history=None, context=None):
+    def forward(self, x, t, *, history=None, t_history=None, context=None, attention=None):
         """Velocity for x (B, C, F, H, W) at per-chunk times t (B, chunks).
 
         With `history` (same shape as x, per-chunk times t_history, 0 = clean) this is the
         two-stream training pass: noisy chunk i sees history chunks < i and itself.
         Without it, x is one block-causal stream: chunk i sees chunks <= i.
+        `attention`: the history attention policy (AttentionPolicy: routed top-k or window
+        layouts, via its `masked(kind, ...)`); None = dense.
         """
         self._check(x, t)
         b, _, f, hh, ww = x.shape
         n, tpc = self.num_chunks(f), self.tokens_per_chunk(hh, ww)
         rope = self._rope(f, hh, ww, 0, x.device)
         if history is None:
-            layout = self._masked_layout("block_causal", n, tpc, x.device)
+            layout = self._masked_layout(attention, "block_causal", n, tpc, x.device)
             hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc)
             return self._to_velocity(self._head(hidden, temb, tpc, x.shape), x, t)
         if t_history is None:
@@ -375,15 +380,15 @@ class CausalVideoDiT(nn.Module):
         if history.shape != x.shape:
             raise ValueError(f"history {tuple(history.shape)} and x {tuple(x.shape)} must match")
         tokens = torch.cat([self._embed(history), self._embed(x)], dim=1)
-        layout = self._masked_layout("two_stream", n, tpc, x.device)
+        layout = self._masked_layout(attention, "two_stream", n, tpc, x.device)
         rope2 = tuple(torch.cat([r, r], dim=0) for r in rope)  # same positions in both streams
         hidden, temb = self._trunk(tokens, torch.cat([t_history, t], dim=1), layout, rope2, context, tpc)
         noisy = hidden[:, n * tpc:]
         return self._to_velocity(self._head(noisy, temb[:, n:], tpc, x.shape), x, t)
 
-    def _masked_layout(self, kind: str, n: int, tpc: int, device):
-        if self.masked_layout_fn is not None:
-            return self.masked_layout_fn(kind, n, tpc, device)
+    def _masked_layout(self, attention, kind: str, n: int, tpc: int, device):
+        if attention is not None:
+            return attention.masked(kind, n, tpc, self.config.attention_backend, device)
         make = two_stream_layout if kind == "two_stream" else block_causal_layout
         return make(n, tpc, self.config.attention_backend, device)
 

@@ -1,0 +1,32 @@
+"""The registry of worlds: `data.kind` -> World (see base.py for what a world provides).
+
+A new world is one module with a World subclass plus one entry in WORLDS.
+"""
+
+from __future__ import annotations
+
+from .base import EVAL_SEED_OFFSET, DataStream, World
+from .bouncing_balls import BouncingBallsWorld
+from .video_folder import VideoFolderWorld
+
+WORLDS: dict[str, type[World]] = {w.kind: w for w in (BouncingBallsWorld, VideoFolderWorld)}
+
+
+def known_kinds() -> str:
+    """The data.kind values, for error messages: 'a' or 'b'."""
+    return " or ".join(repr(k) for k in WORLDS)
+
+
+def scoring_worlds() -> tuple[str, ...]:
+    """The worlds whose metrics `resforce score` applies to video files."""
+    return tuple(k for k, w in WORLDS.items() if w.scores_files)
+
+
+def world_of(data_cfg) -> World:
+    """The world of a DataConfig (a run's `cfg.data`)."""
+    if data_cfg.kind not in WORLDS:
+        raise ValueError(f"data.kind must be {known_kinds()}, got {data_cfg.kind!r}")
+    return WORLDS[data_cfg.kind](data_cfg)
+
+
+__all__ = ["EVAL_SEED_OFFSET", "DataStream", "World", "WORLDS", "known_kinds", "scoring_worlds", "world_of"]
