@@ -196,12 +196,17 @@ def test_rotation_orders_by_step_number_and_keeps_the_new_one(tmp_path):
 
 
 # ----------------------------------------------------------------------------- durability
-def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+def _record_fsyncs_and_renames(monkeypatch) -> list:
+    """Patch os.fsync / os.replace to log ("fsync", path) and ("rename", target) in order."""
     events = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
                                                  real_fsync(fd))[1])
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("rename", str(b))), real_replace(a, b))[1])
+    return events
+
+def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    events = _record_fsyncs_and_renames(monkeypatch)
     target = tmp_path / "sub" / "out.txt"
     fileio.write_text_atomic(target, "hello")
     kinds = [(e[0], Path(e[1]).name if e[0] == "rename" else e[1]) for e in events]
@@ -211,11 +216,7 @@ def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_directory_after(
 
 
 def test_a_checkpoint_is_durable_before_rotation_removes_an_older_one(tmp_path, monkeypatch):
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
-                                                 real_fsync(fd))[1])
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("rename", str(b))), real_replace(a, b))[1])
+    events = _record_fsyncs_and_renames(monkeypatch)
     sd = {"w": torch.ones(1)}
     save_checkpoint(tmp_path / "run", 1, sd, sd, {"step": 1}, "", keep=1)
     events.clear()
