@@ -88,7 +88,7 @@ CASES = [
     # --- training flags and run directories
     ("no_resume_used_dir", lambda P: [*tr(P["run"]), "--no-resume"], ["already holds a run", "--overwrite"]),
     ("stop_at=0", lambda P: [*tr(P["run"]), "--stop-at", "0"], ["--stop-at 0", "global step >= 1"]),
-    ("init_from_missing", lambda P: [*tr(P["scratch"] / "b"), "--init-from", str(P["root"] / "nope")],
+    ("init_from_missing", lambda P: [*tr(P["scratch"] / "fresh"), "--init-from", str(P["root"] / "nope")],
      ["--init-from", "nope does not exist", "run directory or a checkpoint directory"]),
     ("init_from_other_size", lambda P: [*tr(P["scratch"] / "b"), "--init-from", str(P["root"] / "big")],
      ["big/checkpoints/step_00000002 holds another model", "unexpected, e.g. blocks.2"]),
@@ -163,6 +163,7 @@ def test_bad_input_is_a_clear_early_error_that_touches_nothing(world, name, argv
     for text in expected:
         assert text in err, f"{text!r} missing from: {err}"
     assert snapshot(world["root"]) == before
+    assert not (world["scratch"] / "fresh").exists()  # a refused new run leaves no run directory
 
 
 def test_there_are_at_least_25_cases():

@@ -122,6 +122,9 @@ class Trainer:
                              f"of optim.grad_accum={o.grad_accum} x {self.world} ranks")
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress and self.main
+        if init_from is not None and not Path(init_from).exists():  # before the run_dir is created
+            raise FileNotFoundError(f"--init-from {init_from} does not exist (expected a run directory "
+                                    f"or a checkpoint directory)")
         self.lock = on_main(lambda: open_run_dir(self.run_dir, resume, overwrite))
         try:
             self._build(resume, init_from)
