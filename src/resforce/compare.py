@@ -54,9 +54,10 @@ def compare(runs: list, names: list[str], out_dir, samples: int, sample: SampleO
         plots.append(png)
     text = format_table(rows, metrics)
     definition = evs[0].world.summary_definition
-    if frechet_line(evs[0]):
-        definition += "\n" + frechet_line(evs[0])
-        text += "\n" + frechet_line(evs[0])
+    reference = frechet_line(evs[0])
+    if reference:
+        definition += "\n" + reference
+        text += "\n" + reference
     (out / "table.txt").write_text(text + "\n")
     line = paired_verdict(evs, evs[0].world.verdict_metrics)
     page = write_compare_page(out, methods, plots, title=title, metrics=metrics, verdict=line,
@@ -65,11 +66,6 @@ def compare(runs: list, names: list[str], out_dir, samples: int, sample: SampleO
     if line:
         print(f"\n{line}")
     return page
-
-
-def page_scale(width: int) -> int:
-    """Nearest-neighbour upscale so each sample of a grid is about 128 px wide."""
-    return max(1, 128 // max(1, width))
 
 
 def page_scale(width: int) -> int:

@@ -127,13 +127,12 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
         if prefix.shape[0] != batch or prefix.shape[-2:] != (height, width):
             raise ValueError(f"prefix of shape {tuple(prefix.shape)} does not match batch={batch}, "
                              f"size={height}x{width}")
-        model.num_chunks(prefix.shape[2])  # validates whole chunks
-        for i in range(prefix.shape[2] // mc.frames_per_chunk):
+        for i in range(model.num_chunks(prefix.shape[2])):  # validates whole chunks
             c = prefix[:, :, i * mc.frames_per_chunk:(i + 1) * mc.frames_per_chunk].to(device)
             _write(model, c, caches, contexts, cfg.history_noise, generator, attention)
             if return_video:
                 chunks.append(c)
-    n_prefix = 0 if prefix is None else prefix.shape[2] // mc.frames_per_chunk
+    n_prefix = 0 if prefix is None else model.num_chunks(prefix.shape[2])
     grid = euler_grid(cfg.steps, cfg.shift, device=device)
     shape = (batch, mc.in_channels, mc.frames_per_chunk, height, width)
     for i in range(cfg.chunks):
@@ -161,9 +160,9 @@ def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int
     done = prefix.to(device) if prefix is not None else None
     grid = euler_grid(cfg.steps, cfg.shift, device=device)
     shape = (batch, mc.in_channels, fpc, height, width)
-    banded = _banded(cfg)
+    banded, alone = _banded(cfg), cfg.cache_chunks() == 0  # context 1: every chunk alone
     for _ in range(cfg.chunks):
-        seen = None if cfg.cache_chunks() == 0 else done
+        seen = None if alone else done
         n_seen = 0 if seen is None else seen.shape[2] // fpc
 
         def v(x, t, seen=seen, n_seen=n_seen):

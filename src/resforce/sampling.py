@@ -117,7 +117,7 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
                      callback=lambda i, c: bar.update(1), device=dev)
     bar.close()
     check_finite_output(videos, path)
-    train_frames = max(st.clip_chunks for st in cfg.stages) * fpc
+    train_frames = training_context(cfg) * fpc
     n_prefix = 0 if prefix is None else prefix.shape[2]
     return Generated(videos.clamp(-1, 1).cpu(), n_prefix, train_frames, gt, states, cfg, recorder,
                      context=s.context, sink=s.sink)
