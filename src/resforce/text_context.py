@@ -66,6 +66,9 @@ def check_context(context: torch.Tensor, text_dim: int, batch: int, what: str = 
 
 def drop_captions(context: torch.Tensor, empty: torch.Tensor, p: float, generator=None) -> torch.Tensor:
     """Each clip's context replaced by `empty` with probability p (one draw per clip)."""
+    if empty.shape[1:] != context.shape[1:]:
+        raise ValueError(f"the empty prompt {tuple(empty.shape)} must have the context's tokens and width "
+                         f"{tuple(context.shape[1:])} (pad both to the same number of tokens)")
     keep = torch.rand(context.shape[0], generator=generator, device=context.device) >= p
     return torch.where(keep[:, None, None], context, empty.expand_as(context).to(context.dtype))
 
