@@ -79,7 +79,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]
     check_safetensors_file(path)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    return load_file(str(path)), meta.get("config")
+    return load_file(str(path), device="cpu"), meta.get("config")  # memory-mapped, on the CPU on every rank
 
 
 def first_nonfinite(tree, path: str = "") -> str | None:

@@ -13,13 +13,21 @@ def cmd_train(args) -> None:
     from .config import load_config
     from .train import train
 
-    cfg = load_config(args.config, args.overrides)
+    overrides, init_from = list(args.overrides), args.init_from
+    if init_from is not None:
+        import json
+
+        from .wan import is_wan_folder
+
+        if is_wan_folder(init_from):  # a diffusers Wan folder: its config.json sets the model's shape
+            overrides, init_from = overrides + [f"init.wan={json.dumps(str(init_from))}"], None
+    cfg = load_config(args.config, overrides)
     import os
 
     if args.stop_at is not None and args.stop_at < 1:
         raise ValueError(f"--stop-at {args.stop_at}: expected a global step >= 1")
     run_dir = train(cfg, resume=not (args.no_resume or args.overwrite), stop_at=args.stop_at,
-                    init_from=args.init_from, overwrite=args.overwrite)
+                    init_from=init_from, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # torchrun: print once (the group is shut down by now)
         print(f"run directory: {run_dir}  (checkpoints/, metrics.jsonl, config.yaml)")
 
@@ -88,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over (implies --no-resume): move an old run in run_dir aside to run_dir.old-<time>")
     t.add_argument("--stop-at", type=int, default=None, help="stop (with a checkpoint) at this global step")
     t.add_argument("--init-from", default=None,
-                   help="start from another run's checkpoint (full state), e.g. a shared warm-up")
+                   help="start from another run's checkpoint (full state), e.g. a shared warm-up, or "
+                        "from a local diffusers Wan2.1 folder (as init.wan=DIR: weights and model shape)")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="roll out a trained model chunk by chunk")

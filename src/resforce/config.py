@@ -21,6 +21,7 @@ from .history import HistoryConfig
 from .model.dit import PRESETS, DiTConfig
 from .model.history_attention_config import HistoryAttentionConfig
 from .rollout import SampleConfig
+from .text_context import TextConfig
 from .worlds import WORLDS, known_kinds, world_of
 
 
@@ -84,6 +85,19 @@ class StageConfig:
 
 
 @dataclass
+class InitConfig:
+    """Where a new run's weights come from (a resumed run takes its own checkpoint instead)."""
+
+    wan: str | None = None
+    """A local diffusers Wan2.1 transformer folder (config.json + diffusion_pytorch_model*
+    .safetensors) or a Wan pipeline folder (its transformer/ subfolder): the model and its EMA
+    start from these weights. The model's shape comes from the folder's config.json when the
+    config loads; model.* may set what the weights do not fix (frames_per_chunk, default 3,
+    attention_backend, gradient_checkpointing), and a YAML value of a field the weights fix
+    (WAN_FIXED_FIELDS) that differs from the folder's is an error. Never downloads."""
+
+
+@dataclass
 class TrainConfig:
     """A whole training run."""
 
@@ -102,6 +116,11 @@ class TrainConfig:
     """The recipe: stages run in order (e.g. teacher-forcing warm-up, then resampling)."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """Defaults for `resforce generate` / `eval` with this run."""
+    text: TextConfig = field(default_factory=TextConfig)
+    """The text context of a model with cross-attention (model.text_dim > 0): the empty-prompt
+    stand-in for worlds without text, caption dropout (resforce.text_context)."""
+    init: InitConfig = field(default_factory=InitConfig)
+    """Where a new run's weights come from: init.wan (a local Wan folder), else random."""
     run_dir: str = "runs/default"
     """Directory of the run: checkpoints/, metrics.jsonl, config.yaml (one trainer at a time)."""
     seed: int = 0
@@ -145,6 +164,10 @@ class TrainConfig:
             except (ValueError, NotImplementedError) as e:
                 raise ConfigError(f"stages.{i}.attention: {e}") from None
         self.model.validate()
+        try:
+            self.text.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         _check_data_fits_model(self)
 
 
@@ -231,13 +254,60 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     (from either) supplies the model defaults under them."""
     layers = _yaml_chain(Path(path)) if path is not None else []
     node = _layered(OmegaConf.structured(TrainConfig), path, layers, overrides)
-    preset = node.model.preset
+    preset, wan = node.model.preset, node.init.wan
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"model.preset={preset!r}: expected one of {sorted(PRESETS)}")
+    if preset is None and wan is None:
+        return _as_config(node)
+    base = OmegaConf.structured(TrainConfig)
     if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"model.preset={preset!r}: expected one of {sorted(PRESETS)}")
-        base = OmegaConf.merge(OmegaConf.structured(TrainConfig), {"model": _preset_fields(preset)})
-        node = _layered(base, path, layers, overrides)
+        base = OmegaConf.merge(base, {"model": _preset_fields(preset)})
+    wan_fields = _wan_fields(wan) if wan is not None else None
+    if wan_fields is not None:
+        base = OmegaConf.merge(base, {"model": wan_fields})
+    node = _layered(base, path, layers, overrides)
+    if wan_fields is not None:
+        _check_fits_wan(node, wan, wan_fields, preset)
     return _as_config(node)
+
+
+WAN_FIXED_FIELDS = ("in_channels", "out_channels", "patch_size", "num_attention_heads", "attention_head_dim",
+                    "ffn_dim", "num_layers", "freq_dim", "text_dim", "cross_attn_norm", "eps", "rope_theta",
+                    "prediction")
+"""model.* fields a Wan folder's weights fix: its shapes, and the norms, RoPE and output the
+weights were trained with."""
+
+
+def _wan_fields(wan: str) -> dict:
+    """The model fields of a Wan folder's config.json (ConfigError naming init.wan if unreadable)."""
+    import dataclasses
+
+    from .wan import WanConversionError, config_from_diffusers, read_wan_config
+    try:
+        folder, cfg_dict = read_wan_config(wan)
+        fields = dataclasses.asdict(config_from_diffusers(cfg_dict))
+    except (OSError, WanConversionError) as e:
+        raise ConfigError(f"init.wan={wan!r}: {e}") from None
+    keep = (*WAN_FIXED_FIELDS, "frames_per_chunk", "init")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items() if k in keep}
+
+
+def _check_fits_wan(node, wan: str, wan_fields: dict, preset: str | None) -> None:
+    """ConfigError listing every model.* field that a preset, the YAML or an override sets
+    to another value than the Wan folder's weights have."""
+    norm = lambda v: v if isinstance(v, (str, bool, int, float)) else list(v)  # noqa: E731  (tuples, TupleConfig)
+    conflicts = []
+    for key in WAN_FIXED_FIELDS:
+        want = norm(wan_fields[key])
+        if preset is not None and key in PRESETS[preset] and norm(PRESETS[preset][key]) != want:
+            conflicts.append(f"model.{key}={norm(PRESETS[preset][key])} (from model.preset={preset})")
+        elif norm(node.model[key]) != want:
+            conflicts.append(f"model.{key}={norm(node.model[key])}")
+    if conflicts:
+        fixed = ", ".join(f"{k}={norm(wan_fields[k])}" for k in WAN_FIXED_FIELDS)
+        raise ConfigError(f"init.wan={wan!r} fixes the model's shape, but the config sets "
+                          + "; ".join(conflicts) + f". The Wan weights have {fixed}: drop those keys "
+                          "(the Wan folder supplies them) or start from another folder")
 
 
 def _preset_fields(preset: str) -> dict:

@@ -9,9 +9,13 @@ The model code (model/dit.py) knows nothing of this module; the trainer asks it 
    `wrap_model(model, mode, device)`: "none" returns the model; "ddp" wraps it in
    `DistributedDataParallel`; "fsdp" applies FSDP2 `fully_shard` to every transformer block
    and then to the root, in place;
+   A model built on the meta device (weights to be loaded) is allocated by `wrap_model`
+   after sharding (`allocate`), so each rank only ever allocates its shards;
 3. save and load *full* (unsharded) state dicts, so a checkpoint of a 2-rank FSDP run is the
    same file a single-process run writes (`full_state_dict`, `load_full_state_dict`,
-   `full_optim_state_dict`, `load_full_optim_state_dict`).
+   `full_optim_state_dict`, `load_full_optim_state_dict`). Under fsdp only rank 0 holds the
+   full state, on the CPU: saving gathers to it (cpu_offload), loading broadcasts from it
+   tensor by tensor (broadcast_from_rank0), each rank keeping its shard on its own device.
 
 Non-forward calls. The history strategies call `model.forward_chunk(...)` and
 `model.write_cache(...)` (and `model(...)`) on the *raw* model under no_grad, and read
@@ -201,34 +205,45 @@ def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None,
     `fully_shard` per block of `model.blocks`, then the root, in place (so the return value IS
     `model`); `forward_methods` are registered as FSDP forward methods. Build the optimizer
     AFTER wrapping: fully_shard replaces the parameters by sharded DTensors."""
-    if mode == "none":
-        return model
+    if mode not in ("none", "ddp", "fsdp"):
+        raise ValueError(f"wrap_model mode must be none, ddp or fsdp, got {mode!r}")
     device = device or next(model.parameters()).device
+    if mode == "none":
+        return allocate(model, device)
     if mode == "ddp":
         ids = [device.index] if device.type == "cuda" else None  # cuda: untested here
-        return _DDP(model, device_ids=ids)
-    if mode == "fsdp":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+        return _DDP(allocate(model, device), device_ids=ids)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-        mesh = init_device_mesh(device.type, (world_size(),))
-        for block in getattr(model, "blocks", []):
-            fully_shard(block, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        for name in forward_methods:
-            if hasattr(model, name):
-                register_fsdp_forward_method(model, name)
-        return model
-    raise ValueError(f"wrap_model mode must be none, ddp or fsdp, got {mode!r}")
+    mesh = init_device_mesh(device.type, (world_size(),))
+    for block in getattr(model, "blocks", []):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    allocate(model, device)  # after sharding: a meta model takes only this rank's shards
+    for name in forward_methods:
+        if hasattr(model, name):
+            register_fsdp_forward_method(model, name)
+    return model
+
+
+def allocate(module: nn.Module, device: torch.device) -> nn.Module:
+    """A module built on the meta device gets (uninitialised) storage on `device`, in its
+    current layout (its shards, once fully_shard has run); a real module is left as it is.
+    Load its values next. In place; returns the module."""
+    if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
+        module.to_empty(device=device)
+    return module
 
 
 def shard_like_model(module: nn.Module, mode: str, device: torch.device | None = None) -> nn.Module:
     """Lay out a copy of the model (the EMA) like the trained one: sharded the same way under
     fsdp (so `ema_p.lerp_(p)` is a local, shard-by-shard update and costs no communication),
-    untouched otherwise (DDP / none: every rank holds the full, identical EMA)."""
+    full otherwise (DDP / none: every rank holds the full, identical EMA). A module on the
+    meta device is allocated after sharding, so under fsdp no rank ever holds it in full."""
     if mode == "fsdp":
-        wrap_model(module, "fsdp", device, forward_methods=())
-    return module
+        return wrap_model(module, "fsdp", device, forward_methods=())
+    return allocate(module, device or next(module.parameters()).device)
 
 
 @contextlib.contextmanager
@@ -266,14 +281,21 @@ def full_state_dict(module: nn.Module, mode: str) -> dict:
     return get_model_state_dict(module, options=_options())
 
 
-def load_full_state_dict(module: nn.Module, sd: dict, mode: str) -> None:
-    """Load a full state dict (every rank passes the same one) into the raw module; fsdp keeps
-    each rank's shard of it."""
+def _from_rank0():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+
+
+def load_full_state_dict(module: nn.Module, sd: dict | None, mode: str) -> None:
+    """Load a full state dict into the raw module. none/ddp: every rank passes it. fsdp: only
+    rank 0's is read (the others pass None): tensor by tensor, rank 0 broadcasts it and every
+    rank keeps its shard (copied, cast, into its own device's storage), so only rank 0 ever
+    holds the full state, and on the CPU. A collective under fsdp."""
     if mode != "fsdp":
         module.load_state_dict(sd)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    set_model_state_dict(module, dict(sd), options=StateDictOptions(full_state_dict=True))
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+    set_model_state_dict(module, dict(sd) if is_main() else {}, options=_from_rank0())
 
 
 def full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, mode: str) -> dict:
@@ -291,20 +313,24 @@ def full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, mode: st
             "param_groups": [{**g, "params": [index[k] for k in g["params"]]} for g in sd["param_groups"]]}
 
 
-def load_full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, sd: dict, mode: str) -> None:
-    """Inverse of `full_optim_state_dict` (every rank passes the same full state)."""
+def load_full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, sd: dict | None, mode: str) -> None:
+    """Inverse of `full_optim_state_dict`. none/ddp: every rank passes the full state (torch moves
+    each tensor to its parameter's device). fsdp: only rank 0's is read (the others pass None);
+    each tensor is broadcast from rank 0 and every rank keeps its shard on its own device."""
     if mode != "fsdp":
         opt.load_state_dict(sd)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    names = [name for name, _ in model.named_parameters()]
-    fqn = {"state": {names[i]: v for i, v in sd["state"].items()},
-           "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]}
-    set_optimizer_state_dict(model, opt, fqn, options=StateDictOptions(full_state_dict=True))
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    fqn = {}
+    if is_main():
+        names = [name for name, _ in model.named_parameters()]
+        fqn = {"state": {names[i]: v for i, v in sd["state"].items()},
+               "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]}
+    set_optimizer_state_dict(model, opt, fqn, options=_from_rank0())
 
 
 __all__ = ["MODES", "RANK_SEED_STRIDE", "launched_by_torchrun", "env_world_size", "is_distributed",
            "world_size", "rank", "local_rank", "is_main", "barrier", "resolve_mode", "setup",
            "resolve_device", "shutdown", "all_reduce_mean", "gather_objects", "broadcast_object", "to_float",
-           "apply_activation_checkpointing", "wrap_model", "shard_like_model", "no_grad_sync", "full_state_dict",
+           "apply_activation_checkpointing", "wrap_model", "allocate", "shard_like_model", "no_grad_sync", "full_state_dict",
            "load_full_state_dict", "full_optim_state_dict", "load_full_optim_state_dict"]

@@ -25,6 +25,7 @@ from .flow import (EulerSchedule, add_noise, euler_grid, euler_integrate, euler_
 from .model.attention_policy import AttentionPolicy, cached_layout
 from .model.history_attention_config import HistoryAttentionConfig
 from .model.dit import CausalVideoDiT
+from .text_context import check_context
 
 
 
@@ -118,6 +119,7 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
     use_cfg = cfg.cfg_scale != 1.0
     if use_cfg and uncond_context is None:
         raise ValueError("cfg_scale != 1 needs an unconditional context (uncond_context)")
+    context, uncond_context = _text_contexts(mc, batch, device, context, uncond_context)
     # guidance needs its own cache: the unconditional branch's history keys differ
     contexts = [context, uncond_context] if use_cfg else [context]
     keep = cfg.cache_chunks()
@@ -156,6 +158,7 @@ def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int
     mc = model.config
     device = device or next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    context = _text_contexts(mc, batch, device, context, None)[0]
     fpc = mc.frames_per_chunk
     done = prefix.to(device) if prefix is not None else None
     grid = euler_grid(cfg.steps, cfg.shift, device=device)
@@ -173,6 +176,19 @@ def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int
         chunk = euler_sample(v, torch.randn(shape, generator=generator, device=device), grid)
         done = chunk if done is None else torch.cat([done, chunk], dim=2)
     return done
+
+
+def _text_contexts(mc, batch: int, device, context, uncond_context):
+    """(context, uncond_context) on `device`, each (batch, tokens, text_dim) (a batch-1 context
+    is shared by every sample); a model with cross-attention needs a context (ValueError)."""
+    if mc.text_dim == 0:
+        return context, uncond_context
+    if context is None:
+        raise ValueError(f"this model has text cross-attention (model.text_dim={mc.text_dim}): pass a "
+                         f"context (batch, tokens, {mc.text_dim}); without a prompt, "
+                         f"text_context.empty_prompt(...) is what the trainer used")
+    return tuple(None if c is None else check_context(c.to(device), mc.text_dim, batch, name)
+                 for c, name in ((context, "context"), (uncond_context, "uncond_context")))
 
 
 def _banded(cfg: SampleConfig) -> AttentionPolicy | None:

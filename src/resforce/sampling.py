@@ -19,6 +19,7 @@ from .model.history_attention_config import HistoryAttentionConfig
 from .model.router_stats import RouterRecorder
 from .parallel import resolve_device
 from .rollout import SampleConfig, rollout
+from .text_context import empty_prompt
 from .worlds import world_of
 
 @dataclass
@@ -82,9 +83,13 @@ class SampleOverrides:
 def generate(path, sample: SampleOverrides | None = None, attention: HistoryAttentionConfig | None = None, *,
              batch: int = 1, prefix: torch.Tensor | None = None, prefix_chunks: int = 0,
              device: str = "auto", prefer_ema: bool = True, record_router: bool = False,
-             progress: bool = True, with_ground_truth: bool = False) -> Generated:
+             progress: bool = True, with_ground_truth: bool = False,
+             context: torch.Tensor | None = None, uncond_context: torch.Tensor | None = None) -> Generated:
     """Roll out a run's model with its `sample` config changed by `sample`. attention: None =
-    the history attention of the run's last training stage (dense, top-k routing or a window)."""
+    the history attention of the run's last training stage (dense, top-k routing or a window).
+    context / uncond_context: text embeddings (batch or 1, tokens, text_dim) of the prompt and
+    of the unconditional branch (guidance) for a model with cross-attention; None: the
+    empty-prompt stand-in the trainer uses (text_context.empty_prompt)."""
     sample = sample or SampleOverrides()
     check_counts(SimpleNamespace(batch=batch, chunks=sample.chunks, steps=sample.steps, prefix_chunks=prefix_chunks))
     dev = resolve_device(device)
@@ -112,9 +117,13 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     recorder = RouterRecorder() if record_router else None
     attention = attention or trained  # default: what the run's last stage trained with
     policy = AttentionPolicy(attention, recorder)
+    if model.config.text_dim > 0:  # no prompt: what training used without text
+        empty = empty_prompt(model.config.text_dim, cfg.text.text_len, 1, dev)
+        context = empty if context is None else context
+        uncond_context = empty if uncond_context is None else uncond_context
     bar = tqdm(total=s.chunks, desc="generate", disable=not progress, dynamic_ncols=True)
-    videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, attention=policy,
-                     callback=lambda i, c: bar.update(1), device=dev)
+    videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, attention=policy, context=context,
+                     uncond_context=uncond_context, callback=lambda i, c: bar.update(1), device=dev)
     bar.close()
     check_finite_output(videos, path)
     train_frames = training_context(cfg) * fpc

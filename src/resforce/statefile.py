@@ -130,7 +130,7 @@ def load_state(directory: str | os.PathLike, name: str = "state"):
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or "state" not in doc:
         raise StateFileError(f"{json_path} is not a resforce state file (expected \"format\": \"{FORMAT}\")")
     check_safetensors_file(tensor_path)
-    tensors = load_file(str(tensor_path))
+    tensors = load_file(str(tensor_path), device="cpu")  # never a GPU: the trainer places them
     try:
         return join_state(doc["state"], tensors)
     except (KeyError, TypeError, ValueError) as e:

@@ -1,8 +1,8 @@
 """The training loop, readable top to bottom.
 
-step: pick the stage -> set lr -> for each micro-batch: draw clips, build the history with
-the stage's strategy (no grad), one two-stream forward, velocity MSE, backward -> clip ->
-AdamW -> EMA -> log -> checkpoint. Resume = model + EMA + optimizer + step + RNG states +
+step: pick the stage -> set lr -> for each micro-batch: draw clips (and their text context,
+text_context.py), build the history with the stage's strategy (no grad), one two-stream
+forward, velocity MSE, backward -> clip -> AdamW -> EMA -> log -> checkpoint. Resume = model + EMA + optimizer + step + RNG states +
 data-stream position, so a stopped-and-resumed run ends with the same weights, bit for bit.
 
 Safety (resforce issue 9): one trainer per run_dir (runlock.py; rank 0 holds the lock);
@@ -21,6 +21,14 @@ plus every rank's stream state (state["ranks"]), so resuming on the same number 
 exact; on a different number the weights and optimizer resume exactly and the streams are
 re-derived from (seed, step, rank). The EMA is kept in the layout of the online weights: full
 on every rank (none/ddp), sharded like the model (fsdp), so its update is local.
+
+Starting points: random weights (seeded), a checkpoint (resume, --init-from), or a local Wan
+folder (init.wan; wan.py). When the weights will be loaded, the model and EMA are built on the
+meta device, sharded (fsdp), and only then allocated, so under fsdp no rank ever holds them in
+full on its device; rank 0 alone reads the checkpoint or Wan folder (on the CPU) and each
+tensor is broadcast, every rank keeping its shard (parallel.load_full_state_dict). A noise
+generator state saved on another device type (CPU vs CUDA) cannot be loaded: that stream is
+re-derived from (seed, step, rank), with a warning.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from .loss import flow_matching_loss
 from .model.dit import CausalVideoDiT
 from .model.attention_policy import AttentionPolicy
 from .rundir import METRICS, open_run_dir, read_metrics
+from .text_context import context_of, training_context
 
 
 class NonFiniteError(ValueError):
@@ -74,6 +83,38 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
         p = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
         return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
     return peak
+
+
+@torch.no_grad()
+def copy_weights(dst: torch.nn.Module, src: torch.nn.Module) -> None:
+    """dst's parameters := src's, tensor by tensor in the layout both share (under fsdp each
+    rank copies its own shards: no communication, nothing gathered)."""
+    for d, s in zip(dst.parameters(), src.parameters()):
+        d.copy_(s.detach())
+
+
+def _meta_model(cfg: TrainConfig) -> CausalVideoDiT:
+    """The run's model on the meta device: shapes only, no memory, no random numbers drawn."""
+    with torch.device("meta"):
+        return CausalVideoDiT(copy.deepcopy(cfg.model))
+
+
+def _check_start(cfg: TrainConfig, init_from) -> None:
+    """A new run starts from one place: --init-from (a resforce run or checkpoint) or init.wan."""
+    if init_from is None:
+        return
+    from .wan import is_wan_folder
+
+    if is_wan_folder(init_from):
+        raise ValueError(f"--init-from {init_from} is a Wan (diffusers) folder: set init.wan={init_from} "
+                         f"in the config instead (`resforce train --init-from` does it for you), so the "
+                         f"model's shape is read from the folder when the config loads")
+    if cfg.init.wan is not None:
+        raise ValueError(f"init.wan={cfg.init.wan} and --init-from {init_from} both give the starting "
+                         f"weights: keep one")
+    if not Path(init_from).exists():
+        raise FileNotFoundError(f"--init-from {init_from} does not exist (expected a run directory "
+                                f"or a checkpoint directory)")
 
 
 @torch.no_grad()
@@ -122,9 +163,7 @@ class Trainer:
                              f"of optim.grad_accum={o.grad_accum} x {self.world} ranks")
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress and self.main
-        if init_from is not None and not Path(init_from).exists():  # before the run_dir is created
-            raise FileNotFoundError(f"--init-from {init_from} does not exist (expected a run directory "
-                                    f"or a checkpoint directory)")
+        _check_start(cfg, init_from)  # before the run_dir is created
         self.lock = on_main(lambda: open_run_dir(self.run_dir, resume, overwrite))
         try:
             self._build(resume, init_from)
@@ -134,15 +173,14 @@ class Trainer:
 
     def _build(self, resume: bool, init_from) -> None:
         cfg, o = self.cfg, self.cfg.optim
+        self.config_yaml = to_yaml(cfg)
+        self._loaded = None  # (checkpoint, its contents) read by rank 0 while choosing it
+        ckpt = on_main(lambda: self._pick_checkpoint(resume, init_from))
+        ckpt = parallel.broadcast_object(ckpt)  # every rank resumes from rank 0's choice
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.model = CausalVideoDiT(copy.deepcopy(cfg.model)).to(self.device)
-        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        # self.model stays the raw model (history strategies, state dicts); the training
-        # forward goes through self.wrapped (DDP wrapper; the model itself under fsdp/none)
-        if cfg.model.gradient_checkpointing:  # the online model only: the EMA never runs a backward
-            parallel.apply_activation_checkpointing(self.model)
-        self.wrapped = parallel.wrap_model(self.model, self.parallel, self.device)
-        parallel.shard_like_model(self.ema, self.parallel, self.device)
+        # weights that will be loaded (a checkpoint, Wan) are never initialised: the model is
+        # built on the meta device and each rank allocates only what it holds (its shards)
+        self._new_models(random_init=ckpt is None and cfg.init.wan is None)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),
                                      weight_decay=o.weight_decay)
         seed = cfg.seed + parallel.RANK_SEED_STRIDE * self.rank
@@ -152,17 +190,50 @@ class Trainer:
         self.nonfinite_streak = 0
         """Non-finite steps in a row so far (checkpointed, so a resume stops where a run would)."""
         self.total = sum(s.steps for s in cfg.stages)
-        self.config_yaml = to_yaml(cfg)
-        self._loaded = None  # (checkpoint, its contents) read by rank 0 while choosing it
-        ckpt = on_main(lambda: self._pick_checkpoint(resume, init_from))
-        ckpt = parallel.broadcast_object(ckpt)  # every rank resumes from rank 0's choice
+        self._warned_empty_prompt = False
         if ckpt is not None:
             self._restore(ckpt)
             if ckpt.parent.parent != self.run_dir:
                 self._reseed()
+        elif cfg.init.wan is not None:
+            self._start_from_wan()
         if self.main:
             write_text_atomic(self.run_dir / "config.yaml", self.config_yaml)
             self._trim_metrics()
+
+    def _new_models(self, random_init: bool) -> None:
+        """self.model (and self.wrapped, the module of the training forward) and self.ema, laid
+        out for the parallel mode. random_init: the seeded initial weights, built in full on
+        every rank (a run from scratch); else the model is built on the meta device, sharded
+        (fsdp) and only then allocated, its values left for a checkpoint or Wan to fill. The
+        EMA is always built on the meta device, laid out like the model and filled from the
+        model's own (local) tensors, so it is never held in full under fsdp."""
+        cfg, mode, device = self.cfg, self.parallel, self.device
+        if random_init:
+            self.model = CausalVideoDiT(copy.deepcopy(cfg.model)).to(self.device)
+        else:
+            self.model = _meta_model(cfg)
+        # self.model stays the raw model (history strategies, state dicts); the training
+        # forward goes through self.wrapped (DDP wrapper; the model itself under fsdp/none)
+        if cfg.model.gradient_checkpointing:  # the online model only: the EMA never runs a backward
+            parallel.apply_activation_checkpointing(self.model)
+        self.wrapped = parallel.wrap_model(self.model, mode, device)
+        self.ema = parallel.shard_like_model(_meta_model(cfg).eval().requires_grad_(False), mode, device)
+        copy_weights(self.ema, self.model)
+
+    def _start_from_wan(self) -> None:
+        """Model and EMA from the Wan folder of init.wan (a new run: optimizer fresh, step 0).
+        fsdp: rank 0 alone reads the folder and each tensor is broadcast, every rank keeping
+        its shard; none/ddp: every rank reads it (each holds the full model anyway)."""
+        from .wan import read_wan_state_dict
+
+        def read():
+            return read_wan_state_dict(self.cfg.init.wan, self.cfg.model)
+
+        sd = on_main(read) if self.parallel == "fsdp" else read()
+        parallel.load_full_state_dict(self.model, sd, self.parallel)
+        del sd
+        copy_weights(self.ema, self.model)
 
     def close(self) -> None:
         """Release the run directory (idempotent; run() calls it when it ends)."""
@@ -175,7 +246,7 @@ class Trainer:
         """Rank 0: the newest checkpoint of this run that loads (resume), else `init_from`'s.
         Damaged newer ones are moved aside with a warning saying why; if none loads, an error
         lists them all and nothing is moved. A checkpoint of another model is an error."""
-        expected = self.model.state_dict()
+        expected = _meta_model(self.cfg).state_dict()  # names and shapes only
         damaged = []
         for ckpt in reversed(checkpoint_dirs(self.run_dir) if resume else []):
             try:
@@ -209,11 +280,25 @@ class Trainer:
         return ckpt
 
     def _restore(self, ckpt: Path) -> None:
+        """Resume from `ckpt` (a full-state checkpoint, read on the CPU). fsdp: rank 0 alone
+        holds it (it read it while choosing it); every tensor is broadcast from rank 0 and each
+        rank keeps its shard, on its own device (weights, EMA, optimizer moments), and the rest
+        of the state is broadcast as data. none/ddp: every rank reads it (each holds the full
+        model); optimizer tensors go to each parameter's own device."""
+        mode = self.parallel
         loaded, self._loaded = self._loaded, None
-        model_sd, ema_sd, state = loaded[1] if loaded and loaded[0] == ckpt else load_checkpoint(ckpt)
-        parallel.load_full_state_dict(self.model, model_sd, self.parallel)
-        parallel.load_full_state_dict(self.ema, ema_sd, self.parallel)
-        parallel.load_full_optim_state_dict(self.model, self.opt, state["optimizer"], self.parallel)
+        if mode == "fsdp" and not self.main:
+            model_sd = ema_sd = state = None
+        else:
+            model_sd, ema_sd, state = loaded[1] if loaded and loaded[0] == ckpt else load_checkpoint(ckpt)
+        del loaded
+        parallel.load_full_state_dict(self.model, model_sd, mode)
+        parallel.load_full_state_dict(self.ema, ema_sd, mode)
+        del model_sd, ema_sd
+        parallel.load_full_optim_state_dict(self.model, self.opt, None if state is None else state["optimizer"], mode)
+        if mode == "fsdp":
+            state = parallel.broadcast_object(None if state is None else
+                                              {k: v for k, v in state.items() if k != "optimizer"})
         self.step = state["step"]
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         if state.get("world_size", 1) != self.world:
@@ -223,17 +308,38 @@ class Trainer:
             self._reseed()
             return
         streams = state["ranks"][self.rank] if self.world > 1 else state
-        self.gen.set_state(streams["generator"])
+        self._restore_noise(ckpt, streams)
         torch.set_rng_state(streams["torch_rng"])
         self.data.load_state_dict(streams["data"])
+
+    def _restore_noise(self, ckpt: Path, streams: dict) -> None:
+        """The noise generator from its saved state; a state saved by a generator of another
+        device type (a CPU state on a CUDA run or back: they cannot be converted) re-derives
+        the noise stream from (seed, step, rank) instead, with a warning."""
+        saved, here = streams.get("generator_device"), self.gen.device.type
+        try:
+            if saved is not None and saved != here:
+                raise ValueError(f"it was saved by a {saved} generator")
+            self.gen.set_state(streams["generator"])
+        except (RuntimeError, ValueError, TypeError) as e:
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            warnings.warn(f"{ckpt}: the noise generator state does not load into this run's {here} "
+                          f"generator ({why}); the training noise is re-derived from (seed, step, rank), "
+                          f"the weights, optimizer and data stream resume exactly")
+            self._reseed_noise()
+
+    def _branch_offset(self) -> int:
+        return 1_000_003 * self.step + parallel.RANK_SEED_STRIDE * self.rank
 
     def _reseed(self) -> None:
         """A branch (init_from) keeps the weights and optimizer of the run it starts from but
         draws its own data and noise, from this run's seed and the branch step, so branches
         with different seeds differ and branches with the same seed see the same stream."""
-        offset = 1_000_003 * self.step + parallel.RANK_SEED_STRIDE * self.rank
-        self.data = world_of(self.cfg.data).stream(self.cfg.seed + offset)
-        self.gen.manual_seed(self.cfg.seed + 1 + offset)
+        self.data = world_of(self.cfg.data).stream(self.cfg.seed + self._branch_offset())
+        self._reseed_noise()
+
+    def _reseed_noise(self) -> None:
+        self.gen.manual_seed(self.cfg.seed + 1 + self._branch_offset())
 
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; every rank must call it: gathering is collective).
@@ -242,8 +348,8 @@ class Trainer:
         mode = self.parallel
         model_sd = parallel.full_state_dict(self.model, mode)
         ema_sd = parallel.full_state_dict(self.ema, mode)
-        streams = {"generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                   "data": self.data.state_dict()}
+        streams = {"generator": self.gen.get_state(), "generator_device": self.gen.device.type,
+                   "torch_rng": torch.get_rng_state(), "data": self.data.state_dict()}
         state = {"optimizer": parallel.full_optim_state_dict(self.model, self.opt, mode),
                  "step": self.step, "nonfinite_streak": self.nonfinite_streak, **streams}
         if self.world > 1:
@@ -279,13 +385,16 @@ class Trainer:
         self.wrapped.train()
         self.opt.zero_grad(set_to_none=True)
         for k in range(o.grad_accum):
-            clean = self.data.batch(micro, frames)[0].to(self.device)
+            clean, info = self.data.batch(micro, frames)
+            clean = clean.to(self.device)
+            context = self._text_context(info, micro)
             t1 = time.perf_counter()
-            history, t_hist = build_history(stage.history, self.model, clean, self.gen, attention=attention)
+            history, t_hist = build_history(stage.history, self.model, clean, self.gen, context=context,
+                                            attention=attention)
             resample_time += time.perf_counter() - t1
             with parallel.no_grad_sync(self.wrapped, skip=k < o.grad_accum - 1):
                 loss = flow_matching_loss(self.wrapped, clean, history, t_hist, cfg.timesteps, self.gen,
-                                          space=cfg.loss_space, attention=attention)
+                                          context=context, space=cfg.loss_space, attention=attention)
                 (loss / o.grad_accum).backward()
             loss_sum += loss.item() / o.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
@@ -305,6 +414,20 @@ class Trainer:
         if not finite:
             m["skipped"] = True
         return m
+
+    def _text_context(self, info, batch: int) -> torch.Tensor | None:
+        """The text context of a micro-batch (text_context.training_context): the data's, or
+        the empty-prompt stand-in for a text model on a world without text (warned once)."""
+        text_dim = self.cfg.model.text_dim
+        context = training_context(info, text_dim, self.cfg.text, batch, self.device, self.gen)
+        if context is not None and context_of(info) is None and not self._warned_empty_prompt:
+            self._warned_empty_prompt = True
+            if self.main:
+                warnings.warn(f"data.kind={self.cfg.data.kind} gives no text context, and model.text_dim="
+                              f"{text_dim} > 0: the model is trained on the empty-prompt stand-in, zeros "
+                              f"of (text.text_len={self.cfg.text.text_len}, {text_dim}), and generates with "
+                              f"it (resforce.text_context)", stacklevel=2)
+        return context
 
     def _check_finite(self, m: dict) -> None:
         if not m.get("skipped"):

@@ -32,7 +32,8 @@ import torch.nn as nn
 
 from .model.dit import CausalVideoDiT, DiTConfig
 
-__all__ = ["config_from_diffusers", "convert_state_dict", "load_wan", "WanConversionError"]
+__all__ = ["config_from_diffusers", "convert_state_dict", "load_wan", "WanConversionError", "is_wan_folder",
+           "read_wan_config", "read_wan_state_dict"]
 
 
 class WanConversionError(ValueError):
@@ -296,3 +297,35 @@ def load_wan(path_or_model, frames_per_chunk: int = 3, dtype: torch.dtype = torc
     if leftover:  # cannot happen with strict=True unless the model grows non-persistent buffers
         raise RuntimeError(f"tensors left uninitialised after loading Wan weights: {leftover}")
     return model.eval()
+
+
+# ----------------------------------------------------------------------------- the trainer's start
+def is_wan_folder(path) -> bool:
+    """Whether `path` is a local diffusers Wan transformer (or pipeline) folder: a config.json
+    (there or in transformer/) naming WanTransformer3DModel. Resforce runs hold config.yaml."""
+    try:
+        folder = _resolve_dir(Path(path).expanduser())
+        return json.loads((folder / "config.json").read_text()).get("_class_name") == "WanTransformer3DModel"
+    except (OSError, ValueError):
+        return False
+
+
+def read_wan_config(path) -> tuple[Path, dict]:
+    """(transformer folder, its config.json as a dict) of a local Wan folder; nothing else is
+    read (the trainer takes the model's shape from it when its config loads)."""
+    folder = _resolve_dir(Path(path).expanduser())
+    try:
+        return folder, json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise WanConversionError(f"{str(folder / 'config.json')!r} is not valid JSON: {e}") from e
+
+
+def read_wan_state_dict(path, config: DiTConfig, variant: str | None = None) -> dict[str, torch.Tensor]:
+    """The Wan weights of a local folder as a CausalVideoDiT state dict for `config`, on the
+    CPU in the file's dtype (loading casts them into the model's float32 parameters), checked
+    key by key and shape by shape (WanConversionError naming the folder and every mismatch)."""
+    folder = _resolve_dir(Path(path).expanduser())
+    try:
+        return convert_state_dict(_load_tensors(folder, variant), config)
+    except WanConversionError as e:
+        raise WanConversionError(f"{folder}: {e}") from None
