@@ -142,9 +142,8 @@ def test_torchrun_two_ranks(tmp_path, mode):
     from resforce.train import train
 
     train(load_config(RECIPE, _overrides(tmp_path / "single", "none")), stop_at=3, progress=False)
-    elapsed = _torchrun(mode, tmp_path)
+    _torchrun(mode, tmp_path)  # speed is not a unit test's business (benchmarks/)
     _check_run(tmp_path, mode)
-    assert elapsed < 60, f"torchrun {mode} took {elapsed:.1f}s"
     # checkpoints are full and mode-independent, whatever the number of ranks: 1 -> 2 ranks
     # (in the launch) and 2 ranks -> 1 process (here), the streams re-derived with a warning
     assert _ckpt(tmp_path / "single")[2]["world_size"] == 2
