@@ -279,3 +279,69 @@ def test_cuda_kernel_calls_match_their_schemas(kernel, dtype):
     assert lse.shape == (3, 2, 40) and lse.dtype == torch.float32
     assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, v.shape)
     assert dq.dtype == dk.dtype == dv.dtype == dtype
+
+
+def test_bf16_autocast_model_agrees_between_backends(randomize):
+    """Under CPU bf16 autocast (q, k, v arrive in bf16: the CPU flash kernel in bf16, merges
+    in float32) the chunked model output matches the dense reference's to bf16 accuracy."""
+    model = randomize(build_model(preset="test", frames_per_chunk=2, patch_size=(1, 4, 4)))
+    g = torch.Generator().manual_seed(0)
+    hist, noisy = (torch.randn(2, 3, 8, 8, 8, generator=g) for _ in range(2))
+    t = torch.rand(2, 4, generator=g)
+    outs = {}
+    for backend in ("sdpa", "chunked"):
+        model.config.attention_backend = backend
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            outs[backend] = model(noisy, t, history=hist).float()
+    with torch.no_grad():
+        exact = model(noisy, t, history=hist)  # chunked, float32
+    err_dense = (outs["sdpa"] - exact).abs().max().item()
+    err_chunked = (outs["chunked"] - exact).abs().max().item()
+    assert err_chunked <= 2 * err_dense + 1e-3, (err_chunked, err_dense)
+
+
+# ----------------------------------------------------------------------------- on a GPU
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("layout", sorted(MASKS))
+@pytest.mark.parametrize("dtype,kernel", [
+    (torch.bfloat16, "cuda_flash"), (torch.float16, "cuda_flash"),
+    (torch.float32, "cuda_efficient"), (torch.bfloat16, "cuda_efficient"), (torch.float32, "math"),
+])
+def test_cuda_kernels_equal_reference(layout, dtype, kernel):
+    """Each CUDA kernel, forward and backward, against a float32 dense-mask reference of the
+    same (rounded) inputs: no worse than twice the dense-mask SDPA's own error in `dtype`."""
+    n, tpc = 5, 48
+    mask = MASKS[layout](n)
+    q, k, v, dout = (x.to("cuda", dtype) for x in qkv(2, 4, mask.shape[0] * tpc, 64, seed=n))
+    ref = reference(*(x.float() for x in (q, k, v)), mask.cuda(), tpc, dout.float())
+    dense = reference(q, k, v, mask.cuda(), tpc, dout)
+    got = chunked(q, k, v, mask, tpc, dout, kernel)
+    for name, g, d, r in zip(("out", "dq", "dk", "dv"), got, dense, ref):
+        assert g.dtype == dtype, name
+        scale = r.abs().max().item()
+        err, err_dense = ((x.float() - r).abs().max().item() / scale for x in (g, d))
+        assert err <= 2 * err_dense + 1e-5, (name, err, err_dense)
+
+
+@needs_cuda
+def test_cuda_tiny_model_loss_and_gradients_equal_between_backends(randomize):
+    model = randomize(build_model(preset="test", frames_per_chunk=2, patch_size=(1, 4, 4))).train()
+    model = model.cuda()
+    results = {}
+    for backend in ("sdpa", "chunked"):
+        model.config.attention_backend = backend
+        model.zero_grad()
+        g = torch.Generator().manual_seed(5)
+        hist, noisy, target = (torch.randn(2, 3, 10, 8, 8, generator=g).cuda() for _ in range(3))
+        t = torch.rand(2, 5, generator=g).cuda()
+        loss = (model(noisy, t, history=hist) - target).square().mean()
+        loss.backward()
+        results[backend] = loss.item(), {k: p.grad.clone() for k, p in model.named_parameters()}
+    (loss_ref, grads_ref), (loss, grads) = results["sdpa"], results["chunked"]
+    assert abs(loss - loss_ref) <= 1e-5 * max(1.0, loss_ref)
+    for name in grads:
+        err = (grads[name] - grads_ref[name]).abs().max().item()
+        assert err <= 1e-4 * max(1.0, grads_ref[name].abs().max().item()), (name, err)

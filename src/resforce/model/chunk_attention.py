@@ -302,6 +302,16 @@ def pick_kernel(q: torch.Tensor) -> str:
     return "math"
 
 
+def _autocast_inputs(q, k, v):
+    """Under autocast, q, k, v in the autocast dtype, as scaled_dot_product_attention
+    does (it is on autocast's lower-precision list)."""
+    dev = q.device.type
+    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+        dtype = torch.get_autocast_dtype(dev)
+        return q.to(dtype), k.to(dtype), v.to(dtype)
+    return q, k, v
+
+
 def _no_autocast(device: torch.device):
     """Merges and the math kernel run in float32 whatever the surrounding autocast."""
     if device.type in ("cpu", "cuda"):
@@ -383,6 +393,10 @@ def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_mas
         raise ValueError(f"chunk attention: q has {q.shape[2]} tokens and k/v {k.shape[2]}/"
                          f"{v.shape[2]}, expected {qc} x {tpc} and {kc} x {tpc} "
                          f"(chunk mask {tuple(chunk_mask.shape)}, tokens_per_chunk {tpc})")
+    q, k, v = _autocast_inputs(q, k, v)
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"chunk attention: q, k, v must share a dtype, got {q.dtype}, "
+                         f"{k.dtype}, {v.dtype}")
     name = kernel or pick_kernel(q)
     if name not in KERNELS:
         raise ValueError(f"chunk attention kernel must be one of {sorted(KERNELS)}, got {name!r}")
