@@ -38,8 +38,9 @@ Per-tile kernels (`pick_kernel`, the one place that chooses):
   is padded to a multiple of 32 queries, which we slice off and pad back);
 - anything else (meta tensors, odd head dims on CUDA): `_Math`, plain torch per tile,
   whose logits are one tile (tile queries x tile keys), never S x S.
-The CUDA paths are written against torch 2.11's op schemas and are untested on a GPU here;
-fake CUDA tensors (FakeTensorMode) run them through their meta kernels in the tests.
+The CUDA kernels were checked once on an H100 (torch 2.11): forward and backward against a
+float32 dense-mask reference, for every kernel and fp32/fp16/bf16 (see the CUDA tests,
+which skip without a GPU); on the CPU, fake CUDA tensors run their meta functions.
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ class _CpuFlash:
 class _CudaFlash:
     """FlashAttention-2 (CUDA, fp16/bf16). The backward gets the forward's bookkeeping
     outputs (undefined cum_seq, max lengths, rng state) exactly as autograd would pass them;
-    with dropout 0 the rng state is not read. Untested on a GPU here."""
+    with dropout 0 the rng state is not read."""
 
     @staticmethod
     def forward(q, k, v, scale):
@@ -236,8 +237,7 @@ class _CudaFlash:
 
 class _CudaEfficient:
     """Memory-efficient attention (CUDA, any float dtype incl. fp32). Its LSE comes padded
-    to a multiple of 32 queries: sliced off for merging, padded back for the backward.
-    Untested on a GPU here."""
+    to a multiple of 32 queries: sliced off for merging, padded back for the backward."""
 
     @staticmethod
     def forward(q, k, v, scale):
@@ -249,6 +249,10 @@ class _CudaEfficient:
     def backward(dout, q, k, v, out, lse, aux, scale):
         seed, offset, width = aux
         lse = F.pad(lse, (0, width - lse.shape[-1])).contiguous()
+        # The fp16/bf16 kernels read `out` (as B, M, H, K) with its batch and head strides
+        # only, assuming rows H * K apart: a view of the merged output is not, so it gets
+        # that layout (on an H100, without this dQ and dK came back NaN in bf16).
+        out = out.transpose(1, 2).contiguous().transpose(1, 2)
         dq, dk, dv, _ = aten._scaled_dot_product_efficient_attention_backward(
             dout, q, k, v, None, out, lse, seed, offset, 0.0, [True, True, True, False], False,
             scale=scale)
@@ -314,7 +318,7 @@ def _autocast_inputs(q, k, v):
 
 def _no_autocast(device: torch.device):
     """Merges and the math kernel run in float32 whatever the surrounding autocast."""
-    if device.type in ("cpu", "cuda"):
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
 
