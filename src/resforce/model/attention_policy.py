@@ -39,9 +39,10 @@ class AttentionPolicy:
             return CachedLayout(cache, write)
         return RoutedCachedLayout(cache, write, self.cfg, self.recorder, self.workspace)
 
-    def masked(self, kind: str, num_chunks: int, tokens_per_chunk: int, backend: str = "sdpa", device=None):
+    def masked(self, kind: str, num_chunks: int, tokens_per_chunk: int, backend: str = "chunked", device=None):
         """The layout of a full-sequence pass: 'two_stream' (training) or 'block_causal'.
-        Dense uses the model's backend; routed / windowed layouts always use SDPA."""
+        Dense uses the model's attention_backend ('chunked' by default: block-sparse, no
+        S x S tensor); routed / windowed layouts always use their own masked SDPA."""
         if kind not in MASKED_KINDS:
             raise ValueError(f"unknown layout kind {kind!r}; expected one of {MASKED_KINDS}")
         if self.cfg.mode == "dense":

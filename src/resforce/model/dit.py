@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import CachedLayout, Layout, block_causal_layout, two_stream_layout
+from .attention import CachedLayout, Layout, block_causal_layout, check_backend, two_stream_layout
 from .cache import KVCache
 from .rope import apply_rope, grid_positions, rope_cos_sin
 
@@ -61,8 +61,12 @@ class DiTConfig:
     """What the network outputs: 'velocity' (v = eps - x, Wan) or 'x0' (the clean video,
     converted to velocity as v = (x_t - x0) / t). x0 trains better for tiny pixel-space
     models with wide patches (see CPU-BUDGET.md)."""
-    attention_backend: str = "sdpa"
-    """'sdpa' (CPU and GPU) or 'flex' (FlexAttention BlockMask, for CUDA; forward only on CPU)."""
+    attention_backend: str = "chunked"
+    """Backend of the full-sequence (two-stream / block-causal) attention, see attention.py:
+    'chunked' (block-sparse flash tiles merged by log-sum-exp, no S x S tensor; CPU and
+    CUDA), 'sdpa' (the naive reference: dense (S, S) boolean mask; what checkpoints written
+    before 'chunked' existed carry) or 'flex' (FlexAttention BlockMask, compiled on CUDA;
+    forward only on the CPU). All three compute the same numbers."""
     gradient_checkpointing: bool = False
     """Recompute each block in the backward pass (saves memory on long clips). Applied from
     outside the model, by the trainer (parallel.apply_activation_checkpointing)."""
@@ -89,6 +93,7 @@ class DiTConfig:
             raise ValueError(f"model.prediction must be 'velocity' or 'x0', got {self.prediction!r}")
         if self.attention_head_dim % 2:
             raise ValueError(f"model.attention_head_dim must be even, got {self.attention_head_dim}")
+        check_backend(self.attention_backend, "model.attention_backend")
 
 
 PRESETS: dict[str, dict] = {
@@ -101,10 +106,12 @@ PRESETS: dict[str, dict] = {
     # Wan2.1-T2V-1.3B shapes (latent space of Wan's VAE); for GPU users
     "wan2.1-1.3b": dict(in_channels=16, out_channels=16, patch_size=(1, 2, 2),
                         num_attention_heads=12, attention_head_dim=128, ffn_dim=8960,
-                        num_layers=30, text_dim=4096, frames_per_chunk=3, init="wan"),
+                        num_layers=30, text_dim=4096, frames_per_chunk=3, init="wan",
+                        attention_backend="chunked"),
     "wan2.1-14b": dict(in_channels=16, out_channels=16, patch_size=(1, 2, 2),
                        num_attention_heads=40, attention_head_dim=128, ffn_dim=13824,
-                       num_layers=40, text_dim=4096, frames_per_chunk=3, init="wan"),
+                       num_layers=40, text_dim=4096, frames_per_chunk=3, init="wan",
+                       attention_backend="chunked"),
 }
 
 
