@@ -82,6 +82,12 @@ class StageConfig:
     """Learning rate for this stage (None: optim.lr)."""
     attention: HistoryAttentionConfig = field(default_factory=HistoryAttentionConfig)
     """History attention during this stage: dense, routed top-k, or window."""
+    history_grad: bool = True
+    """true: the paper's two-stream pass, gradients through the history stream and the noisy
+    stream. false: detached history: the noisy stream attends to history keys/values computed
+    without gradient (self-resampling's own KV cache, or one no-grad block-causal pass for the
+    other strategies) and only the noisy stream runs with autograd; same loss value, about
+    half the trained tokens (resforce.detached_history)."""
 
 
 @dataclass
@@ -159,6 +165,9 @@ class TrainConfig:
                 raise ConfigError(f"stages.{i}: steps must be >= 0 and clip_chunks >= 1")
             if s.lr is not None and not (math.isfinite(s.lr) and s.lr > 0):
                 raise ConfigError(f"stages.{i}.lr={s.lr!r}: expected a finite number > 0 (or null: optim.lr)")
+            if not isinstance(s.history_grad, bool):
+                raise ConfigError(f"stages.{i}.history_grad={s.history_grad!r}: expected true (two-stream) "
+                                  f"or false (detached history)")
             try:  # every stage's attention now, not when its stage starts
                 s.attention.validate()
             except (ValueError, NotImplementedError) as e:

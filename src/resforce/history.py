@@ -72,12 +72,14 @@ def sample_resample_strength(cfg: HistoryConfig, batch: int, generator=None, dev
 
 @torch.no_grad()
 def autoregressive_resample(model, clean, t_s, steps, generator=None, context=None, attention=None,
-                            noise=None):
+                            noise=None, return_cache=False):
     """The paper's self-resampling: for i = 1..N, noise chunk i to t_s and finish its
     denoising with the online model, attending (KV cache) to the already degraded chunks < i.
     Each chunk goes through rollout's own chunk step (denoise against the cache, commit to
     it), so training history is made exactly as inference makes a video. The noise of all chunks is drawn at once, as parallel_resample draws it. `attention`: the
-    history attention policy (AttentionPolicy) of the cached calls; None = dense."""
+    history attention policy (AttentionPolicy) of the cached calls; None = dense.
+    return_cache: also return the KV cache, which then holds every layer's keys/values of the
+    degraded chunks 0..N-2 at t = 0 (the last is not committed): (history, cache)."""
     fpc = model.config.frames_per_chunk
     b, _, f, h, w = clean.shape
     if noise is None:
@@ -91,7 +93,8 @@ def autoregressive_resample(model, clean, t_s, steps, generator=None, context=No
         # the last chunk is nobody's history: no commit
         out.append(chunk_step(model, x_ts, truncated_schedule(t_s, steps), caches, [context], attention,
                               commit=i < n - 1))
-    return torch.cat(out, dim=2)
+    video = torch.cat(out, dim=2)
+    return (video, caches[0]) if return_cache else video
 
 
 @torch.no_grad()
@@ -115,27 +118,38 @@ def build_history(cfg: HistoryConfig, model, clean: torch.Tensor, generator=None
     """(history, t_history) for a batch of clean videos (B, C, F, H, W); both detached.
     `attention`: the stage's history attention policy; parallel resampling always runs under
     it (its two-stream pass is the training pass), self-resampling only if route_resampling."""
+    history, t_history, _ = build_history_and_cache(cfg, model, clean, generator, context, attention)
+    return history, t_history
+
+
+def build_history_and_cache(cfg: HistoryConfig, model, clean: torch.Tensor, generator=None, context=None,
+                            attention=None):
+    """build_history, plus the KV cache self-resampling made on the way (strategy
+    'resampling': history chunks 0..N-2, see autoregressive_resample; None otherwise):
+    (history, t_history, cache). Detached-history training reuses that cache."""
     fpc = model.config.frames_per_chunk
     b, n = clean.shape[0], clean.shape[2] // fpc
     zeros = torch.zeros(b, n, device=clean.device)
     s = cfg.strategy
     if s == "teacher":
-        return clean, zeros
+        return clean, zeros, None
     if s in ("noise_aug", "diffusion_forcing"):
         u = torch.rand(b, n, generator=generator, device=clean.device)
         level = u * cfg.noise_max if s == "noise_aug" else u
         noise = torch.randn(clean.shape, generator=generator, device=clean.device)
-        return add_noise(clean, noise, level, fpc), level
+        return add_noise(clean, noise, level, fpc), level, None
     t_s = sample_resample_strength(cfg, b, generator, clean.device)
     was_training = model.training
     model.eval()  # resampling is inference with the online weights
+    cache = None
     try:
         if s == "parallel_resampling":
             hist = parallel_resample(model, clean, t_s, cfg.resample_steps, generator, context,
                                      attention=attention)
         else:
             routed = attention if cfg.route_resampling else None
-            hist = autoregressive_resample(model, clean, t_s, cfg.resample_steps, generator, context, routed)
+            hist, cache = autoregressive_resample(model, clean, t_s, cfg.resample_steps, generator, context,
+                                                  routed, return_cache=True)
     finally:
         model.train(was_training)
-    return hist.detach(), zeros
+    return hist.detach(), zeros, cache

@@ -180,7 +180,7 @@ class _DDP(nn.parallel.DistributedDataParallel):
             return getattr(self.module, name)
 
 
-FORWARD_METHODS = ("forward_chunk", "write_cache")
+FORWARD_METHODS = ("forward_chunk", "write_cache", "write_history")
 """Methods other than forward that run the model; FSDP2 must unshard around them."""
 
 

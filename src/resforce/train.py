@@ -2,7 +2,9 @@
 
 step: pick the stage -> set lr -> for each micro-batch: draw clips (and their text context,
 text_context.py), build the history with the stage's strategy (no grad), one two-stream
-forward, velocity MSE, backward -> clip -> AdamW -> EMA -> log -> checkpoint. Resume = model + EMA + optimizer + step + RNG states +
+forward (or, with `history_grad: false`, a forward of the noisy stream over history
+keys/values made without gradient: detached_history.py), velocity MSE, backward -> clip ->
+AdamW -> EMA -> log -> checkpoint. Resume = model + EMA + optimizer + step + RNG states +
 data-stream position, so a stopped-and-resumed run ends with the same weights, bit for bit.
 
 Safety (resforce issue 9): one trainer per run_dir (runlock.py; rank 0 holds the lock);
@@ -50,7 +52,8 @@ from .checkpoint import (CheckpointDamaged, CheckpointError, check_fits, checkpo
 from .config import TrainConfig, to_yaml
 from .worlds import world_of
 from .fileio import write_text_atomic
-from .history import build_history
+from .detached_history import history_kv
+from .history import build_history, build_history_and_cache
 from .loss import flow_matching_loss
 from .model.dit import CausalVideoDiT
 from .model.attention_policy import AttentionPolicy
@@ -389,12 +392,19 @@ class Trainer:
             clean = clean.to(self.device)
             context = self._text_context(info, micro)
             t1 = time.perf_counter()
-            history, t_hist = build_history(stage.history, self.model, clean, self.gen, context=context,
-                                            attention=attention)
+            if stage.history_grad:
+                history, t_hist = build_history(stage.history, self.model, clean, self.gen, context=context,
+                                                attention=attention)
+                kv = None
+            else:  # detached history: the noisy stream reads history keys/values made without gradient
+                history, t_hist, cache = build_history_and_cache(stage.history, self.model, clean, self.gen,
+                                                                 context=context, attention=attention)
+                kv = history_kv(stage.history, self.model, history, t_hist, cache, attention, context)
             resample_time += time.perf_counter() - t1
             with parallel.no_grad_sync(self.wrapped, skip=k < o.grad_accum - 1):
                 loss = flow_matching_loss(self.wrapped, clean, history, t_hist, cfg.timesteps, self.gen,
-                                          context=context, space=cfg.loss_space, attention=attention)
+                                          context=context, space=cfg.loss_space, attention=attention,
+                                          history_kv=kv)
                 (loss / o.grad_accum).backward()
             loss_sum += loss.item() / o.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .attention import CachedLayout, Layout, block_causal_layout, check_backend, two_stream_layout
 from .cache import KVCache
+from .detached_layout import CacheWritingLayout, DetachedLayout
 from .rope import apply_rope, grid_positions, rope_cos_sin
 
 
@@ -364,12 +365,16 @@ class CausalVideoDiT(nn.Module):
                              f"got {tuple(t.shape)}")
 
     # -- the three layouts ------------------------------------------------------------
-    def forward(self, x, t, *, history=None, t_history=None, context=None, attention=None):
+    def forward(self, x, t, *, history=None, t_history=None, context=None, attention=None,
+                history_kv: KVCache | None = None):
         """Velocity for x (B, C, F, H, W) at per-chunk times t (B, chunks).
 
         With `history` (same shape as x, per-chunk times t_history, 0 = clean) this is the
         two-stream training pass: noisy chunk i sees history chunks < i and itself.
-        Without it, x is one block-causal stream: chunk i sees chunks <= i.
+        With `history_kv` instead (a KVCache of the history chunks' keys/values, made without
+        gradient: `write_history`, or self-resampling's cache) it is the detached-history
+        training pass: the same attention pattern, only x's tokens run (detached_layout.py).
+        Without either, x is one block-causal stream: chunk i sees chunks <= i.
         `attention`: the history attention policy (AttentionPolicy: routed top-k or window
         layouts, via its `masked(kind, ...)`); None = dense.
         """
@@ -377,6 +382,12 @@ class CausalVideoDiT(nn.Module):
         b, _, f, hh, ww = x.shape
         n, tpc = self.num_chunks(f), self.tokens_per_chunk(hh, ww)
         rope = self._rope(f, hh, ww, 0, x.device)
+        if history_kv is not None:
+            if history is not None:
+                raise ValueError("pass history (two-stream pass) or history_kv (detached pass), not both")
+            layout = DetachedLayout(history_kv, None if attention is None else attention.cfg)
+            hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc)
+            return self._to_velocity(self._head(hidden, temb, tpc, x.shape), x, t)
         if history is None:
             layout = self._masked_layout(attention, "block_causal", n, tpc, x.device)
             hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc)
@@ -424,6 +435,23 @@ class CausalVideoDiT(nn.Module):
         tpc = self.tokens_per_chunk(*x.shape[-2:])
         rope = self._rope(x.shape[2], *x.shape[-2:], cache.position, x.device)
         layout = layout or CachedLayout(cache, write=True)
+        self._trunk(self._embed(x), t, layout, rope, context, tpc)
+
+
+    @torch.no_grad()
+    def write_history(self, x, cache: KVCache, t=None, context=None, attention=None) -> None:
+        """Run history chunks x (B, C, F, H, W) through the model in ONE block-causal pass (at
+        t = 0 unless given, (B, chunks)) and append every layer's keys/values of all of them to
+        an empty cache: what the history stream of the two-stream pass computes, without
+        gradient (detached-history training). `attention`: the history attention policy."""
+        if cache.num_chunks or cache.position:
+            raise ValueError("write_history fills an empty cache (its chunks sit at positions 0..)")
+        n = self.num_chunks(x.shape[2])
+        t = torch.zeros(x.shape[0], n, device=x.device) if t is None else t
+        self._check(x, t)
+        tpc = self.tokens_per_chunk(*x.shape[-2:])
+        rope = self._rope(x.shape[2], *x.shape[-2:], 0, x.device)
+        layout = CacheWritingLayout(self._masked_layout(attention, "block_causal", n, tpc, x.device), cache)
         self._trunk(self._embed(x), t, layout, rope, context, tpc)
 
 
