@@ -10,7 +10,7 @@ Where the keys/values come from:
 - self-resampling (strategy 'resampling'): its KV cache after resampling already holds, per
   layer, the keys/values of the degraded chunks 0..N-2 at t = 0 with the current weights at
   their RoPE positions, which is what the history stream computes (history chunk N-1 is
-  nobody's history). It is reused: no second history pass. Only when the stage routes and
+  nobody's history, so resampling skips it). It is reused: no second history pass. Only when the stage routes and
   `route_resampling` is off did resampling attend differently from the history stream (dense
   vs routed); then the cache is not the history stream's and one history pass runs instead.
   Resampling runs in eval mode: the model has no mode-dependent layer (dropout p = 0 is the
@@ -48,11 +48,12 @@ def history_kv(cfg: HistoryConfig, model, history: torch.Tensor, t_history: torc
                resample_cache: KVCache | None = None, attention=None, context=None) -> KVCache:
     """The history keys/values of a detached-history training step, without gradient:
     self-resampling's cache when it holds them (resampling_cache_is_history), else one
-    no-grad block-causal pass over history chunks 0..N-2 at t_history."""
+    no-grad block-causal pass over history chunks 0..N-2 at t_history (B, N). `history` may
+    lack the last chunk (build_history_and_cache's skip_last): it is nobody's history."""
     if resample_cache is not None and resampling_cache_is_history(cfg, attention):
         return resample_cache
     fpc = model.config.frames_per_chunk
-    n = model.num_chunks(history.shape[2])
+    n = t_history.shape[1]
     cache = model.new_cache(*history.shape[-2:])
     if n > 1:  # the last chunk is nobody's history
         with torch.no_grad():

@@ -72,14 +72,16 @@ def sample_resample_strength(cfg: HistoryConfig, batch: int, generator=None, dev
 
 @torch.no_grad()
 def autoregressive_resample(model, clean, t_s, steps, generator=None, context=None, attention=None,
-                            noise=None, return_cache=False):
+                            noise=None, return_cache=False, skip_last=False):
     """The paper's self-resampling: for i = 1..N, noise chunk i to t_s and finish its
     denoising with the online model, attending (KV cache) to the already degraded chunks < i.
     Each chunk goes through rollout's own chunk step (denoise against the cache, commit to
     it), so training history is made exactly as inference makes a video. The noise of all chunks is drawn at once, as parallel_resample draws it. `attention`: the
     history attention policy (AttentionPolicy) of the cached calls; None = dense.
     return_cache: also return the KV cache, which then holds every layer's keys/values of the
-    degraded chunks 0..N-2 at t = 0 (the last is not committed): (history, cache)."""
+    degraded chunks 0..N-2 at t = 0 (the last is not committed): (history, cache).
+    skip_last: do not resample the last chunk, which is nobody's history (detached-history
+    training needs only the cache): the history holds chunks 0..N-2, the cache is the same."""
     fpc = model.config.frames_per_chunk
     b, _, f, h, w = clean.shape
     if noise is None:
@@ -87,13 +89,13 @@ def autoregressive_resample(model, clean, t_s, steps, generator=None, context=No
     caches = [model.new_cache(h, w)]
     out = []
     n = f // fpc
-    for i in range(n):
+    for i in range(n - 1 if skip_last else n):
         sl = slice(i * fpc, (i + 1) * fpc)
         x_ts = add_noise(clean[:, :, sl], noise[:, :, sl], t_s[:, None], fpc)
         # the last chunk is nobody's history: no commit
         out.append(chunk_step(model, x_ts, truncated_schedule(t_s, steps), caches, [context], attention,
                               commit=i < n - 1))
-    video = torch.cat(out, dim=2)
+    video = torch.cat(out, dim=2) if out else clean[:, :, :0]  # skip_last of a 1-chunk clip
     return (video, caches[0]) if return_cache else video
 
 
@@ -123,10 +125,12 @@ def build_history(cfg: HistoryConfig, model, clean: torch.Tensor, generator=None
 
 
 def build_history_and_cache(cfg: HistoryConfig, model, clean: torch.Tensor, generator=None, context=None,
-                            attention=None):
+                            attention=None, skip_last=False):
     """build_history, plus the KV cache self-resampling made on the way (strategy
     'resampling': history chunks 0..N-2, see autoregressive_resample; None otherwise):
-    (history, t_history, cache). Detached-history training reuses that cache."""
+    (history, t_history, cache). Detached-history training reuses that cache, and passes
+    skip_last: self-resampling then skips the last chunk (its history holds N - 1 chunks);
+    the random draws and the cache stay the same."""
     fpc = model.config.frames_per_chunk
     b, n = clean.shape[0], clean.shape[2] // fpc
     zeros = torch.zeros(b, n, device=clean.device)
@@ -149,7 +153,7 @@ def build_history_and_cache(cfg: HistoryConfig, model, clean: torch.Tensor, gene
         else:
             routed = attention if cfg.route_resampling else None
             hist, cache = autoregressive_resample(model, clean, t_s, cfg.resample_steps, generator, context,
-                                                  routed, return_cache=True)
+                                                  routed, return_cache=True, skip_last=skip_last)
     finally:
         model.train(was_training)
     return hist.detach(), zeros, cache

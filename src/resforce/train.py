@@ -398,7 +398,8 @@ class Trainer:
                 kv = None
             else:  # detached history: the noisy stream reads history keys/values made without gradient
                 history, t_hist, cache = build_history_and_cache(stage.history, self.model, clean, self.gen,
-                                                                 context=context, attention=attention)
+                                                                 context=context, attention=attention,
+                                                                 skip_last=True)
                 kv = history_kv(stage.history, self.model, history, t_hist, cache, attention, context)
             resample_time += time.perf_counter() - t1
             with parallel.no_grad_sync(self.wrapped, skip=k < o.grad_accum - 1):
