@@ -84,6 +84,26 @@ def test_detached_forward_equals_two_stream(model, strategy, routing):
     torch.testing.assert_close(l_det, l_two, atol=0, rtol=1e-5)
 
 
+def test_detached_with_text_context(randomize):
+    """Cross-attention models: the context reaches the history pass and the training pass."""
+    model = randomize(build_model(preset="test", frames_per_chunk=FPC, text_dim=8)).train()
+    context = torch.randn(B, 5, 8, generator=torch.Generator().manual_seed(3))
+    for strategy in ("teacher", "resampling"):
+        cfg = HistoryConfig(strategy=strategy)
+        hist, t_hist, _ = build_history_and_cache(cfg, model, clean(), torch.Generator().manual_seed(1),
+                                                  context=context)
+        _, _, cache = build_history_and_cache(cfg, model, clean(), torch.Generator().manual_seed(1),
+                                              context=context, skip_last=True)
+        kv = history_kv(cfg, model, hist, t_hist, cache, context=context)
+        x, t = clean(4), torch.rand(B, N, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            two = model(x, t, history=hist, t_history=t_hist, context=context)
+            det = model(x, t, history_kv=kv, context=context)
+            other = model(x, t, history_kv=kv, context=context.flip(0))
+        torch.testing.assert_close(det, two, atol=2e-5, rtol=1e-5)
+        assert (other - two).abs().max() > 1e-2  # the context matters
+
+
 def grads(model, loss):
     model.zero_grad(set_to_none=True)
     loss.backward()

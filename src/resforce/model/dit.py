@@ -437,7 +437,6 @@ class CausalVideoDiT(nn.Module):
         layout = layout or CachedLayout(cache, write=True)
         self._trunk(self._embed(x), t, layout, rope, context, tpc)
 
-
     @torch.no_grad()
     def write_history(self, x, cache: KVCache, t=None, context=None, attention=None) -> None:
         """Run history chunks x (B, C, F, H, W) through the model in ONE block-causal pass (at
