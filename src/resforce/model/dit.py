@@ -385,7 +385,8 @@ class CausalVideoDiT(nn.Module):
         if history_kv is not None:
             if history is not None:
                 raise ValueError("pass history (two-stream pass) or history_kv (detached pass), not both")
-            layout = DetachedLayout(history_kv, None if attention is None else attention.cfg)
+            layout = DetachedLayout(history_kv, None if attention is None else attention.cfg,
+                                    self.config.attention_backend)
             hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc)
             return self._to_velocity(self._head(hidden, temb, tpc, x.shape), x, t)
         if history is None:
