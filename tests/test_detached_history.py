@@ -156,6 +156,20 @@ def test_no_gradient_reaches_the_history_stream(model, strategy, routing, device
     assert (g_two - g_ref).norm() > 0.05 * g_ref.norm()
 
 
+def test_detached_pass_under_activation_checkpointing(model):
+    """Blocks recomputed in the backward (parallel.apply_activation_checkpointing) re-read the
+    cache: the same gradients."""
+    import copy
+
+    from resforce import parallel
+
+    hist, t_hist, kv, gen = history_and_kv(model, "resampling", None)
+    ckpt = parallel.apply_activation_checkpointing(copy.deepcopy(model))
+    g_plain = grads(model, loss_of(model, hist, t_hist, gen.get_state(), None, kv=kv))
+    g_ckpt = grads(ckpt, loss_of(ckpt, hist, t_hist, gen.get_state(), None, kv=kv))
+    torch.testing.assert_close(g_ckpt, g_plain, atol=1e-6, rtol=1e-6)
+
+
 def test_no_gradient_reaches_history_inputs(model):
     """The history video itself gets no gradient in the detached pass (it does in two-stream)."""
     hist, t_hist, kv, gen = history_and_kv(model, "teacher", None)
