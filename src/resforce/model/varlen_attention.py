@@ -23,8 +23,16 @@ import torch
 LOGITS_BUDGET = 1 << 25
 """Logits per batched matmul (128 MiB in fp32): bounds the largest tensor of a call."""
 MAX_BLOCK = 128
-"""Queries per padded block: a group pads at most block - 1 queries (the waste is <= groups *
-block rows); a block reads one key chunk, so keys materialised per query are L / block."""
+"""Most queries per padded block (see `block_size`)."""
+
+
+def block_size(queries: int, groups: int) -> int:
+    """Queries per padded block: the power of two <= the mean queries per group, at most
+    MAX_BLOCK. A group pads at most block - 1 queries, so the padding is <= groups * block <=
+    queries rows; a block reads one key chunk, so the keys materialised are about
+    2 * groups chunks, i.e. 2 / block of what a per-query gather would copy."""
+    mean = max(1, queries // max(1, groups))
+    return min(MAX_BLOCK, 1 << (mean.bit_length() - 1))
 
 
 def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
@@ -55,12 +63,13 @@ def varlen_attention_lse(q: torch.Tensor, counts: torch.Tensor, k_rows: torch.Te
     """q (M, d) sorted by group: the first counts[0] queries attend to k_rows[0] / v_rows[0],
     the next counts[1] to row 1, ...; queries past counts.sum() are padding (out 0, lse -inf).
     counts (R,) integer, on q's device; k_rows, v_rows (R, L, d). `groups`: an upper bound on
-    the groups with queries (default R), which sizes the padded blocks.
+    the groups with queries (default R), which sizes the padded blocks; block: queries per
+    padded block (default `block_size`).
     -> out (M, d) float32, lse (M,) float32."""
     m, d = q.shape
     r, length, _ = k_rows.shape
-    block = block or min(length, MAX_BLOCK)
     groups = r if groups is None else groups
+    block = block or block_size(m, groups)
     num_blocks = m // block + min(groups, m)  # >= sum_g ceil(counts_g / block)
 
     counts = counts.long()
