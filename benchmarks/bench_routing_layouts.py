@@ -71,7 +71,7 @@ def per_token_gather(cache: KVCache, topk: int, q, k, v):
     rows = (idx + (torch.arange(b * h) * cap).view(b, h, 1, 1)).flatten()
     ks = lc.k.view(-1, tpc * d).index_select(0, rows).view(b * h * t, topk * tpc, d)
     vs = lc.v.view(-1, tpc * d).index_select(0, rows).view(b * h * t, topk * tpc, d)
-    o_h, lse_h = attention_lse(q.reshape(b * h * t, 1, d), ks, vs)
+    o_h, lse_h = attention_lse(q.reshape(b * h * t, 1, d), ks, vs)  # one block per token, no copy
     o_i, lse_i = attention_lse(q.reshape(b * h, t, d), k.reshape(b * h, t, d), v.reshape(b * h, t, d))
     return merge_routes(torch.stack([o_h.view(b, h, t, d), o_i.view(b, h, t, d)], -2),
                         torch.stack([lse_h.view(b, h, t), lse_i.view(b, h, t)], -1))

@@ -62,16 +62,18 @@ class GroupedRoutedLayout:
     Same chunk structure as the naive reference (routing_naive.NaiveRoutedLayout), which it
     equals: own (Qc, Kc) bool with exactly one True per row (the query chunk's own key chunk);
     cand (Qc, Kc) bool: chunks a query may route to; q_index (Qc,), k_index (Kc,): the chunks'
-    positions in time (window mode keeps k_index >= q_index - window or k_index < sink)."""
+    positions in time (window mode keeps k_index >= q_index - window or k_index < sink).
+    The structure is read on the host (give it on the CPU: then building the layout never
+    waits on the device) and the token-level tables go to `device`."""
 
     def __init__(self, cfg: HistoryAttentionConfig, own: torch.Tensor, cand: torch.Tensor,
-                 q_index: torch.Tensor, k_index: torch.Tensor, tokens_per_chunk: int):
+                 q_index: torch.Tensor, k_index: torch.Tensor, tokens_per_chunk: int, device=None):
         cfg.validate()
         if not (own.sum(1) == 1).all():
             raise ValueError("own: every query chunk must have exactly one own key chunk")
         self.cfg, self.tokens_per_chunk = cfg, tokens_per_chunk
-        self.cand_tokens = cand.repeat_interleave(tokens_per_chunk, 0)       # (T, Kc)
-        self.own_tokens = own.long().argmax(1).repeat_interleave(tokens_per_chunk)  # (T,)
+        self.cand_tokens = cand.repeat_interleave(tokens_per_chunk, 0).to(device)       # (T, Kc)
+        self.own_tokens = own.long().argmax(1).repeat_interleave(tokens_per_chunk).to(device)  # (T,)
         if cfg.mode != "topk":  # dense / window: the same chunks for every token of a query chunk
             win = (k_index[None, :] >= q_index[:, None] - cfg.window) | (k_index[None, :] < cfg.sink)
             allowed = cand & win if cfg.mode == "window" else cand
@@ -79,8 +81,8 @@ class GroupedRoutedLayout:
             # allowed chunks first (stable: in time order), then padding marked invalid
             chunks = allowed.long().argsort(dim=1, descending=True, stable=True)[:, :width]
             valid = torch.arange(width, device=cand.device) < allowed.sum(1, keepdim=True)
-            self.static_chunks = chunks.repeat_interleave(tokens_per_chunk, 0)  # (T, width)
-            self.static_valid = valid.repeat_interleave(tokens_per_chunk, 0)
+            self.static_chunks = chunks.repeat_interleave(tokens_per_chunk, 0).to(device)  # (T, width)
+            self.static_valid = valid.repeat_interleave(tokens_per_chunk, 0).to(device)
 
     def _select(self, q: torch.Tensor, k: torch.Tensor):
         """(B, H, T, m) chunk indices each query token routes to, and their validity."""
@@ -132,9 +134,9 @@ def block_causal_routes(num_chunks: int, device=None):
 
 def routed_two_stream_layout(cfg: HistoryAttentionConfig, num_chunks: int, tokens_per_chunk: int,
                              device=None) -> GroupedRoutedLayout:
-    return GroupedRoutedLayout(cfg, *two_stream_routes(num_chunks, device), tokens_per_chunk)
+    return GroupedRoutedLayout(cfg, *two_stream_routes(num_chunks), tokens_per_chunk, device)
 
 
 def routed_block_causal_layout(cfg: HistoryAttentionConfig, num_chunks: int, tokens_per_chunk: int,
                                device=None) -> GroupedRoutedLayout:
-    return GroupedRoutedLayout(cfg, *block_causal_routes(num_chunks, device), tokens_per_chunk)
+    return GroupedRoutedLayout(cfg, *block_causal_routes(num_chunks), tokens_per_chunk, device)

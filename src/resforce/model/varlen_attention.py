@@ -41,7 +41,7 @@ class BlockAttention(torch.autograd.Function):
     for float64 inputs).
 
     q (N, P, d): N blocks of P queries; k_rows, v_rows (R, L, d); rows (N,) long: the key
-    chunk of each block -> out (N, P, d) float32, lse (N, P) float32. Blocks run in batches of
+    chunk of each block (None: block i attends to chunk i, nothing gathered) -> out (N, P, d) float32, lse (N, P) float32. Blocks run in batches of
     at most `budget` logits, and the key chunks are gathered per batch. Like FlashAttention
     (in plain torch ops) the forward keeps only (out, lse) and the backward recomputes each
     batch's probabilities, so what autograd holds is O(N P d + R L d), not the N P L logits.
@@ -76,8 +76,13 @@ class BlockAttention(torch.autograd.Function):
             p = ((qb @ kb.transpose(-1, -2)) * scale - lse[s].unsqueeze(-1)).exp()
             ds = p * (dout[s] @ vb.transpose(-1, -2) - delta[s].unsqueeze(-1))
             dq[s] = (ds @ kb) * scale
-            dk.index_add_(0, rows[s], ((ds.transpose(-1, -2) @ qb) * scale).flatten(1))
-            dv.index_add_(0, rows[s], (p.transpose(-1, -2) @ dout[s]).flatten(1))
+            dk_b = ((ds.transpose(-1, -2) @ qb) * scale).flatten(1)
+            dv_b = (p.transpose(-1, -2) @ dout[s]).flatten(1)
+            if rows is None:
+                dk[s], dv[s] = dk_b, dv_b
+            else:  # blocks sharing a chunk add up
+                dk.index_add_(0, rows[s], dk_b)
+                dv.index_add_(0, rows[s], dv_b)
         return (dq.to(q.dtype), dk.view(k_rows.shape).to(k_rows.dtype), dv.view(v_rows.shape).to(v_rows.dtype),
                 None, None, None)
 
@@ -89,15 +94,18 @@ def _batches(q, k_rows, v_rows, rows, budget):
     length, d = k_rows.shape[1:]
     acc = torch.promote_types(q.dtype, torch.float32)
     step = max(1, budget // max(1, p * length))
-    # rows as (R, L * d): index_select over 2-D rows is several times faster than over 3-D
-    k_flat, v_flat = k_rows.flatten(1), v_rows.flatten(1)
+    if rows is not None:  # rows as (R, L * d): index_select over 2-D rows is several times faster
+        k_flat, v_flat = k_rows.flatten(1), v_rows.flatten(1)
     for start in range(0, n, step):
         s = slice(start, min(n, start + step))
-        yield (s, k_flat.index_select(0, rows[s]).view(-1, length, d).to(acc),
-               v_flat.index_select(0, rows[s]).view(-1, length, d).to(acc))
+        if rows is None:
+            yield s, k_rows[s].to(acc), v_rows[s].to(acc)
+        else:
+            yield (s, k_flat.index_select(0, rows[s]).view(-1, length, d).to(acc),
+                   v_flat.index_select(0, rows[s]).view(-1, length, d).to(acc))
 
 
-def block_attention_lse(q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor, rows: torch.Tensor,
+def block_attention_lse(q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor, rows: torch.Tensor | None,
                         scale: float | None = None, budget: int = LOGITS_BUDGET):
     """BlockAttention: q (N, P, d) blocks against key chunks k_rows[rows] -> (out, lse) float32.
     The swap point for a fused kernel that returns its LSE (one call per batch of blocks)."""
@@ -109,7 +117,7 @@ def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
                   budget: int = LOGITS_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense softmax attention per group with its log-sum-exp: q (G, M, d), k/v (G, L, d) ->
     out (G, M, d) float32, lse (G, M) float32 (block_attention_lse with group g -> chunk g)."""
-    return block_attention_lse(q, k, v, torch.arange(q.shape[0], device=q.device), scale, budget)
+    return block_attention_lse(q, k, v, None, scale, budget)
 
 
 def varlen_attention_lse(q: torch.Tensor, counts: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor,
