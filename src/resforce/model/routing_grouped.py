@@ -63,26 +63,26 @@ class GroupedRoutedLayout:
     equals: own (Qc, Kc) bool with exactly one True per row (the query chunk's own key chunk);
     cand (Qc, Kc) bool: chunks a query may route to; q_index (Qc,), k_index (Kc,): the chunks'
     positions in time (window mode keeps k_index >= q_index - window or k_index < sink).
-    The structure is read on the host (give it on the CPU: then building the layout never
-    waits on the device) and the token-level tables go to `device`."""
+    Building it reads nothing back from the device (no host sync)."""
 
     def __init__(self, cfg: HistoryAttentionConfig, own: torch.Tensor, cand: torch.Tensor,
-                 q_index: torch.Tensor, k_index: torch.Tensor, tokens_per_chunk: int, device=None):
+                 q_index: torch.Tensor, k_index: torch.Tensor, tokens_per_chunk: int):
         cfg.validate()
-        if not (own.sum(1) == 1).all():
+        if own.device.type == "cpu" and not (own.sum(1) == 1).all():  # (a check on a GPU would sync)
             raise ValueError("own: every query chunk must have exactly one own key chunk")
         self.cfg, self.tokens_per_chunk = cfg, tokens_per_chunk
-        self.cand_tokens = cand.repeat_interleave(tokens_per_chunk, 0).to(device)       # (T, Kc)
-        self.own_tokens = own.long().argmax(1).repeat_interleave(tokens_per_chunk).to(device)  # (T,)
+        self.cand_tokens = cand.repeat_interleave(tokens_per_chunk, 0)                 # (T, Kc)
+        self.own_tokens = own.long().argmax(1).repeat_interleave(tokens_per_chunk)     # (T,)
         if cfg.mode != "topk":  # dense / window: the same chunks for every token of a query chunk
             win = (k_index[None, :] >= q_index[:, None] - cfg.window) | (k_index[None, :] < cfg.sink)
             allowed = cand & win if cfg.mode == "window" else cand
-            width = max(1, int(allowed.sum(1).max()))
+            kc = cand.shape[1]
+            width = max(1, min(cfg.window + cfg.sink, kc) if cfg.mode == "window" else kc)  # >= allowed per row
             # allowed chunks first (stable: in time order), then padding marked invalid
             chunks = allowed.long().argsort(dim=1, descending=True, stable=True)[:, :width]
             valid = torch.arange(width, device=cand.device) < allowed.sum(1, keepdim=True)
-            self.static_chunks = chunks.repeat_interleave(tokens_per_chunk, 0).to(device)  # (T, width)
-            self.static_valid = valid.repeat_interleave(tokens_per_chunk, 0).to(device)
+            self.static_chunks = chunks.repeat_interleave(tokens_per_chunk, 0)  # (T, width)
+            self.static_valid = valid.repeat_interleave(tokens_per_chunk, 0)
 
     def _select(self, q: torch.Tensor, k: torch.Tensor):
         """(B, H, T, m) chunk indices each query token routes to, and their validity."""
@@ -134,9 +134,9 @@ def block_causal_routes(num_chunks: int, device=None):
 
 def routed_two_stream_layout(cfg: HistoryAttentionConfig, num_chunks: int, tokens_per_chunk: int,
                              device=None) -> GroupedRoutedLayout:
-    return GroupedRoutedLayout(cfg, *two_stream_routes(num_chunks), tokens_per_chunk, device)
+    return GroupedRoutedLayout(cfg, *two_stream_routes(num_chunks, device), tokens_per_chunk)
 
 
 def routed_block_causal_layout(cfg: HistoryAttentionConfig, num_chunks: int, tokens_per_chunk: int,
                                device=None) -> GroupedRoutedLayout:
-    return GroupedRoutedLayout(cfg, *block_causal_routes(num_chunks), tokens_per_chunk, device)
+    return GroupedRoutedLayout(cfg, *block_causal_routes(num_chunks, device), tokens_per_chunk)
