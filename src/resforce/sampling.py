@@ -18,6 +18,7 @@ from .model.attention_policy import AttentionPolicy
 from .model.history_attention_config import HistoryAttentionConfig
 from .model.router_stats import RouterRecorder
 from .parallel import resolve_device
+from .precision import enable_tf32
 from .rollout import SampleConfig, rollout
 from .worlds import world_of
 
@@ -113,8 +114,12 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     attention = attention or trained  # default: what the run's last stage trained with
     policy = AttentionPolicy(attention, recorder)
     bar = tqdm(total=s.chunks, desc="generate", disable=not progress, dynamic_ncols=True)
+    enable_tf32(dev)
+    # the run's precision on CUDA; on the CPU fp32 (bf16 autocast is ~29x slower there, and the
+    # checkpoint holds the fp32 master weights)
+    prec = cfg.precision if dev.type == "cuda" else "fp32"
     videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, attention=policy,
-                     callback=lambda i, c: bar.update(1), device=dev)
+                     callback=lambda i, c: bar.update(1), device=dev, precision=prec)
     bar.close()
     check_finite_output(videos, path)
     train_frames = training_context(cfg) * fpc

@@ -22,18 +22,22 @@ from .router_stats import RouterRecorder
 
 def _attend_lse(q, k, v, scale):
     """Softmax attention and its log-sum-exp. q (..., T, d), k/v (..., S, d) ->
-    out (..., T, d), lse (..., T, 1)."""
-    logits = (q @ k.transpose(-1, -2)) * scale
+    out (..., T, d) in v's dtype, lse (..., T, 1) float32: the logits and their softmax
+    statistics are float32 whatever the input dtype (a bf16 log-sum-exp is off by ~1e-2
+    absolute, a percent of weight after exp)."""
+    logits = (q @ k.transpose(-1, -2)).float() * scale
     lse = logits.logsumexp(-1, keepdim=True)
-    return (logits - lse).exp() @ v, lse
+    return (logits - lse).exp().to(v.dtype) @ v, lse
 
 
 def merge_lse(o_a, lse_a, o_b, lse_b):
     """Combine two attentions over disjoint key sets into the one softmax over their union:
-    (e^lse_a o_a + e^lse_b o_b) / (e^lse_a + e^lse_b), computed with max subtraction."""
+    (e^lse_a o_a + e^lse_b o_b) / (e^lse_a + e^lse_b), computed with max subtraction, in
+    float32 (the result is float32; callers cast it back)."""
+    lse_a, lse_b = lse_a.float(), lse_b.float()
     m = torch.maximum(lse_a, lse_b)
     w_a, w_b = (lse_a - m).exp(), (lse_b - m).exp()
-    return (w_a * o_a + w_b * o_b) / (w_a + w_b)
+    return (w_a * o_a.float() + w_b * o_b.float()) / (w_a + w_b)
 
 
 class RoutedCachedLayout:
@@ -82,7 +86,7 @@ class RoutedCachedLayout:
         parts_v = [lc.v[:, :, :s].flatten(2, 3), lc.v[:, :, lo:n].flatten(2, 3), v]
         if self.recorder is not None:
             b, h, t, _ = q.shape
-            idx = torch.cat([torch.arange(s), torch.arange(lo, n)]).to(q.device)
+            idx = torch.cat([torch.arange(s, device=q.device), torch.arange(lo, n, device=q.device)])
             self.recorder.record(layer, idx.expand(b, h, t, -1), n)
         return F.scaled_dot_product_attention(q, torch.cat(parts_k, 2), torch.cat(parts_v, 2))
 
@@ -116,10 +120,11 @@ class RoutedCachedLayout:
             ks, vs = ks.view(b, h, t, kk * tpc, d), vs.view(b, h, t, kk * tpc, d)
             logits = torch.matmul(q1, ks.transpose(-1, -2),
                                   out=self._buffer("logits", (b, h, t, 1, kk * tpc), q))
+            logits = logits.float()  # softmax statistics in float32 (a no-op for float32 input)
             m = logits.amax(-1, keepdim=True)
             p = logits.sub_(m).exp_()
             denom = p.sum(-1, keepdim=True)
-            o_h = (p @ vs).div_(denom)
+            o_h = (p.to(vs.dtype) @ vs).float().div_(denom)
             lse_h = denom.log_().add_(m)
         # history branch above: one query per (b, h, t) against its own k * L gathered keys
         o_h, lse_h = o_h.squeeze(-2), lse_h.squeeze(-2)                    # (B, H, T, d), (B, H, T, 1)
