@@ -64,7 +64,7 @@ class RoutedCachedLayout:
         parts_v = [lc.v[:, :, :s].flatten(2, 3), lc.v[:, :, lo:n].flatten(2, 3), v]
         if self.recorder is not None:
             b, h, t, _ = q.shape
-            idx = torch.cat([torch.arange(s), torch.arange(lo, n)]).to(q.device)
+            idx = torch.cat([torch.arange(s, device=q.device), torch.arange(lo, n, device=q.device)])
             self.recorder.record(layer, idx.expand(b, h, t, -1), n)
         return F.scaled_dot_product_attention(q, torch.cat(parts_k, 2), torch.cat(parts_v, 2))
 
