@@ -27,6 +27,9 @@ _SYNC_OPS = {_aten._local_scalar_dense, _aten.nonzero, _aten.masked_select, _ate
              _aten._unique2, _aten.unique_dim}
 _PATCHED = ("tolist", "cpu", "numpy")
 _SRC = os.path.dirname(resforce.__file__) + os.sep
+# reads of data that lives on the host by construction, never on a device: the chunk-attention
+# planner reads its (Qc, Kc) chunk mask, which plan_tiles refuses unless it is a real CPU tensor
+_HOST_ONLY = {("model/chunk_attention.py", "plan_tiles")}
 _DISPATCH_WRAPPERS = (os.path.join("torch", "_compile.py"), os.path.join("torch", "_dynamo", "eval_frame.py"))
 
 
@@ -47,6 +50,8 @@ class HostSyncs(TorchDispatchMode):
             stack.pop()  # this file, and torch's frames between an op and __torch_dispatch__
         caller = stack[-1]
         ours = caller.filename.startswith(_SRC)  # called from resforce, not from inside torch
+        if ours and (os.path.relpath(caller.filename, _SRC), caller.name) in _HOST_ONLY:
+            return
         where = f"{os.path.relpath(caller.filename, _SRC)}:{caller.lineno}" if ours else None
         self.calls.append((what, where))
 
