@@ -347,3 +347,13 @@ def test_cuda_tiny_model_loss_and_gradients_equal_between_backends(randomize):
     for name in grads:
         err = (grads[name] - grads_ref[name]).abs().max().item()
         assert err <= 1e-4 * max(1.0, grads_ref[name].abs().max().item()), (name, err)
+
+
+def test_planning_refuses_a_mask_off_the_host():
+    """plan_tiles reads its chunk mask on the host; it refuses any tensor that is not a real
+    CPU tensor, which is why reading it can never wait for a device (tests/host_syncs.py)."""
+    from resforce.model.attention import two_stream_chunk_mask
+    from resforce.model.chunk_attention import plan_tiles
+
+    with pytest.raises(ValueError, match="real CPU tensor"):
+        plan_tiles(two_stream_chunk_mask(3, device="meta"))

@@ -14,8 +14,8 @@ from resforce.model import build_model
 from resforce.model.attention import CachedLayout, two_stream_chunk_mask
 from resforce.model.cache import KVCache
 from resforce.model.routing import (AttentionPolicy, HistoryAttentionConfig, RoutedCachedLayout,
-                                    RouterRecorder, merge_lse, routed_block_causal_layout,
-                                    routed_reference, routed_two_stream_layout)
+                                    RouterRecorder, merge_routes, naive_block_causal_layout,
+                                    naive_two_stream_layout, routed_reference)
 from resforce.rollout import SampleConfig, rollout
 from resforce.router_plot import plot_router_selections
 
@@ -106,7 +106,7 @@ def test_k_at_least_history_equals_dense(n):
     assert (lay._topk(0, cache[0], n, q, k, v) - dense).abs().max() <= 1e-5
 
 
-def test_merge_lse_is_one_softmax_over_the_union():
+def test_merge_routes_is_one_softmax_over_the_union():
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 5, 8, generator=g)
     ka, va, kb, vb = (torch.randn(2, n, 8, generator=g) * 4 for n in (7, 7, 3, 3))
@@ -119,10 +119,15 @@ def test_merge_lse_is_one_softmax_over_the_union():
     oa, la = att(ka, va)
     ob, lb = att(kb, vb)
     ou, _ = att(torch.cat([ka, kb], 1), torch.cat([va, vb], 1))
-    assert (merge_lse(oa, la, ob, lb) - ou).abs().max() <= 1e-5
+    def merge(oa, la, ob, lb):
+        return merge_routes(torch.stack([oa, ob], -2), torch.cat([la, lb], -1))
+
+    assert (merge(oa, la, ob, lb) - ou).abs().max() <= 1e-5
     # stable for huge logits (max subtraction)
-    big = merge_lse(oa, la + 200, ob, lb + 200)  # e^200 overflows float32
+    big = merge(oa, la + 200, ob, lb + 200)  # e^200 overflows float32
     assert torch.isfinite(big).all() and (big - ou).abs().max() <= 1e-4
+    # a route with lse = -inf (not taken) has no weight
+    assert (merge(oa, la, ob, torch.full_like(lb, float("-inf"))) - oa).abs().max() <= 1e-6
 
 
 def test_selection_is_per_head_and_per_token():
@@ -156,7 +161,7 @@ def test_selection_is_per_head_and_per_token():
     assert rec.by_index[0].tolist() == [[1, 0, 1], [1, 1, 0]]
     assert rec.by_distance[0].tolist() == [[0, 1, 0, 1], [0, 0, 1, 1]]  # d = 3 - j
     # naive layout: same per-token chunk mask
-    lay_mask = routed_two_stream_layout(cfg, n + 1, L)
+    lay_mask = naive_two_stream_layout(cfg, n + 1, L)
     kk_all = torch.cat([hk.flatten(2, 3), k], 2)
     hist_stream_k = torch.cat([kk_all, torch.zeros_like(kk_all)], 2)  # noisy stream unused
     qq = torch.zeros(b, h, 2 * (n + 1) * L, d)
@@ -177,7 +182,7 @@ def test_masked_topk_selection_matches_python_loop():
     g = torch.Generator().manual_seed(3)
     q = torch.randn(b, h, 2 * n * L, d, generator=g)
     k = torch.randn(b, h, 2 * n * L, d, generator=g)
-    mask = routed_two_stream_layout(topk(kk), n, L).chunk_mask(q, k)
+    mask = naive_two_stream_layout(topk(kk), n, L).chunk_mask(q, k)
     means = k.unflatten(2, (2 * n, L)).mean(3)
     for bb in range(b):
         for hh in range(h):
@@ -193,7 +198,7 @@ def test_masked_topk_selection_matches_python_loop():
     # dense mode and a k covering all chunks give the plain two-stream mask
     plain = two_stream_chunk_mask(n).repeat_interleave(L, 0)
     for cfg in (HistoryAttentionConfig(mode="dense"), topk(n)):
-        m = routed_two_stream_layout(cfg, n, L).chunk_mask(q, k)
+        m = naive_two_stream_layout(cfg, n, L).chunk_mask(q, k)
         assert torch.equal(m, plain.expand_as(m))
 
 
@@ -205,7 +210,7 @@ def test_window_sink_selects_exactly(window, sink):
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, 1, 2 * n * L, d, generator=g)
     k = torch.randn(1, 1, 2 * n * L, d, generator=g)
-    mask = routed_two_stream_layout(cfg, n, L).chunk_mask(q, k)[0, 0, ::L]  # one row per chunk
+    mask = naive_two_stream_layout(cfg, n, L).chunk_mask(q, k)[0, 0, ::L]  # one row per chunk
     for c in range(2 * n):
         i = c % n
         expect = torch.zeros(2 * n, dtype=torch.bool)
@@ -275,7 +280,7 @@ def test_routed_two_stream_equals_routed_kv_cache(randomize, cfg):
 
 def test_routed_parity_breaks_if_selection_is_wrong(randomize, monkeypatch):
     """The parity is real: if training picked the k *lowest*-scoring chunks, it would differ."""
-    from resforce.model import routing_naive
+    from resforce.model.routing_grouped import GroupedRoutedLayout
 
     cfg = topk(1)
     model = make(randomize)
@@ -283,12 +288,12 @@ def test_routed_parity_breaks_if_selection_is_wrong(randomize, monkeypatch):
     t_hist = torch.zeros(2, N)
     with torch.no_grad():
         cached = routed_cached_outputs(model, cfg, hist, noisy, t, t_hist)
-        orig = routing_naive._select_chunks
+        orig = GroupedRoutedLayout._select
 
-        def lowest(cfg_, q, k, cand, window, tpc):
-            return orig(cfg_, -q, k, cand, window, tpc)
+        def lowest(self, q, k):
+            return orig(self, -q, k)
 
-        monkeypatch.setattr(routing_naive, "_select_chunks", lowest)
+        monkeypatch.setattr(GroupedRoutedLayout, "_select", lowest)
         bad = model(noisy, t, history=hist, t_history=t_hist, attention=AttentionPolicy(cfg))
     assert (bad - cached).abs().max().item() > 1e-3
 
@@ -307,9 +312,9 @@ def test_routed_block_causal_equals_two_stream_with_same_history(randomize):
     L, n = 2, 4
     q, k = torch.randn(1, 1, n * L, 4), torch.randn(1, 1, n * L, 4)
     causal = torch.tril(torch.ones(n, n, dtype=torch.bool)).repeat_interleave(L, 0)
-    dense = routed_block_causal_layout(HistoryAttentionConfig(), n, L).chunk_mask(q, k)[0, 0]
+    dense = naive_block_causal_layout(HistoryAttentionConfig(), n, L).chunk_mask(q, k)[0, 0]
     assert torch.equal(dense, causal)
-    top1 = routed_block_causal_layout(topk(1), n, L).chunk_mask(q, k)[0, 0]
+    top1 = naive_block_causal_layout(topk(1), n, L).chunk_mask(q, k)[0, 0]
     assert torch.equal(top1.sum(-1), torch.tensor([1, 1, 2, 2, 2, 2, 2, 2]))
     assert not (top1 & ~causal).any()  # never a later chunk
     assert top1[torch.arange(n * L), torch.arange(n * L) // L].all()  # always the own chunk
@@ -373,25 +378,24 @@ def test_config_validation():
         AttentionPolicy(HistoryAttentionConfig(mode="window", window=0, sink=0))
 
 
-def test_fast_path_grad_branch_equals_workspace_branch():
-    """With grad enabled the fast path runs out of place (autograd); without, in reused
-    buffers. Same numbers, and reusing the workspace across calls/sizes stays correct."""
+def test_fast_path_with_and_without_grad_equals_reference():
+    """The cached top-k path gives the reference's numbers with autograd on or off, and its
+    q / k / v gradients are the reference's."""
     b, h, L, d, n = 2, 2, 4, 8, 6
     cache, hk, hv = filled_cache(b, h, n, L, d)
-    fn = AttentionPolicy(topk(2)).cached
     q, k, v = qkv(b, h, L, d)
     with torch.no_grad():
-        ws = fn(cache, False).attend(0, q, k, v)
-        cache1, hk1, hv1 = filled_cache(1, h, 3, L, d, seed=7)  # other shapes, same workspace
-        ws2 = fn(cache1, False).attend(0, q[:1], k[:1], v[:1])
-        ws3 = fn(cache, False).attend(0, q, k, v)
-    assert torch.equal(ws, ws3)
-    assert (ws2 - routed_reference(topk(2), q[:1], k[:1], v[:1], hk1, hv1)).abs().max() <= 1e-5
-    qg = q.clone().requires_grad_(True)
-    out = RoutedCachedLayout(cache, False, topk(2)).attend(0, qg, k, v)
-    assert (out - ws).abs().max() <= 1e-5
-    out.sum().backward()
-    assert torch.isfinite(qg.grad).all() and qg.grad.abs().sum() > 0
+        plain = RoutedCachedLayout(cache, False, topk(2)).attend(0, q, k, v)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    out = RoutedCachedLayout(cache, False, topk(2)).attend(0, *leaves)
+    ref_leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    ref = routed_reference(topk(2), *ref_leaves, hk, hv)
+    assert (out - plain).abs().max() <= 1e-6 and (out - ref).abs().max() <= 1e-5
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
+    grads = torch.autograd.grad((out * w).sum(), leaves)
+    ref_grads = torch.autograd.grad((ref * w).sum(), ref_leaves)
+    for g, r in zip(grads, ref_grads):
+        assert r.abs().max() > 1e-3 and (g - r).abs().max() <= 1e-5
 
 
 def test_every_stage_attention_is_checked_when_the_config_loads():

@@ -157,7 +157,11 @@ def test_save_pretrained_round_trip(tmp_path):
     assert not torch.equal(wan.proj_out.weight, from_memory.proj_out.weight)
     # dtype
     bf16 = load_wan(tmp_path / "single", frames_per_chunk=F, dtype=torch.bfloat16)
-    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    # bf16, except what diffusers keeps in float32 (time embedder, AdaLN tables, norms)
+    kept = {n for n, p in bf16.named_parameters() if p.dtype == torch.float32}
+    assert {p.dtype for n, p in bf16.named_parameters() if n not in kept} == {torch.bfloat16}
+    assert kept == {n for n, _ in bf16.named_parameters()
+                    if any(m in n.split(".") for m in ("time_embedder", "scale_shift_table", "norm2"))}
     x, ctx = inputs()
     t = torch.tensor([0.3, 0.875])
     with torch.no_grad():  # runs without autocast, close to the float32 model

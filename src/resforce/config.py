@@ -20,6 +20,7 @@ from .flow import TimestepSampler
 from .history import HistoryConfig
 from .model.dit import PRESETS, DiTConfig
 from .model.history_attention_config import HistoryAttentionConfig
+from .precision import PRECISIONS
 from .rollout import SampleConfig
 from .text_context import TextConfig
 from .worlds import WORLDS, known_kinds, world_of
@@ -133,6 +134,10 @@ class TrainConfig:
     """Seed of the initial weights, the data stream and the training noise."""
     device: str = "auto"
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."""
+    precision: str = "fp32"
+    """'fp32', or 'bf16': the model's forward passes (training, self-resampling, generation on
+    CUDA) run under bf16 autocast with float32 master weights and optimizer (resforce.precision).
+    For CUDA: on the CPU bf16 autocast measured ~29x slower (a warning says so)."""
     parallel: str = "auto"
     """Multi-process data parallelism (resforce.parallel): 'auto' (ddp when launched by
     torchrun with WORLD_SIZE > 1, else none), 'none', 'ddp' or 'fsdp' (FSDP2, per block).
@@ -158,6 +163,8 @@ class TrainConfig:
                               f"optim.grad_accum={self.optim.grad_accum}")
         if self.optim.schedule not in ("constant", "cosine"):
             raise ConfigError(f"optim.schedule must be 'constant' or 'cosine', got {self.optim.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.data.kind not in WORLDS:
             raise ConfigError(f"data.kind must be {known_kinds()}, got {self.data.kind!r}")
         for i, s in enumerate(self.stages):

@@ -54,7 +54,7 @@ def history_kv(cfg: HistoryConfig, model, history: torch.Tensor, t_history: torc
         return resample_cache
     fpc = model.config.frames_per_chunk
     n = t_history.shape[1]
-    cache = model.new_cache(*history.shape[-2:])
+    cache = model.new_cache(*history.shape[-2:], capacity=max(n - 1, 1))  # exact: allocated once
     if n > 1:  # the last chunk is nobody's history
         with torch.no_grad():
             model.write_history(history[:, :, :(n - 1) * fpc], cache, t_history[:, :n - 1], context, attention)

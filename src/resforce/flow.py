@@ -8,7 +8,7 @@ Timesteps are per chunk: t has shape (B, chunks) and is broadcast over each chun
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -60,25 +60,26 @@ class TimestepSampler:
         return shift_timesteps(t, self.shift) if self.shift != 1.0 else t
 
 
-def euler_grid(steps: int, shift: float = 1.0, t_start: float = 1.0, device=None) -> torch.Tensor:
-    """steps + 1 decreasing times from t_start to 0, shifted by `shift` (Wan: 5.0 at inference)."""
+def euler_grid(steps: int, shift: float = 1.0, t_start: float = 1.0) -> list[float]:
+    """steps + 1 decreasing times from t_start to 0, shifted by `shift` (Wan: 5.0 at inference).
+    Python floats (float64), not a tensor: reading a grid tensor's values in the Euler loop would
+    be a host sync per step on a GPU."""
     if steps < 1:
         raise ValueError(f"sampling needs steps >= 1, got {steps}")
-    t = torch.linspace(t_start, 0.0, steps + 1, device=device, dtype=torch.float64)
-    return shift_timesteps(t, shift).float()
+    return [shift_timesteps(t_start * (steps - k) / steps, shift) for k in range(steps + 1)]
 
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def guided(velocity_cond: VelocityFn, velocity_uncond: VelocityFn | None, scale: float) -> VelocityFn:
-    """Classifier-free guidance: v = v_u + scale * (v_c - v_u); scale 1 or no uncond = plain."""
-    if velocity_uncond is None or scale == 1.0:
-        return velocity_cond
+def guided(velocity_pair: VelocityFn, scale: float) -> VelocityFn:
+    """Classifier-free guidance from ONE velocity call over the batch [x; x] (the conditional
+    branch first, the unconditional second: one pass of batch 2B over one KV cache, not two
+    passes over two caches): v = v_u + scale * (v_c - v_u)."""
 
     def v(x, t):
-        vu = velocity_uncond(x, t)
-        return vu + scale * (velocity_cond(x, t) - vu)
+        v_c, v_u = velocity_pair(torch.cat([x, x]), torch.cat([t, t])).chunk(2)
+        return v_u + scale * (v_c - v_u)
 
     return v
 
@@ -98,10 +99,11 @@ def euler_integrate(velocity: VelocityFn, x: torch.Tensor, schedule: EulerSchedu
     return x
 
 
-def grid_schedule(grid: torch.Tensor, batch: int, device=None) -> EulerSchedule:
-    """The steps of a shared time grid (euler_grid): every sample at the same t."""
+def grid_schedule(grid: Sequence[float], batch: int, device=None) -> EulerSchedule:
+    """The steps of a shared time grid (euler_grid, Python floats): every sample at the same t.
+    The (B, 1) time tensor is filled on the device from a Python number: no host sync."""
     for t_cur, t_next in zip(grid[:-1], grid[1:]):
-        yield torch.full((batch, 1), float(t_cur), device=device), (t_next - t_cur).item()
+        yield torch.full((batch, 1), t_cur, device=device), t_next - t_cur
 
 
 def truncated_schedule(t_s: torch.Tensor, steps: int) -> EulerSchedule:
@@ -112,7 +114,7 @@ def truncated_schedule(t_s: torch.Tensor, steps: int) -> EulerSchedule:
         yield (t_s * (1 - k / steps))[:, None], -dt
 
 
-def euler_sample(velocity: VelocityFn, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+def euler_sample(velocity: VelocityFn, x: torch.Tensor, grid: Sequence[float]) -> torch.Tensor:
     """Integrate dx/dt = velocity(x, t) along the grid; t is passed as a python-float tensor
     of shape (B, 1) per step (one chunk at a time)."""
     return euler_integrate(velocity, x, grid_schedule(grid, x.shape[0], x.device))

@@ -86,17 +86,20 @@ def autoregressive_resample(model, clean, t_s, steps, generator=None, context=No
     b, _, f, h, w = clean.shape
     if noise is None:
         noise = torch.randn(clean.shape, generator=generator, device=clean.device)
-    caches = [model.new_cache(h, w)]
-    out = []
     n = f // fpc
+    # exact capacity: n - 1 committed chunks plus the one being denoised. The cache is local
+    # (freed when this returns, before the training loss) unless return_cache hands it to
+    # detached-history training, whose training pass reads it
+    cache = model.new_cache(h, w, capacity=n)
+    out = []
     for i in range(n - 1 if skip_last else n):
         sl = slice(i * fpc, (i + 1) * fpc)
         x_ts = add_noise(clean[:, :, sl], noise[:, :, sl], t_s[:, None], fpc)
         # the last chunk is nobody's history: no commit
-        out.append(chunk_step(model, x_ts, truncated_schedule(t_s, steps), caches, [context], attention,
+        out.append(chunk_step(model, x_ts, truncated_schedule(t_s, steps), cache, context, attention,
                               commit=i < n - 1))
     video = torch.cat(out, dim=2) if out else clean[:, :, :0]  # skip_last of a 1-chunk clip
-    return (video, caches[0]) if return_cache else video
+    return (video, cache) if return_cache else video
 
 
 @torch.no_grad()

@@ -144,6 +144,15 @@ def all_reduce_mean(x: float) -> float:
     return float(t.item()) / world_size()
 
 
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over ranks, on its device (no host sync); x itself without a group."""
+    if not is_distributed():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / world_size()
+
+
 def gather_objects(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects)."""
     if not is_distributed():
@@ -167,6 +176,12 @@ def to_float(x) -> float:
     if hasattr(x, "full_tensor"):
         x = x.full_tensor()
     return float(x)
+
+
+def to_floats(*xs) -> list[float]:
+    """Python floats of scalar tensors (DTensors too), read with ONE device-to-host copy."""
+    xs = [x.full_tensor() if hasattr(x, "full_tensor") else x for x in xs]
+    return torch.stack([x.detach().reshape(()).to(torch.float64) for x in xs]).tolist()
 
 
 # ----------------------------------------------------------------------------- wrapping
@@ -331,6 +346,7 @@ def load_full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, sd:
 
 __all__ = ["MODES", "RANK_SEED_STRIDE", "launched_by_torchrun", "env_world_size", "is_distributed",
            "world_size", "rank", "local_rank", "is_main", "barrier", "resolve_mode", "setup",
-           "resolve_device", "shutdown", "all_reduce_mean", "gather_objects", "broadcast_object", "to_float",
+           "resolve_device", "shutdown", "all_reduce_mean", "gather_objects", "broadcast_object", "to_float", "to_floats",
+           "mean_over_ranks",
            "apply_activation_checkpointing", "wrap_model", "allocate", "shard_like_model", "no_grad_sync", "full_state_dict",
            "load_full_state_dict", "full_optim_state_dict", "load_full_optim_state_dict"]

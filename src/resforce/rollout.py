@@ -22,6 +22,7 @@ import torch
 
 from .flow import (EulerSchedule, add_noise, euler_grid, euler_integrate, euler_sample, grid_schedule,
                    guided)
+from .precision import autocast
 from .model.attention_policy import AttentionPolicy, cached_layout
 from .model.history_attention_config import HistoryAttentionConfig
 from .model.dit import CausalVideoDiT
@@ -67,6 +68,21 @@ class SampleConfig:
         return self.context - 1
 
 
+def guidance_context(context: torch.Tensor | None, uncond_context: torch.Tensor | None,
+                     batch: int) -> torch.Tensor:
+    """[context; uncond_context] on the batch dim, (2B, L, D): classifier-free guidance runs
+    the conditional and unconditional branches as one batch over one KV cache. A context of
+    batch 1 is shared by the B samples."""
+    if context is None or uncond_context is None:
+        raise ValueError("cfg_scale != 1 needs a context and an unconditional context (uncond_context)")
+    pair = [c.expand(batch, *c.shape[1:]) if c.shape[0] == 1 else c for c in (context, uncond_context)]
+    if pair[0].shape != pair[1].shape or pair[0].shape[0] != batch:
+        raise ValueError(f"context {tuple(context.shape)} and uncond_context {tuple(uncond_context.shape)} "
+                         f"must both be (batch={batch} or 1, tokens, dim) with the same tokens and dim "
+                         f"(pad the unconditional prompt's embedding like the conditional one, as Wan does)")
+    return torch.cat(pair, dim=0)
+
+
 def _chunk_velocity(model, cache, context, attention):
     def v(x, t):
         layout = cached_layout(attention, cache, False)
@@ -74,29 +90,31 @@ def _chunk_velocity(model, cache, context, attention):
     return v
 
 
-def _write(model, chunk, caches, contexts, history_noise, generator, attention):
+def _write(model, chunk, cache, context, history_noise, generator, attention, guide):
     b, fpc = chunk.shape[0], model.config.frames_per_chunk
     t = torch.full((b, 1), float(history_noise), device=chunk.device)
     if history_noise > 0:
         noise = torch.randn(chunk.shape, generator=generator, device=chunk.device)
         chunk = add_noise(chunk, noise, t, fpc)
-    for cache, ctx in zip(caches, contexts):
-        layout = cached_layout(attention, cache, True)
-        model.write_cache(chunk, cache, t=t, context=ctx, layout=layout)
+    if guide:  # both branches see the same finished chunk
+        chunk, t = torch.cat([chunk, chunk]), torch.cat([t, t])
+    model.write_cache(chunk, cache, t=t, context=context, layout=cached_layout(attention, cache, True))
 
 
-def chunk_step(model: CausalVideoDiT, x: torch.Tensor, schedule: EulerSchedule, caches: list,
-               contexts: list, attention: AttentionPolicy | None = None, cfg_scale: float = 1.0,
-               commit: bool = True, history_noise: float = 0.0, generator=None) -> torch.Tensor:
+def chunk_step(model: CausalVideoDiT, x: torch.Tensor, schedule: EulerSchedule, cache,
+               context: torch.Tensor | None, attention: AttentionPolicy | None = None,
+               cfg_scale: float = 1.0, commit: bool = True, history_noise: float = 0.0,
+               generator=None) -> torch.Tensor:
     """One autoregressive step, shared by rollout and self-resampling (history.py): denoise
-    chunk x along the Euler schedule while attending to the KV cache(s), then commit the
-    finished chunk to them as history (unless commit=False). caches/contexts: the
-    conditional branch, plus the unconditional one with guidance (cfg_scale != 1)."""
-    uncond = _chunk_velocity(model, caches[1], contexts[1], attention) if len(caches) > 1 else None
-    v = guided(_chunk_velocity(model, caches[0], contexts[0], attention), uncond, cfg_scale)
-    chunk = euler_integrate(v, x, schedule)
+    chunk x (B, ...) along the Euler schedule while attending to the KV cache, then commit the
+    finished chunk to it as history (unless commit=False). With guidance (cfg_scale != 1) the
+    cache has batch 2B and `context` is guidance_context(cond, uncond): both branches run as
+    one batch of 2B."""
+    guide = cfg_scale != 1.0
+    v = _chunk_velocity(model, cache, context, attention)
+    chunk = euler_integrate(guided(v, cfg_scale) if guide else v, x, schedule)
     if commit:
-        _write(model, chunk, caches, contexts, history_noise, generator, attention)
+        _write(model, chunk, cache, context, history_noise, generator, attention, guide)
     return chunk
 
 
@@ -106,52 +124,56 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
             uncond_context: torch.Tensor | None = None,
             attention: AttentionPolicy | None = None,
             callback: Callable[[int, torch.Tensor], None] | None = None,
-            device=None, return_video: bool = True) -> torch.Tensor | None:
+            device=None, return_video: bool = True, precision: str = "fp32") -> torch.Tensor | None:
     """Generate (batch, C, F, H, W): the prefix chunks (if any) followed by cfg.chunks new ones.
 
     `callback(i, chunk)` is called as each chunk is finished (streaming). With
     `return_video=False` finished chunks go only to the callback and nothing is returned, so
     with a rolling context a rollout of any length runs in constant memory. `attention`: the
-    history attention policy (routed / windowed layouts); None = dense."""
+    history attention policy (routed / windowed layouts); None = dense. `precision`: 'fp32'
+    or 'bf16' (model calls under bf16 autocast; the latents and the Euler steps stay fp32).
+    Guidance (cfg_scale != 1) runs both branches as one batch of 2B over one KV cache."""
     mc = model.config
     device = device or next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    use_cfg = cfg.cfg_scale != 1.0
-    if use_cfg and uncond_context is None:
-        raise ValueError("cfg_scale != 1 needs an unconditional context (uncond_context)")
+    guide = cfg.cfg_scale != 1.0
     context, uncond_context = _text_contexts(mc, batch, device, context, uncond_context)
-    # guidance needs its own cache: the unconditional branch's history keys differ
-    contexts = [context, uncond_context] if use_cfg else [context]
-    keep = cfg.cache_chunks()
-    caches = [model.new_cache(height, width, keep, cfg.sink if keep is not None else 0) for _ in contexts]
-    chunks = []
+    ctx = guidance_context(context, uncond_context, batch) if guide else context
+    n_prefix = 0
     if prefix is not None:
         if prefix.shape[0] != batch or prefix.shape[-2:] != (height, width):
             raise ValueError(f"prefix of shape {tuple(prefix.shape)} does not match batch={batch}, "
                              f"size={height}x{width}")
-        for i in range(model.num_chunks(prefix.shape[2])):  # validates whole chunks
+        n_prefix = model.num_chunks(prefix.shape[2])  # validates whole chunks
+    keep = cfg.cache_chunks()
+    # every chunk is committed: the cache holds at most prefix + chunks (fewer if it rolls)
+    cache = model.new_cache(height, width, keep, cfg.sink if keep is not None else 0,
+                            capacity=n_prefix + cfg.chunks)
+    chunks = []
+    grid = euler_grid(cfg.steps, cfg.shift)
+    shape = (batch, mc.in_channels, mc.frames_per_chunk, height, width)
+    with autocast(precision, device):
+        for i in range(n_prefix):
             c = prefix[:, :, i * mc.frames_per_chunk:(i + 1) * mc.frames_per_chunk].to(device)
-            _write(model, c, caches, contexts, cfg.history_noise, generator, attention)
+            _write(model, c, cache, ctx, cfg.history_noise, generator, attention, guide)
             if return_video:
                 chunks.append(c)
-    n_prefix = 0 if prefix is None else model.num_chunks(prefix.shape[2])
-    grid = euler_grid(cfg.steps, cfg.shift, device=device)
-    shape = (batch, mc.in_channels, mc.frames_per_chunk, height, width)
-    for i in range(cfg.chunks):
-        noise = torch.randn(shape, generator=generator, device=device)
-        chunk = chunk_step(model, noise, grid_schedule(grid, batch, device), caches, contexts, attention,
-                           cfg.cfg_scale, history_noise=cfg.history_noise, generator=generator)
-        if callback is not None:
-            callback(n_prefix + i, chunk)
-        if return_video:
-            chunks.append(chunk)
+        for i in range(cfg.chunks):
+            noise = torch.randn(shape, generator=generator, device=device)
+            chunk = chunk_step(model, noise, grid_schedule(grid, batch, device), cache, ctx, attention,
+                               cfg.cfg_scale, history_noise=cfg.history_noise, generator=generator)
+            if callback is not None:
+                callback(n_prefix + i, chunk)
+            if return_video:
+                chunks.append(chunk)
     return torch.cat(chunks, dim=2) if return_video else None
 
 
 @torch.no_grad()
 def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int,
                       cfg: SampleConfig, prefix: torch.Tensor | None = None,
-                      context: torch.Tensor | None = None, device=None) -> torch.Tensor:
+                      context: torch.Tensor | None = None, device=None,
+                      precision: str = "fp32") -> torch.Tensor:
     """The same generation without a cache (clean history, no guidance): every Euler step
     runs the block-causal model over [finished chunks at t = 0 | current chunk at t]; with a
     rolling context, under the banded mask that context implies (`_banded`)."""
@@ -161,20 +183,21 @@ def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int
     context = _text_contexts(mc, batch, device, context, None)[0]
     fpc = mc.frames_per_chunk
     done = prefix.to(device) if prefix is not None else None
-    grid = euler_grid(cfg.steps, cfg.shift, device=device)
+    grid = euler_grid(cfg.steps, cfg.shift)
     shape = (batch, mc.in_channels, fpc, height, width)
     banded, alone = _banded(cfg), cfg.cache_chunks() == 0  # context 1: every chunk alone
-    for _ in range(cfg.chunks):
-        seen = None if alone else done
-        n_seen = 0 if seen is None else seen.shape[2] // fpc
+    with autocast(precision, device):
+        for _ in range(cfg.chunks):
+            seen = None if alone else done
+            n_seen = 0 if seen is None else seen.shape[2] // fpc
 
-        def v(x, t, seen=seen, n_seen=n_seen):
-            full = x if seen is None else torch.cat([seen, x], dim=2)
-            t_full = torch.cat([torch.zeros(batch, n_seen, device=device), t], dim=1)
-            return model(full, t_full, context=context, attention=banded)[:, :, -fpc:]
+            def v(x, t, seen=seen, n_seen=n_seen):
+                full = x if seen is None else torch.cat([seen, x], dim=2)
+                t_full = torch.cat([torch.zeros(batch, n_seen, device=device), t], dim=1)
+                return model(full, t_full, context=context, attention=banded)[:, :, -fpc:]
 
-        chunk = euler_sample(v, torch.randn(shape, generator=generator, device=device), grid)
-        done = chunk if done is None else torch.cat([done, chunk], dim=2)
+            chunk = euler_sample(v, torch.randn(shape, generator=generator, device=device), grid)
+            done = chunk if done is None else torch.cat([done, chunk], dim=2)
     return done
 
 

@@ -18,6 +18,7 @@ from .model.attention_policy import AttentionPolicy
 from .model.history_attention_config import HistoryAttentionConfig
 from .model.router_stats import RouterRecorder
 from .parallel import resolve_device
+from .precision import enable_tf32
 from .rollout import SampleConfig, rollout
 from .text_context import empty_prompt
 from .worlds import world_of
@@ -122,8 +123,13 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
         context = empty if context is None else context
         uncond_context = empty if uncond_context is None else uncond_context
     bar = tqdm(total=s.chunks, desc="generate", disable=not progress, dynamic_ncols=True)
+    enable_tf32(dev)
+    # the run's precision on CUDA; on the CPU fp32 (bf16 autocast is ~29x slower there, and the
+    # checkpoint holds the fp32 master weights)
+    prec = cfg.precision if dev.type == "cuda" else "fp32"
     videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, attention=policy, context=context,
-                     uncond_context=uncond_context, callback=lambda i, c: bar.update(1), device=dev)
+                     uncond_context=uncond_context, callback=lambda i, c: bar.update(1), device=dev,
+                     precision=prec)
     bar.close()
     check_finite_output(videos, path)
     train_frames = training_context(cfg) * fpc

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import parallel
+from . import parallel, precision
 from .checkpoint import (CheckpointDamaged, CheckpointError, check_fits, checkpoint_dirs, latest_checkpoint,
                          load_checkpoint, move_aside, recover_interrupted_saves, save_checkpoint)
 from .config import TrainConfig, to_yaml
@@ -159,6 +159,7 @@ class Trainer:
                  init_from: str | Path | None = None, overwrite: bool = False):
         self.cfg = cfg
         self.parallel, self.device = parallel.setup(cfg.parallel, parallel.resolve_device(cfg.device))
+        precision.enable_tf32(self.device)
         self.rank, self.world, self.main = parallel.rank(), parallel.world_size(), parallel.is_main()
         o = cfg.optim
         if o.batch_size % (o.grad_accum * self.world):
@@ -387,29 +388,33 @@ class Trainer:
         resample_time, loss_sum = 0.0, 0.0
         self.wrapped.train()
         self.opt.zero_grad(set_to_none=True)
+        forward = lambda: precision.autocast(cfg.precision, self.device)  # noqa: E731 (forward passes only)
         for k in range(o.grad_accum):
             clean, info = self.data.batch(micro, frames)
             clean = clean.to(self.device)
             context = self._text_context(info, micro)
             t1 = time.perf_counter()
-            if stage.history_grad:
-                history, t_hist = build_history(stage.history, self.model, clean, self.gen, context=context,
-                                                attention=attention)
-                kv = None
-            else:  # detached history: the noisy stream reads history keys/values made without gradient
-                history, t_hist, cache = build_history_and_cache(stage.history, self.model, clean, self.gen,
-                                                                 context=context, attention=attention,
-                                                                 skip_last=True)
-                kv = history_kv(stage.history, self.model, history, t_hist, cache, attention, context)
+            with forward():
+                if stage.history_grad:
+                    history, t_hist = build_history(stage.history, self.model, clean, self.gen, context=context,
+                                                    attention=attention)
+                    kv = None
+                else:  # detached history: the noisy stream reads history keys/values made without gradient
+                    history, t_hist, cache = build_history_and_cache(stage.history, self.model, clean, self.gen,
+                                                                     context=context, attention=attention,
+                                                                     skip_last=True)
+                    kv = history_kv(stage.history, self.model, history, t_hist, cache, attention, context)
             resample_time += time.perf_counter() - t1
             with parallel.no_grad_sync(self.wrapped, skip=k < o.grad_accum - 1):
-                loss = flow_matching_loss(self.wrapped, clean, history, t_hist, cfg.timesteps, self.gen,
-                                          context=context, space=cfg.loss_space, attention=attention,
-                                          history_kv=kv)
+                with forward():
+                    loss = flow_matching_loss(self.wrapped, clean, history, t_hist, cfg.timesteps, self.gen,
+                                              context=context, space=cfg.loss_space, attention=attention,
+                                              history_kv=kv)
                 (loss / o.grad_accum).backward()
-            loss_sum += loss.item() / o.grad_accum
+            loss_sum = loss_sum + loss.detach() / o.grad_accum  # on the device: no sync per micro-batch
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))
-        loss_mean, grad_norm = parallel.all_reduce_mean(loss_sum), parallel.to_float(grad_norm)
+        # the step's one host sync: loss and grad norm read together (the skip decision needs them)
+        loss_mean, grad_norm = parallel.to_floats(parallel.mean_over_ranks(loss_sum), grad_norm)
         finite = math.isfinite(loss_mean) and math.isfinite(grad_norm)
         if finite:
             self.opt.step()

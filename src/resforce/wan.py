@@ -32,8 +32,8 @@ import torch.nn as nn
 
 from .model.dit import CausalVideoDiT, DiTConfig
 
-__all__ = ["config_from_diffusers", "convert_state_dict", "load_wan", "WanConversionError", "is_wan_folder",
-           "read_wan_config", "read_wan_state_dict"]
+__all__ = ["config_from_diffusers", "convert_state_dict", "load_wan", "weight_dtype", "KEEP_IN_FP32",
+           "WanConversionError", "is_wan_folder", "read_wan_config", "read_wan_state_dict"]
 
 
 class WanConversionError(ValueError):
@@ -260,6 +260,19 @@ def _from_module(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
     return dict(cfg), {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+KEEP_IN_FP32 = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")
+"""diffusers' WanTransformer3DModel._keep_in_fp32_modules (less 'rope', whose tables we do not
+load): a parameter stays float32 when one of these is a component of its dotted name, the
+same match diffusers makes (model_loading_utils: `m in param_name.split('.')`)."""
+
+
+def weight_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype load_wan gives parameter `name` when asked for `dtype` (a dtype narrower than
+    float32 is not used for KEEP_IN_FP32 parameters)."""
+    keep = dtype.itemsize < 4 and any(m in name.split(".") for m in KEEP_IN_FP32)
+    return torch.float32 if keep else dtype
+
+
 def load_wan(path_or_model, frames_per_chunk: int = 3, dtype: torch.dtype = torch.float32,
              device: torch.device | str | None = None, variant: str | None = None,
              **config_overrides) -> CausalVideoDiT:
@@ -268,11 +281,13 @@ def load_wan(path_or_model, frames_per_chunk: int = 3, dtype: torch.dtype = torc
     `path_or_model`: a local diffusers WanTransformer3DModel folder (config.json plus
     diffusion_pytorch_model[.<variant>].safetensors, or sharded with its .index.json, or a
     .bin), a Wan pipeline folder (its 'transformer' subfolder is used), or an in-memory
-    WanTransformer3DModel. Never downloads anything. All weights are cast to `dtype` (our
-    layer norms and the timestep features compute in float32 regardless; unlike diffusers,
-    the modulation and residual adds then run in `dtype` too). The model is
-    built on the meta device and takes the loaded tensors, so a 14B model is not allocated
-    twice. `config_overrides` go to config_from_diffusers (e.g. attention_backend)."""
+    WanTransformer3DModel. Never downloads anything. Weights are cast to `dtype`, except
+    those diffusers keeps in float32 (KEEP_IN_FP32: the time embedder, the AdaLN
+    scale_shift_tables and the block norms), which stay float32 as in diffusers' bf16 Wan.
+    The model computes its modulation, norms and RoPE in float32 and casts its input to the
+    patch embedding's dtype itself (model/dit.py), so fp32 noise goes into a bf16 model. The
+    model is built on the meta device and takes the loaded tensors, so a 14B model is not
+    allocated twice. `config_overrides` go to config_from_diffusers (e.g. attention_backend)."""
     if isinstance(path_or_model, nn.Module):
         cfg_dict, raw = _from_module(path_or_model)
         where = f"in-memory {type(path_or_model).__name__}"
@@ -289,7 +304,7 @@ def load_wan(path_or_model, frames_per_chunk: int = 3, dtype: torch.dtype = torc
         sd = convert_state_dict(raw, config)
     except WanConversionError as e:
         raise WanConversionError(f"{where}: {e}") from None
-    sd = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device=device)
+    sd = {k: v.to(device=device, dtype=weight_dtype(k, dtype)) if v.is_floating_point() else v.to(device=device)
           for k, v in sd.items()}
     model = _meta_model(config)
     model.load_state_dict(sd, strict=True, assign=True)

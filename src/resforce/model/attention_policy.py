@@ -17,7 +17,7 @@ from .cache import KVCache
 from .history_attention_config import HistoryAttentionConfig
 from .router_stats import RouterRecorder
 from .routing_fast import RoutedCachedLayout
-from .routing_naive import routed_block_causal_layout, routed_two_stream_layout
+from .routing_grouped import routed_block_causal_layout, routed_two_stream_layout
 
 MASKED_KINDS = ("two_stream", "block_causal")
 
@@ -30,19 +30,18 @@ class AttentionPolicy:
         cfg = cfg or HistoryAttentionConfig()
         cfg.validate()
         self.cfg, self.recorder = cfg, recorder
-        # shared by the routed cached layouts: reused gather buffers (see RoutedCachedLayout)
-        self.workspace: dict = {}
 
     def cached(self, cache: KVCache, write: bool):
         """The layout of one KV-cached call: forward_chunk (write=False) or write_cache (True)."""
         if self.cfg.mode == "dense" and self.recorder is None:
             return CachedLayout(cache, write)
-        return RoutedCachedLayout(cache, write, self.cfg, self.recorder, self.workspace)
+        return RoutedCachedLayout(cache, write, self.cfg, self.recorder)
 
     def masked(self, kind: str, num_chunks: int, tokens_per_chunk: int, backend: str = "chunked", device=None):
         """The layout of a full-sequence pass: 'two_stream' (training) or 'block_causal'.
         Dense uses the model's attention_backend ('chunked' by default: block-sparse, no
-        S x S tensor); routed / windowed layouts always use their own masked SDPA."""
+        S x S tensor); routed / windowed layouts group the queries by the
+        chunks they attend to (routing_grouped.py), whatever the backend."""
         if kind not in MASKED_KINDS:
             raise ValueError(f"unknown layout kind {kind!r}; expected one of {MASKED_KINDS}")
         if self.cfg.mode == "dense":
@@ -50,9 +49,6 @@ class AttentionPolicy:
             return make(num_chunks, tokens_per_chunk, backend, device)
         make = routed_two_stream_layout if kind == "two_stream" else routed_block_causal_layout
         return make(self.cfg, num_chunks, tokens_per_chunk, device)
-
-    def __getstate__(self):
-        return {**self.__dict__, "workspace": {}}
 
 
 def cached_layout(policy: AttentionPolicy | None, cache: KVCache, write: bool):

@@ -1,9 +1,16 @@
 """KV cache for chunk-by-chunk rollout.
 
 Per layer it holds the keys/values of the retained finished chunks, shaped (B, heads,
-chunks, tokens_per_chunk, head_dim), in a buffer that doubles its capacity so appending a
-chunk costs amortised O(1). It also keeps each chunk's mean key (B, heads, chunks, head_dim):
-history routing scores chunks by q . mean(K_j) and must not re-read old keys to do so.
+chunks, tokens_per_chunk, head_dim), in the dtype of the keys it is given (bf16 under bf16
+autocast). It also keeps each chunk's mean key (B, heads, chunks, head_dim): history routing
+scores chunks by q . mean(K_j) and must not re-read old keys to do so.
+
+Capacity: the buffer has one slot per chunk it will ever hold at once, the chunk being
+denoised included (it is staged in the slot after the cached ones). Callers that know that
+number pass it (`capacity`: self-resampling of N chunks needs N, a rollout needs its prefix
+plus its chunks), and a rolling context bounds it by max_chunks + 1; the buffer is then
+allocated once at exactly that size. Only a cache with neither grows, by doubling (appending
+a chunk costs amortised O(1)).
 
 Rolling context (`max_chunks`): past that many cached chunks the oldest is evicted (after the
 first `sink` chunks, which are kept for good), so a rollout of any length attends to at most
@@ -23,9 +30,15 @@ import torch
 class LayerCache:
     """Keys, values and mean keys of the cached chunks for one attention layer."""
 
-    def __init__(self, max_chunks: int | None = None, sink: int = 0) -> None:
+    def __init__(self, max_chunks: int | None = None, sink: int = 0, capacity: int | None = None) -> None:
         if max_chunks is not None and not 0 <= sink <= max_chunks:
             raise ValueError(f"cache sink={sink} must be between 0 and max_chunks={max_chunks}")
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"cache capacity must be >= 1 chunk (or None: unknown), got {capacity}")
+        if max_chunks is not None:  # a rolling cache never holds more than this
+            capacity = max_chunks + 1 if capacity is None else min(capacity, max_chunks + 1)
+        self.capacity = capacity
+        """Slots to allocate (cached chunks + the staged one); None: unknown, grow by doubling."""
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.k_mean: torch.Tensor | None = None
@@ -36,9 +49,12 @@ class LayerCache:
         self.max_chunks = max_chunks
         self.sink = sink
 
-    def _grow(self, k: torch.Tensor) -> None:
+    def _grow(self, k: torch.Tensor, needed: int) -> None:
         b, h, _, l, d = k.shape
-        cap = max(4, 2 * (0 if self.k is None else self.k.shape[2]))
+        if self.k is None and self.capacity is not None and needed <= self.capacity:
+            cap = self.capacity  # exact: allocated once
+        else:  # unknown size (or a caller's capacity was too small): double
+            cap = max(4, needed, 2 * (0 if self.k is None else self.k.shape[2]))
         new_k = k.new_empty(b, h, cap, l, d)
         new_v = k.new_empty(b, h, cap, l, d)
         new_m = k.new_empty(b, h, cap, d)
@@ -54,11 +70,15 @@ class LayerCache:
         slots after the cached ones, without committing them, and return views (B, heads,
         (n + c) * tokens_per_chunk, d) of cache + staged keys/values. Attention reads these
         views instead of a concatenated copy of the whole cache at every step."""
+        if self.k is not None and k.dtype != self.k.dtype:
+            raise ValueError(f"KV cache holds {self.k.dtype} keys, got {k.dtype}: a cache written under "
+                             f"one precision cannot be read under another (use one autocast for the "
+                             f"whole rollout)")
         k = k.unflatten(2, (-1, tokens_per_chunk))
         v = v.unflatten(2, (-1, tokens_per_chunk))
         c = k.shape[2]
-        while self.k is None or self.num_chunks + c > self.k.shape[2]:
-            self._grow(k)
+        if self.k is None or self.num_chunks + c > self.k.shape[2]:
+            self._grow(k, self.num_chunks + c)
         n = self.num_chunks
         self.k[:, :, n:n + c] = k
         self.v[:, :, n:n + c] = v
@@ -111,13 +131,15 @@ class KVCache:
     """One LayerCache per transformer block, plus the number of cached chunks.
 
     max_chunks: history chunks kept (None = all, the cache grows with the video); sink: the
-    first chunks of the video that are never evicted (only for models trained with a sink)."""
+    first chunks of the video that are never evicted (only for models trained with a sink);
+    capacity: the most chunks it will hold at once, the one being denoised included (None =
+    unknown: max_chunks + 1 for a rolling cache, else the buffer grows by doubling)."""
 
     def __init__(self, num_layers: int, tokens_per_chunk: int, max_chunks: int | None = None,
-                 sink: int = 0) -> None:
+                 sink: int = 0, capacity: int | None = None) -> None:
         if max_chunks is not None and max_chunks < 0:
             raise ValueError(f"cache max_chunks must be >= 0 (or None for all), got {max_chunks}")
-        self.layers = [LayerCache(max_chunks, sink) for _ in range(num_layers)]
+        self.layers = [LayerCache(max_chunks, sink, capacity) for _ in range(num_layers)]
         self.tokens_per_chunk = tokens_per_chunk
         self.max_chunks = max_chunks
 

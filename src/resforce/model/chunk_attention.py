@@ -10,7 +10,7 @@ output and its log-sum-exp (LSE). A query's tiles are merged by LSE in float32:
     lse = logaddexp(lse_a, lse_b),   out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse)
 
 which is exactly softmax over the union of the tiles' keys. Only allowed blocks are
-computed, so the work is the mask's density (about 27% of (2N)^2 for the two-stream
+computed, so the work is the mask's density (about 26% of (2N)^2 for the two-stream
 layout at N = 32) instead of all of it.
 
 Tiling (`plan_tiles`, cached per chunk mask): a quadtree over the mask padded to a power of
@@ -19,7 +19,7 @@ sizes 1, 2, 4, ... Tiles of one shape whose positions form an arithmetic progres
 both query and key chunks (e.g. the squares of one quadtree level) run as ONE batched kernel
 call: the tiles are strided views of q/k/v (`as_strided`, no index tensors, so no host to
 device copies and nothing device-specific to cache), folded into the batch dimension.
-The two-stream layout at N = 32 takes 10 calls, block-causal 6.
+The two-stream layout at N = 32 takes 11 calls, block-causal 6.
 
 Backward without S x S (the ring-attention trick): with the MERGED output O and MERGED LSE,
 P = exp(q k^T * scale - LSE) restricted to a tile is exactly the tile's block of the full

@@ -11,10 +11,19 @@ Wan weights can be mapped onto it. What differs from Wan:
 
 Video tensors are (B, C, F, H, W); timesteps t are in [0, 1] (1 = pure noise), one per chunk:
 (B, num_chunks). Like Wan, the sinusoidal embedding sees t * 1000.
+
+Precision (as diffusers' WanTransformer3DModel, and for training under bf16 autocast with
+fp32 master weights, torchtitan-style): the input is cast to the patch embedding's dtype; the
+residual stream keeps the dtype the embedding produced (bf16 under autocast or for bf16
+weights); the time embedding and its projection run in float32 with autocast off; the AdaLN
+tables, the shift/scale/gate arithmetic and the residual adds it gates, the layer and RMS
+norms and RoPE compute in float32, each cast back to the stream's dtype after; the output is
+returned in the input's dtype. In float32 every cast is a no-op.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -25,7 +34,7 @@ import torch.nn.functional as F
 from .attention import CachedLayout, Layout, block_causal_layout, check_backend, two_stream_layout
 from .cache import KVCache
 from .detached_layout import CacheWritingLayout, DetachedLayout
-from .rope import apply_rope, grid_positions, rope_cos_sin
+from .rope import RopeTables, apply_rope
 
 
 @dataclass
@@ -118,12 +127,29 @@ PRESETS: dict[str, dict] = {
 
 # ----------------------------------------------------------------------------- pieces
 class FP32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 (Wan's), whatever the autocast dtype."""
+    """LayerNorm computed in float32 (Wan's), whatever the autocast dtype; returns x's dtype
+    (callers pass x.float() where the modulation that follows must stay in float32)."""
 
     def forward(self, x):
         w = None if self.weight is None else self.weight.float()
         b = None if self.bias is None else self.bias.float()
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
+
+
+class FP32RMSNorm(nn.RMSNorm):
+    """RMSNorm computed in float32 whatever the weight / autocast dtype; returns x's dtype.
+    (torch's rms_norm keeps bf16 input in bf16 under autocast and warns on mixed dtypes.)"""
+
+    def forward(self, x):
+        w = None if self.weight is None else self.weight.float()
+        return F.rms_norm(x.float(), self.normalized_shape, w, self.eps).type_as(x)
+
+
+def _autocast_off(device: torch.device):
+    """No autocast inside (where the device type has one; meta has none)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -167,13 +193,17 @@ class ConditionEmbedder(nn.Module):
         self.text_embedder = TextProjection(cfg.text_dim, dim) if cfg.text_dim > 0 else None
 
     def forward(self, t: torch.Tensor, context: torch.Tensor | None):
-        """t: (B, chunks) -> temb (B, chunks, D), modulation (B, chunks, 6, D), context."""
-        feats = timestep_features(t, self.freq_dim)  # float32; cast for bf16/fp16 weights
-        temb = self.time_embedder(feats.to(self.time_embedder.linear_1.weight.dtype))
-        mod = self.time_proj(self.act_fn(temb)).unflatten(-1, (6, -1))
+        """t: (B, chunks) -> temb (B, chunks, D) and modulation (B, chunks, 6, D), both
+        float32, and the projected context."""
+        # the modulation scales every activation: autocast off, each layer in its weight's
+        # dtype (float32 for trained models and for load_wan's time_embedder, like diffusers)
+        with _autocast_off(t.device):
+            feats = timestep_features(t, self.freq_dim)
+            temb = self.time_embedder(feats.to(self.time_embedder.linear_1.weight.dtype))
+            mod = self.time_proj(self.act_fn(temb).to(self.time_proj.weight.dtype))
         if context is not None and self.text_embedder is not None:
-            context = self.text_embedder(context)
-        return temb, mod, context
+            context = self.text_embedder(context.to(self.text_embedder.linear_1.weight.dtype))
+        return temb.float(), mod.float().unflatten(-1, (6, -1)), context
 
 
 class Attention(nn.Module):
@@ -187,8 +217,8 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(kv_dim, dim)
         self.to_v = nn.Linear(kv_dim, dim)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
-        self.norm_q = nn.RMSNorm(dim, eps=eps)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        self.norm_q = FP32RMSNorm(dim, eps=eps)
+        self.norm_k = FP32RMSNorm(dim, eps=eps)
 
     def _heads(self, x):
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
@@ -228,13 +258,17 @@ class FeedForward(nn.Module):
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, tpc: int) -> torch.Tensor:
-    """x (B, chunks*tpc, D) * (1 + scale) + shift, with per-chunk shift/scale (B, chunks, D)."""
+    """x (B, chunks*tpc, D) * (1 + scale) + shift, with per-chunk shift/scale (B, chunks, D);
+    in the promoted dtype (float32 for float32 shift/scale)."""
     xc = x.unflatten(1, (-1, tpc))
     return (xc * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2)
 
 
-def _gate(x: torch.Tensor, gate: torch.Tensor, tpc: int) -> torch.Tensor:
-    return (x.unflatten(1, (-1, tpc)) * gate[:, :, None]).flatten(1, 2)
+def _gated_add(x: torch.Tensor, out: torch.Tensor, gate: torch.Tensor, tpc: int) -> torch.Tensor:
+    """x + out * gate with a per-chunk gate (B, chunks, D), added in float32, in x's dtype.
+    (A fresh tensor, not a view: FSDP2 warns about blocks that return views.)"""
+    gated = (out.unflatten(1, (-1, tpc)) * gate[:, :, None]).flatten(1, 2)
+    return (x.float() + gated).type_as(x)
 
 
 class TransformerBlock(nn.Module):
@@ -255,14 +289,15 @@ class TransformerBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
 
     def forward(self, x, mod, layout, rope, context, tpc: int):
-        # mod: (B, chunks, 6, D); one modulation per chunk, applied to all its tokens
-        shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table[:, None] + mod).unbind(2)
-        h = _modulate(self.norm1(x), shift, scale, tpc)
-        x = x + _gate(self.attn1(h, self.layer, layout, rope), gate, tpc)
+        # mod: (B, chunks, 6, D) float32; one modulation per chunk, applied to all its tokens
+        table = self.scale_shift_table.float()[:, None]
+        shift, scale, gate, c_shift, c_scale, c_gate = (table + mod).unbind(2)
+        h = _modulate(self.norm1(x.float()), shift, scale, tpc).type_as(x)
+        x = _gated_add(x, self.attn1(h, self.layer, layout, rope), gate, tpc)
         if self.attn2 is not None:
-            x = x + self.attn2(self.norm2(x), self.layer, context=context)
-        h = _modulate(self.norm3(x), c_shift, c_scale, tpc)
-        return x + _gate(self.ffn(h), c_gate, tpc)
+            x = x + self.attn2(self.norm2(x.float()).type_as(x), self.layer, context=context)
+        h = _modulate(self.norm3(x.float()), c_shift, c_scale, tpc).type_as(x)
+        return _gated_add(x, self.ffn(h), c_gate, tpc)
 
 
 # ----------------------------------------------------------------------------- model
@@ -279,6 +314,7 @@ class CausalVideoDiT(nn.Module):
         self.norm_out = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
         self.proj_out = nn.Linear(dim, cfg.out_channels * math.prod(cfg.patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
+        self.rope_tables = RopeTables(cfg.attention_head_dim, cfg.rope_theta)
         if cfg.init == "zero_adaln":
             self._zero_adaln_init()
 
@@ -314,19 +350,23 @@ class CausalVideoDiT(nn.Module):
                              f"{self.config.frames_per_chunk} frames")
         return frames // self.config.frames_per_chunk
 
-    def new_cache(self, height: int, width: int, max_chunks: int | None = None, sink: int = 0) -> KVCache:
-        """An empty KV cache; max_chunks: history chunks kept (rolling context), None = all."""
-        return KVCache(self.config.num_layers, self.tokens_per_chunk(height, width), max_chunks, sink)
+    def new_cache(self, height: int, width: int, max_chunks: int | None = None, sink: int = 0,
+                  capacity: int | None = None) -> KVCache:
+        """An empty KV cache; max_chunks: history chunks kept (rolling context), None = all;
+        capacity: the most chunks it will hold at once, the one being denoised included (its
+        buffer is then allocated once, at exactly that size; see model/cache.py)."""
+        return KVCache(self.config.num_layers, self.tokens_per_chunk(height, width), max_chunks, sink,
+                       capacity)
 
     def _rope(self, frames: int, height: int, width: int, chunk_offset: int, device):
         f, h, w = self.token_grid(frames, height, width)
         pt = self.config.patch_size[0]
         offset = chunk_offset * self.config.frames_per_chunk // pt
-        pos = grid_positions(f, h, w, offset, device)
-        return rope_cos_sin(pos, self.config.attention_head_dim, self.config.rope_theta)
+        return self.rope_tables.grid(f, h, w, offset, device)  # cached on the device
 
     # -- the trunk --------------------------------------------------------------------
     def _embed(self, x):
+        x = x.to(self.patch_embedding.weight.dtype)  # fp32 noise into a bf16 model
         return self.patch_embedding(x).flatten(2).transpose(1, 2)  # (B, tokens, D)
 
     def _trunk(self, tokens, t, layout, rope, context, tpc):
@@ -342,14 +382,15 @@ class CausalVideoDiT(nn.Module):
 
     def _head(self, tokens, temb, tpc, shape):
         b, _, f, h, w = shape
-        shift, scale = (self.scale_shift_table[:, None] + temb[:, :, None]).unbind(2)
-        out = self.proj_out(_modulate(self.norm_out(tokens), shift, scale, tpc))
+        shift, scale = (self.scale_shift_table.float()[:, None] + temb[:, :, None]).unbind(2)
+        out = self.proj_out(_modulate(self.norm_out(tokens.float()), shift, scale, tpc).type_as(tokens))
         pt, ph, pw = self.config.patch_size
         gf, gh, gw = self.token_grid(f, h, w)
         out = out.reshape(b, gf, gh, gw, pt, ph, pw, self.config.out_channels)
         return out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, self.config.out_channels, f, h, w)
 
     def _to_velocity(self, out, x_t, t):
+        out = out.to(x_t.dtype)  # the caller's dtype (float32 latents stay float32)
         if self.config.prediction == "velocity":
             return out
         # x0-prediction: v = (x_t - x0) / t; t is clamped away from 0 where v is undefined

@@ -1,14 +1,13 @@
-"""Routed history attention, the naive reference (and the routed training layout).
+"""Routed history attention, THE naive reference (used by tests and benchmarks only).
 
-`RoutedMaskedLayout`: dense scores over every key, with the chunks a query token did not
-select masked out (a per (batch, head, token) boolean mask handed to SDPA). Built for the
-two-stream training pass ([history | noisy]: history chunk j routes over history chunks < j,
-noisy chunk i over history chunks < i; each also always sees its own chunk) and for the
-block-causal pass. In the two-stream pass the history stream plays the role of the KV cache,
-so this is, chunk by chunk, what the fast cached path (routing_fast.py) computes; the tests
-in tests/test_routing.py prove the two equal.
-Routed masked layouts always use SDPA (the mask is data dependent), whatever the model's
-attention_backend.
+`NaiveRoutedLayout`: dense scores over every key, with the chunks a query token did not
+select masked out: a (B, heads, S, S) boolean mask handed to SDPA, i.e. O(S^2) memory per
+layer, which is why no model path uses it. It states the definition as plainly as possible:
+the two-stream pass ([history | noisy]: history chunk j routes over history chunks < j, noisy
+chunk i over history chunks < i; each also always sees its own chunk), the block-causal pass,
+and one KV-cached chunk (`routed_reference`). tests/test_routing.py proves the fast paths
+equal to it: the grouped full-sequence layout (routing_grouped.py) and the cached rollout
+layout (routing_fast.py), forward and backward.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .history_attention_config import HistoryAttentionConfig
+from .routing_grouped import block_causal_routes, two_stream_routes
 
 
 def _select_chunks(cfg: HistoryAttentionConfig, q: torch.Tensor, k: torch.Tensor,
@@ -41,7 +41,7 @@ def _select_chunks(cfg: HistoryAttentionConfig, q: torch.Tensor, k: torch.Tensor
     return sel
 
 
-class RoutedMaskedLayout:
+class NaiveRoutedLayout:
     """Full-sequence attention where each query token sees its own chunk plus the history
     chunks it selected (naive reference: dense SDPA under a per-token mask).
 
@@ -70,26 +70,16 @@ class RoutedMaskedLayout:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def routed_two_stream_layout(cfg: HistoryAttentionConfig, num_chunks: int, tokens_per_chunk: int,
-                             device=None) -> RoutedMaskedLayout:
-    """[history 0..N-1 | noisy 0..N-1]: history chunk j routes over history chunks < j (+ own),
-    noisy chunk i over history chunks < i (+ itself). The history stream is the KV cache."""
-    n = num_chunks
-    idx = torch.arange(n, device=device)
-    q_index = torch.cat([idx, idx])
-    own = torch.eye(2 * n, dtype=torch.bool, device=device)
-    cand = torch.zeros(2 * n, 2 * n, dtype=torch.bool, device=device)
-    cand[:, :n] = q_index[:, None] > idx[None, :]
-    return RoutedMaskedLayout(cfg, own, cand, q_index, q_index, tokens_per_chunk)
+def naive_two_stream_layout(cfg: HistoryAttentionConfig, num_chunks: int, tokens_per_chunk: int,
+                            device=None) -> NaiveRoutedLayout:
+    """Reference of routing_grouped.routed_two_stream_layout (same chunk structure)."""
+    return NaiveRoutedLayout(cfg, *two_stream_routes(num_chunks, device), tokens_per_chunk)
 
 
-def routed_block_causal_layout(cfg: HistoryAttentionConfig, num_chunks: int, tokens_per_chunk: int,
-                               device=None) -> RoutedMaskedLayout:
-    """One stream: chunk i routes over chunks < i (+ itself)."""
-    idx = torch.arange(num_chunks, device=device)
-    own = torch.eye(num_chunks, dtype=torch.bool, device=device)
-    cand = idx[:, None] > idx[None, :]
-    return RoutedMaskedLayout(cfg, own, cand, idx, idx, tokens_per_chunk)
+def naive_block_causal_layout(cfg: HistoryAttentionConfig, num_chunks: int, tokens_per_chunk: int,
+                              device=None) -> NaiveRoutedLayout:
+    """Reference of routing_grouped.routed_block_causal_layout (same chunk structure)."""
+    return NaiveRoutedLayout(cfg, *block_causal_routes(num_chunks, device), tokens_per_chunk)
 
 
 def routed_reference(cfg: HistoryAttentionConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -104,6 +94,6 @@ def routed_reference(cfg: HistoryAttentionConfig, q: torch.Tensor, k: torch.Tens
     own = torch.zeros(1, n + 1, dtype=torch.bool, device=q.device)
     own[0, n] = True
     cand = ~own
-    layout = RoutedMaskedLayout(cfg, own, cand, idx[n:], idx, tpc)
+    layout = NaiveRoutedLayout(cfg, own, cand, idx[n:], idx, tpc)
     return layout.attend(0, q, torch.cat([hist_k.flatten(2, 3), k], 2),
                          torch.cat([hist_v.flatten(2, 3), v], 2))
