@@ -41,7 +41,10 @@ The count is checked against torch.utils.flop_counter.FlopCounterMode on one ste
 0.1%). The counter has no formula for the CPU flash kernels the chunked backend calls, so
 they are given torch's own SDPA formulas (without that it counts no attention at all).
 
-About 2-3 minutes at 2 threads on an idle 2-core machine (elapsed time printed); CPU only.
+Cost: 191 s of process CPU at 1 thread (289 s wall on a busy 2-core machine, of which dense
+rollout to 1024 chunks 140 s); elapsed wall and CPU time are printed. CPU only. On a busy
+machine use --threads 1: two OpenMP threads that wait for each other at every small op made a
+16-token rollout call 12x slower there (510 ms vs 42 ms, measured).
     python benchmarks/bench_throughput.py [--threads 2] [--json FILE] [--quick]
 """
 
@@ -339,13 +342,14 @@ def main(argv=None):
         raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     result = measure(QUICK if args.quick else Sizes(), args.config, args.threads)
     result["elapsed_s"] = time.perf_counter() - _T_START
+    result["cpu_s"] = time.process_time()  # all threads; at 1 thread, about an idle machine's wall time
     result["quick"] = args.quick
     load = result["load_average_1min"]
     print(f"model {result['params'] / 1e6:.1f}M params ({args.config}), CPU, {args.threads} thread(s), "
           f"torch {torch.__version__}{', QUICK sizes' if args.quick else ''}; load average "
           f"{load[0]:.1f} -> {load[1]:.1f} on {result['cpus']} CPUs")
     print(markdown(result))
-    print(f"elapsed {result['elapsed_s']:.0f} s (imports included)")
+    print(f"elapsed {result['elapsed_s']:.0f} s wall, {result['cpu_s']:.0f} s process CPU (imports included)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=str))
     return result
