@@ -42,6 +42,32 @@ def step(model, opt, cfg, clean, hist_cfg, history_grad, gen):
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+KINDS = {"TF two-stream": ("teacher", True), "RF two-stream": ("resampling", True),
+         "TF detached": ("teacher", False), "RF detached": ("resampling", False)}
+
+
+def median_step_times(cfg, batch: int, chunks: int, steps: int, device="cpu", seed: int = 0):
+    """({kind: median wall s}, {kind: median process CPU s}, model, clean) over `steps` timed
+    rounds of the four KINDS, interleaved, after one warm-up round (also used by
+    bench_throughput.py)."""
+    torch.manual_seed(seed)
+    model = CausalVideoDiT(cfg.model).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    data = world_of(cfg.data).stream()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    clean = data.batch(batch, chunks * cfg.model.frames_per_chunk)[0].to(device)
+    wall, cpu = {k: [] for k in KINDS}, {k: [] for k in KINDS}
+    for i in range(steps + 1):  # the first round warms up
+        for name, (strategy, history_grad) in KINDS.items():
+            dt, dc = step(model, opt, cfg, clean, HistoryConfig(strategy=strategy), history_grad, gen)
+            if i:
+                wall[name].append(dt)
+                cpu[name].append(dc)
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    return med, med_cpu, model, clean
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/bb_resampling.yaml")
@@ -54,29 +80,13 @@ def main():
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
     args.batch = args.batch or cfg.optim.batch_size
-    torch.manual_seed(0)
-    model = CausalVideoDiT(cfg.model).to(args.device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    data = world_of(cfg.data).stream()
-    gen = torch.Generator(device=args.device).manual_seed(0)
-    clean = data.batch(args.batch, args.chunks * cfg.model.frames_per_chunk)[0].to(args.device)
-    kinds = {"TF two-stream": ("teacher", True), "RF two-stream": ("resampling", True),
-             "TF detached": ("teacher", False), "RF detached": ("resampling", False)}
-    wall, cpu = {k: [] for k in kinds}, {k: [] for k in kinds}
-    for i in range(args.steps + 1):  # the first round warms up
-        for name, (strategy, history_grad) in kinds.items():
-            dt, dc = step(model, opt, cfg, clean, HistoryConfig(strategy=strategy), history_grad, gen)
-            if i:
-                wall[name].append(dt)
-                cpu[name].append(dc)
-    med = {k: statistics.median(v) for k, v in wall.items()}
-    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    med, med_cpu, model, clean = median_step_times(cfg, args.batch, args.chunks, args.steps, args.device)
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model {n_params:.1f}M params, batch {args.batch}, {args.chunks} chunks x "
           f"{model.tokens_per_chunk(*clean.shape[-2:])} tokens, {args.device}, {args.threads} thread(s), "
           f"median of {args.steps} steps")
     print(f"{'':16s} {'wall':>9s} {'CPU':>9s}   (CPU time: the steadier number on a busy machine)")
-    for name in kinds:
+    for name in KINDS:
         print(f"{name:16s} {med[name] * 1000:6.1f} ms {med_cpu[name] * 1000:6.1f} ms")
     for label, a, b, goal in [("RF detached / TF two-stream", "RF detached", "TF two-stream", "   (goal <= 0.9)"),
                               ("RF detached / RF two-stream", "RF detached", "RF two-stream", ""),
