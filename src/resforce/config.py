@@ -20,6 +20,7 @@ from .flow import TimestepSampler
 from .history import HistoryConfig
 from .model.dit import PRESETS, DiTConfig
 from .model.history_attention_config import HistoryAttentionConfig
+from .parallel import checkpoint_mode
 from .rollout import SampleConfig
 from .worlds import WORLDS, known_kinds, world_of
 
@@ -145,6 +146,10 @@ class TrainConfig:
             except (ValueError, NotImplementedError) as e:
                 raise ConfigError(f"stages.{i}.attention: {e}") from None
         self.model.validate()
+        try:
+            checkpoint_mode(self.model.gradient_checkpointing)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         _check_data_fits_model(self)
 
 

@@ -5,7 +5,8 @@ The model code (model/dit.py) knows nothing of this module; the trainer asks it 
 1. `setup(mode, device)`: detect torchrun (WORLD_SIZE / RANK / LOCAL_RANK in the
    environment), initialise the default process group - NCCL when the device is CUDA (each
    rank takes the GPU of its LOCAL_RANK), Gloo on the CPU - and resolve the mode;
-2. `apply_activation_checkpointing(model)` (model.gradient_checkpointing) and
+2. `apply_activation_checkpointing(model, mode)` (model.gradient_checkpointing: full or
+   selective) and
    `wrap_model(model, mode, device)`: "none" returns the model; "ddp" wraps it in
    `DistributedDataParallel`; "fsdp" applies FSDP2 `fully_shard` to every transformer block
    and then to the root, in place;
@@ -180,15 +181,65 @@ FORWARD_METHODS = ("forward_chunk", "write_cache")
 """Methods other than forward that run the model; FSDP2 must unshard around them."""
 
 
-def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
+CHECKPOINT_MODES = ("none", "full", "selective")
+
+
+def checkpoint_mode(value) -> str:
+    """model.gradient_checkpointing -> 'none' | 'full' | 'selective'. Booleans (and their YAML
+    spellings, which a str field receives as 'True'/'False') keep their old meaning:
+    true = full, false = none."""
+    text = str(value).strip().lower()
+    mode = {"true": "full", "false": "none", "off": "none", "": "none"}.get(text, text)
+    if mode not in CHECKPOINT_MODES:
+        raise ValueError(f"model.gradient_checkpointing must be one of {CHECKPOINT_MODES} (or true = full, "
+                         f"false = none), got {value!r}")
+    return mode
+
+
+def attention_kernel_ops() -> set:
+    """The aten kernels that compute attention (output and log-sum-exp) on any backend: what
+    selective checkpointing keeps. Recomputing them is most of the FLOPs of a long-clip
+    step; their outputs are small (O(tokens), never O(tokens^2))."""
+    aten = torch.ops.aten
+    names = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
+             "_scaled_dot_product_fused_attention_overrideable", "_flash_attention_forward",
+             "_efficient_attention_forward")
+    ops = {getattr(aten, n).default for n in names if hasattr(aten, n)}
+    flex = getattr(torch.ops.higher_order, "flex_attention", None)
+    return ops | ({flex} if flex is not None else set())
+
+
+def _selective_context():
+    """torchtitan's op-level SAC policy, narrowed to attention: keep the attention kernels'
+    outputs (and LSE), recompute everything else (linears, norms, modulation, RoPE)."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    keep = attention_kernel_ops()
+
+    def policy(ctx, func, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if func in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str = "full") -> nn.Module:
     """Recompute every transformer block (`model.blocks`) in the backward pass instead of
     keeping its activations, applied from outside the model like torchtitan does, before
     wrapping. torch's composable `checkpoint` works by forward hooks, so parameter names (and
-    checkpoints) stay as they are and FSDP2 composes with it. In place; returns the model."""
+    checkpoints) stay as they are and FSDP2 composes with it. In place; returns the model.
+
+    mode: 'full' recomputes the whole block; 'selective' keeps the attention kernels' outputs
+    (see attention_kernel_ops) and recomputes the rest, so the backward never re-runs
+    attention; 'none' leaves the model as it is."""
     from torch.distributed._composable import checkpoint
 
+    mode = checkpoint_mode(mode)
+    if mode == "none":
+        return model
+    kwargs = {"context_fn": _selective_context} if mode == "selective" else {}
     for block in model.blocks:
-        checkpoint(block)
+        checkpoint(block, **kwargs)
     return model
 
 
@@ -306,5 +357,6 @@ def load_full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, sd:
 __all__ = ["MODES", "RANK_SEED_STRIDE", "launched_by_torchrun", "env_world_size", "is_distributed",
            "world_size", "rank", "local_rank", "is_main", "barrier", "resolve_mode", "setup",
            "resolve_device", "shutdown", "all_reduce_mean", "gather_objects", "broadcast_object", "to_float",
+           "CHECKPOINT_MODES", "checkpoint_mode", "attention_kernel_ops",
            "apply_activation_checkpointing", "wrap_model", "shard_like_model", "no_grad_sync", "full_state_dict",
            "load_full_state_dict", "full_optim_state_dict", "load_full_optim_state_dict"]

@@ -139,8 +139,8 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         # self.model stays the raw model (history strategies, state dicts); the training
         # forward goes through self.wrapped (DDP wrapper; the model itself under fsdp/none)
-        if cfg.model.gradient_checkpointing:  # the online model only: the EMA never runs a backward
-            parallel.apply_activation_checkpointing(self.model)
+        # the online model only: the EMA never runs a backward
+        parallel.apply_activation_checkpointing(self.model, cfg.model.gradient_checkpointing)
         self.wrapped = parallel.wrap_model(self.model, self.parallel, self.device)
         parallel.shard_like_model(self.ema, self.parallel, self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=tuple(o.betas),

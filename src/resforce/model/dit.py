@@ -63,9 +63,11 @@ class DiTConfig:
     models with wide patches (see CPU-BUDGET.md)."""
     attention_backend: str = "sdpa"
     """'sdpa' (CPU and GPU) or 'flex' (FlexAttention BlockMask, for CUDA; forward only on CPU)."""
-    gradient_checkpointing: bool = False
-    """Recompute each block in the backward pass (saves memory on long clips). Applied from
-    outside the model, by the trainer (parallel.apply_activation_checkpointing)."""
+    gradient_checkpointing: str = "none"
+    """Activation checkpointing of each block: 'none', 'full' (recompute the whole block in
+    the backward pass) or 'selective' (keep the attention outputs, recompute the rest: the
+    memory of 'full' without re-running attention). true / false mean full / none. Applied
+    from outside the model, by the trainer (parallel.apply_activation_checkpointing)."""
     init: str = "zero_adaln"
     """'zero_adaln' (DiT: gates and output projection start at zero, for training from
     scratch) or 'wan' (Wan's random scale_shift_table, before loading weights)."""
@@ -101,10 +103,12 @@ PRESETS: dict[str, dict] = {
     # Wan2.1-T2V-1.3B shapes (latent space of Wan's VAE); for GPU users
     "wan2.1-1.3b": dict(in_channels=16, out_channels=16, patch_size=(1, 2, 2),
                         num_attention_heads=12, attention_head_dim=128, ffn_dim=8960,
-                        num_layers=30, text_dim=4096, frames_per_chunk=3, init="wan"),
+                        num_layers=30, text_dim=4096, frames_per_chunk=3, init="wan",
+                        gradient_checkpointing="selective"),
     "wan2.1-14b": dict(in_channels=16, out_channels=16, patch_size=(1, 2, 2),
                        num_attention_heads=40, attention_head_dim=128, ffn_dim=13824,
-                       num_layers=40, text_dim=4096, frames_per_chunk=3, init="wan"),
+                       num_layers=40, text_dim=4096, frames_per_chunk=3, init="wan",
+                       gradient_checkpointing="selective"),
 }
 
 

@@ -1,0 +1,77 @@
+"""Activation checkpointing modes (parallel.apply_activation_checkpointing): full and
+selective give the gradients of no checkpointing; selective keeps the attention kernels'
+outputs, so its backward never re-runs attention, while full re-runs it once per block."""
+
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from resforce import parallel
+from resforce.config import ConfigError, load_config
+from resforce.model import build_model
+
+G = torch.Generator().manual_seed(0)
+X, H, T = torch.randn(2, 3, 4, 8, 8, generator=G), torch.randn(2, 3, 4, 8, 8, generator=G), torch.rand(2, 4, generator=G)
+
+
+class CountAttention(TorchDispatchMode):
+    """Counts calls of the attention kernels (forward ones: their backward ops differ)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.kernels = parallel.attention_kernel_ops()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func in self.kernels
+        return func(*args, **(kwargs or {}))
+
+
+def step(model):
+    """(attention calls in the forward, attention calls in the backward, gradients)."""
+    fwd, bwd = CountAttention(), CountAttention()
+    with fwd:
+        loss = model(X, T, history=H).square().mean()
+    with bwd:
+        loss.backward()
+    return fwd.calls, bwd.calls, [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_checkpointing_keeps_gradients(randomize, mode):
+    plain = randomize(build_model(preset="test", patch_size=(1, 4, 4))).train()
+    ckpt = parallel.apply_activation_checkpointing(copy.deepcopy(plain), mode)
+    assert [n for n, _ in ckpt.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    *_, g_plain = step(plain)
+    *_, g_ckpt = step(ckpt)
+    for a, b in zip(g_plain, g_ckpt):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_selective_keeps_attention_full_recomputes_it(randomize):
+    base = randomize(build_model(preset="test", patch_size=(1, 4, 4))).train()
+    layers = base.config.num_layers
+    counts = {mode: step(parallel.apply_activation_checkpointing(copy.deepcopy(base), mode))[:2]
+              for mode in ("none", "full", "selective")}
+    # the forward runs one self-attention per block whatever the mode; the kernels are seen
+    assert counts["none"] == (layers, 0)
+    assert counts["full"] == (layers, layers)        # each block's attention re-run in the backward
+    assert counts["selective"] == (layers, 0)        # kept: never re-run
+
+
+@pytest.mark.parametrize("value,mode", [(True, "full"), (False, "none"), ("true", "full"), ("false", "none"),
+                                        ("full", "full"), ("selective", "selective"), ("none", "none")])
+def test_checkpoint_mode_values(value, mode):
+    assert parallel.checkpoint_mode(value) == mode
+
+
+def test_config_modes_and_wan_default():
+    assert load_config(None, ["model.gradient_checkpointing=true"]).model.gradient_checkpointing in ("True", True)
+    assert parallel.checkpoint_mode(load_config(None, ["model.gradient_checkpointing=true"])
+                                    .model.gradient_checkpointing) == "full"
+    assert load_config(None, ["model.preset=wan2.1-1.3b", "data.kind=bouncing_balls", "model.in_channels=3",
+                              "model.out_channels=3"]).model.gradient_checkpointing == "selective"
+    with pytest.raises(ConfigError, match="model.gradient_checkpointing"):
+        load_config(None, ["model.gradient_checkpointing=sometimes"])
