@@ -244,14 +244,15 @@ def apply_activation_checkpointing(model: nn.Module, mode: str = "full") -> nn.M
 
 
 def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None,
-               forward_methods=FORWARD_METHODS) -> nn.Module:
+               forward_methods=FORWARD_METHODS, mesh=None) -> nn.Module:
     """The module to run the training forward on.
 
     none: `model`. ddp: DistributedDataParallel(model) (the raw model stays `model`; parameters
     are broadcast from rank 0 at construction). fsdp: FSDP2 on a 1-D mesh of all ranks,
     `fully_shard` per block of `model.blocks`, then the root, in place (so the return value IS
     `model`); `forward_methods` are registered as FSDP forward methods. Build the optimizer
-    AFTER wrapping: fully_shard replaces the parameters by sharded DTensors."""
+    AFTER wrapping: fully_shard replaces the parameters by sharded DTensors. `mesh`: a device
+    mesh built beforehand (memory_estimate builds it outside FakeTensorMode); default: all ranks."""
     if mode == "none":
         return model
     device = device or next(model.parameters()).device
@@ -262,7 +263,7 @@ def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None,
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-        mesh = init_device_mesh(device.type, (world_size(),))
+        mesh = mesh or init_device_mesh(device.type, (world_size(),))
         for block in getattr(model, "blocks", []):
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
@@ -273,12 +274,12 @@ def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None,
     raise ValueError(f"wrap_model mode must be none, ddp or fsdp, got {mode!r}")
 
 
-def shard_like_model(module: nn.Module, mode: str, device: torch.device | None = None) -> nn.Module:
+def shard_like_model(module: nn.Module, mode: str, device: torch.device | None = None, mesh=None) -> nn.Module:
     """Lay out a copy of the model (the EMA) like the trained one: sharded the same way under
     fsdp (so `ema_p.lerp_(p)` is a local, shard-by-shard update and costs no communication),
     untouched otherwise (DDP / none: every rank holds the full, identical EMA)."""
     if mode == "fsdp":
-        wrap_model(module, "fsdp", device, forward_methods=())
+        wrap_model(module, "fsdp", device, forward_methods=(), mesh=mesh)
     return module
 
 
