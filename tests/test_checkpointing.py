@@ -75,3 +75,22 @@ def test_config_modes_and_wan_default():
                               "model.out_channels=3"]).model.gradient_checkpointing == "selective"
     with pytest.raises(ConfigError, match="model.gradient_checkpointing"):
         load_config(None, ["model.gradient_checkpointing=sometimes"])
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_checkpointing_under_one_autocast_region_with_an_earlier_pass(randomize, mode):
+    """The trainer's step may open one bf16 autocast region for the resampling pass (no grad)
+    and the training forward: autocast then caches the weights' bf16 casts across both, so the
+    training forward dispatches fewer casts than its recomputation. Selective checkpointing
+    replays the forward's ops one by one and must not trip over that."""
+    base = randomize(build_model(preset="test", patch_size=(1, 4, 4))).train()
+    grads = []
+    for m in (base, parallel.apply_activation_checkpointing(copy.deepcopy(base), mode)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad():
+                m(X, T, history=H)
+            loss = m(X, T, history=H).float().square().mean()
+        loss.backward()
+        grads.append([p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

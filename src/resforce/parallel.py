@@ -210,6 +210,22 @@ def attention_kernel_ops() -> set:
     return ops | ({flex} if flex is not None else set())
 
 
+@contextlib.contextmanager
+def _uncached_autocast(ctx):
+    """`ctx` with autocast's cast cache off. SAC replays the forward's ops one by one in the
+    recomputation and fails on any op it did not see; an autocast region that also covered an
+    earlier pass (the no-grad resampling pass) serves the forward's weight casts from its cache
+    while the recomputation dispatches them. Without the cache both cast every weight: a block
+    uses each weight once per call, so nothing is cast twice."""
+    enabled = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    try:
+        with ctx:
+            yield
+    finally:
+        torch.set_autocast_cache_enabled(enabled)
+
+
 def _selective_context():
     """torchtitan's op-level SAC policy, narrowed to attention: keep the attention kernels'
     outputs (and LSE), recompute everything else (linears, norms, modulation, RoPE)."""
@@ -220,7 +236,8 @@ def _selective_context():
     def policy(ctx, func, *args, **kwargs):
         return CheckpointPolicy.MUST_SAVE if func in keep else CheckpointPolicy.PREFER_RECOMPUTE
 
-    return create_selective_checkpoint_contexts(policy)
+    forward, recompute = create_selective_checkpoint_contexts(policy)
+    return _uncached_autocast(forward), _uncached_autocast(recompute)
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str = "full") -> nn.Module:
