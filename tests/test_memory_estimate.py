@@ -57,6 +57,7 @@ def test_fake_peak_matches_real_cpu_allocations(strategy="resampling", checkpoin
     assert fake["peak_bytes"] == pytest.approx(real["peak_bytes"], rel=1e-3)
     assert fake["peak_bytes"] == pytest.approx(allocator, rel=0.02)
     assert fake["peak_breakdown_bytes"]["Activation"] > 0.5 * fake["peak_bytes"]  # the step, not the state
+    assert fake["resident_after_step_bytes"] < fake["history_peak_bytes"] <= fake["peak_bytes"]
 
 
 def test_one_gpu_state_is_weights_adam_ema(one_gpu):
