@@ -16,24 +16,29 @@ G = torch.Generator().manual_seed(0)
 X, H, T = torch.randn(2, 3, 4, 8, 8, generator=G), torch.randn(2, 3, 4, 8, 8, generator=G), torch.rand(2, 4, generator=G)
 
 
+CONTEXT = torch.randn(2, 5, 8, generator=G)  # 5 text tokens: cross-attention has 5 keys
+
+
 class CountAttention(TorchDispatchMode):
-    """Counts calls of the attention kernels (forward ones: their backward ops differ)."""
+    """Counts calls of the attention kernels (forward ones: their backward ops differ),
+    self-attention and cross-attention (5 keys) apart."""
 
     def __init__(self):
         super().__init__()
-        self.calls = 0
+        self.calls = {"self": 0, "cross": 0}
         self.kernels = parallel.attention_kernel_ops()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls += func in self.kernels
+        if func in self.kernels:
+            self.calls["cross" if args[1].shape[-2] == CONTEXT.shape[1] else "self"] += 1
         return func(*args, **(kwargs or {}))
 
 
-def step(model):
+def step(model, context=None):
     """(attention calls in the forward, attention calls in the backward, gradients)."""
     fwd, bwd = CountAttention(), CountAttention()
     with fwd:
-        loss = model(X, T, history=H).square().mean()
+        loss = model(X, T, history=H, context=context).square().mean()
     with bwd:
         loss.backward()
     return fwd.calls, bwd.calls, [p.grad for p in model.parameters()]
@@ -50,15 +55,22 @@ def test_checkpointing_keeps_gradients(randomize, mode):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
-def test_selective_keeps_attention_full_recomputes_it(randomize):
-    base = randomize(build_model(preset="test", patch_size=(1, 4, 4))).train()
+def test_selective_keeps_self_attention_full_recomputes_it(randomize):
+    """Self-attention: run once per block in the forward whatever the mode; full re-runs it in
+    the backward, selective keeps its output. Cross-attention (5 text keys, cheap, an output as
+    large as self-attention's) is recomputed by both."""
+    base = randomize(build_model(preset="test", patch_size=(1, 4, 4), text_dim=8)).train()
     layers = base.config.num_layers
-    counts = {mode: step(parallel.apply_activation_checkpointing(copy.deepcopy(base), mode))[:2]
+    counts = {mode: step(parallel.apply_activation_checkpointing(copy.deepcopy(base), mode), CONTEXT)[:2]
               for mode in ("none", "full", "selective")}
-    # the forward runs one self-attention per block whatever the mode; the kernels are seen
-    assert counts["none"] == (layers, 0)
-    assert counts["full"] == (layers, layers)        # each block's attention re-run in the backward
-    assert counts["selective"] == (layers, 0)        # kept: never re-run
+    once = {"self": layers, "cross": layers}
+    assert counts["none"] == (once, {"self": 0, "cross": 0})
+    assert counts["full"] == (once, once)
+    assert counts["selective"] == (once, {"self": 0, "cross": layers})
+    *_, g_none = step(copy.deepcopy(base), CONTEXT)
+    *_, g_sel = step(parallel.apply_activation_checkpointing(copy.deepcopy(base), "selective"), CONTEXT)
+    for a, b in zip(g_none, g_sel):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("value,mode", [(True, "full"), (False, "none"), ("true", "full"), ("false", "none"),
