@@ -21,6 +21,7 @@ from .history import HistoryConfig
 from .model.dit import PRESETS, DiTConfig
 from .model.history_attention_config import HistoryAttentionConfig
 from .precision import PRECISIONS
+from .parallel import checkpoint_mode
 from .rollout import SampleConfig
 from .text_context import TextConfig
 from .worlds import WORLDS, known_kinds, world_of
@@ -182,6 +183,7 @@ class TrainConfig:
         self.model.validate()
         try:
             self.text.validate()
+            checkpoint_mode(self.model.gradient_checkpointing)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         _check_data_fits_model(self)

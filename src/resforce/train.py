@@ -219,8 +219,8 @@ class Trainer:
             self.model = _meta_model(cfg)
         # self.model stays the raw model (history strategies, state dicts); the training
         # forward goes through self.wrapped (DDP wrapper; the model itself under fsdp/none)
-        if cfg.model.gradient_checkpointing:  # the online model only: the EMA never runs a backward
-            parallel.apply_activation_checkpointing(self.model)
+        # the online model only: the EMA never runs a backward (a no-op for 'none')
+        parallel.apply_activation_checkpointing(self.model, cfg.model.gradient_checkpointing)
         self.wrapped = parallel.wrap_model(self.model, mode, device)
         self.ema = parallel.shard_like_model(_meta_model(cfg).eval().requires_grad_(False), mode, device)
         copy_weights(self.ema, self.model)

@@ -57,7 +57,7 @@ def config_from_diffusers(cfg_dict: Mapping, frames_per_chunk: int = 3, **overri
     """DiTConfig for a WanTransformer3DModel config (its config.json, or `model.config`).
 
     `frames_per_chunk` is ours (Wan has none); `overrides` set any other DiTConfig field
-    (e.g. attention_backend="flex", gradient_checkpointing=True)."""
+    (e.g. attention_backend="flex", gradient_checkpointing="selective")."""
     cfg = dict(cfg_dict)
     cls = cfg.get("_class_name")
     if cls is not None and cls != "WanTransformer3DModel":

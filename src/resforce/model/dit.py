@@ -77,9 +77,11 @@ class DiTConfig:
     CUDA), 'sdpa' (the naive reference: dense (S, S) boolean mask; what checkpoints written
     before 'chunked' existed carry) or 'flex' (FlexAttention BlockMask, compiled on CUDA;
     forward only on the CPU). All three compute the same numbers."""
-    gradient_checkpointing: bool = False
-    """Recompute each block in the backward pass (saves memory on long clips). Applied from
-    outside the model, by the trainer (parallel.apply_activation_checkpointing)."""
+    gradient_checkpointing: str = "none"
+    """Activation checkpointing of each block: 'none', 'full' (recompute the whole block in
+    the backward pass) or 'selective' (keep the attention outputs, recompute the rest: the
+    memory of 'full' without re-running attention). true / false mean full / none. Applied
+    from outside the model, by the trainer (parallel.apply_activation_checkpointing)."""
     init: str = "zero_adaln"
     """'zero_adaln' (DiT: gates and output projection start at zero, for training from
     scratch) or 'wan' (Wan's random scale_shift_table, before loading weights)."""
@@ -117,11 +119,11 @@ PRESETS: dict[str, dict] = {
     "wan2.1-1.3b": dict(in_channels=16, out_channels=16, patch_size=(1, 2, 2),
                         num_attention_heads=12, attention_head_dim=128, ffn_dim=8960,
                         num_layers=30, text_dim=4096, frames_per_chunk=3, init="wan",
-                        attention_backend="chunked"),
+                        attention_backend="chunked", gradient_checkpointing="selective"),
     "wan2.1-14b": dict(in_channels=16, out_channels=16, patch_size=(1, 2, 2),
                        num_attention_heads=40, attention_head_dim=128, ffn_dim=13824,
                        num_layers=40, text_dim=4096, frames_per_chunk=3, init="wan",
-                       attention_backend="chunked"),
+                       attention_backend="chunked", gradient_checkpointing="selective"),
 }
 
 
