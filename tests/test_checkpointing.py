@@ -55,15 +55,20 @@ def test_checkpointing_keeps_gradients(randomize, mode):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
-def test_selective_keeps_self_attention_full_recomputes_it(randomize):
-    """Self-attention: run once per block in the forward whatever the mode; full re-runs it in
-    the backward, selective keeps its output. Cross-attention (5 text keys, cheap, an output as
-    large as self-attention's) is recomputed by both."""
-    base = randomize(build_model(preset="test", patch_size=(1, 4, 4), text_dim=8)).train()
+@pytest.mark.parametrize("backend", ["chunked", "sdpa"])
+def test_selective_keeps_self_attention_full_recomputes_it(randomize, backend):
+    """Self-attention: its kernels run in the forward whatever the mode (once per block with
+    the dense-mask reference, once per tile group with the chunked backend); full re-runs them
+    in the backward, selective keeps their outputs. Cross-attention (5 text keys, cheap, an
+    output as large as self-attention's) is recomputed by both."""
+    base = randomize(build_model(preset="test", patch_size=(1, 4, 4), text_dim=8,
+                                 attention_backend=backend)).train()
     layers = base.config.num_layers
     counts = {mode: step(parallel.apply_activation_checkpointing(copy.deepcopy(base), mode), CONTEXT)[:2]
               for mode in ("none", "full", "selective")}
-    once = {"self": layers, "cross": layers}
+    once = counts["none"][0]
+    assert once["cross"] == layers and once["self"] >= layers
+    assert (once["self"] == layers) == (backend == "sdpa")
     assert counts["none"] == (once, {"self": 0, "cross": 0})
     assert counts["full"] == (once, once)
     assert counts["selective"] == (once, {"self": 0, "cross": layers})
