@@ -4,8 +4,8 @@ forward and backward, and never allocates an S x S tensor (S = tokens)."""
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from largest_output import LargestOutput
 from resforce.model import build_model
 from resforce.model.attention import (MaskedLayout, block_causal_chunk_mask, expand_chunk_mask,
                                       two_stream_chunk_mask)
@@ -133,19 +133,6 @@ def test_empty_row_and_shape_errors():
         MaskedLayout(mask, 4, "bogus")
 
 
-class LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any op returns (every forward and backward op)."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel, self.op = 0, None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.numel() > self.numel:
-                self.numel, self.op = t.numel(), func
-        return out
 
 
 def test_no_s_by_s_tensor_in_attention():
@@ -157,7 +144,7 @@ def test_no_s_by_s_tensor_in_attention():
     mask = two_stream_chunk_mask(n)
     for backend, small in (("chunked", True), ("sdpa", False)):
         qq, kk, vv = (x.clone().requires_grad_() for x in (q, k, v))
-        with LargestTensor() as rec:
+        with LargestOutput() as rec:
             MaskedLayout(mask, tpc, backend).attend(0, qq, kk, vv).backward(dout)
         if small:
             assert rec.numel < s * s // 16, (rec.numel, rec.op)
@@ -173,7 +160,7 @@ def test_no_s_by_s_tensor_in_model_step(randomize):
     g = torch.Generator().manual_seed(0)
     hist, noisy = (torch.randn(1, 3, n, hw, hw, generator=g) for _ in range(2))
     t = torch.rand(1, n, generator=g)
-    with LargestTensor() as rec:
+    with LargestOutput() as rec:
         model(noisy, t, history=hist).square().mean().backward()
     assert rec.numel < s * s // 4, (rec.numel, rec.op)
 
@@ -249,7 +236,7 @@ def test_wan_shapes_under_fake_tensors(device, dtype, kernel):
         q, k, v, dout = (torch.empty(w["b"], w["heads"], s, w["head_dim"], device=device,
                                      dtype=dtype, requires_grad=True) for _ in range(4))
         assert pick_kernel(q) == kernel
-        with LargestTensor() as rec:
+        with LargestOutput() as rec:
             out = chunk_attention(q, k, v, host_chunk_mask(two_stream_chunk_mask, w["n"]), w["tpc"])
             grads = torch.autograd.grad(out, (q, k, v), dout)
     assert out.shape == q.shape and out.dtype == dtype

@@ -5,9 +5,8 @@ model's two-stream loss too, and allocate no (S, S)-sized tensor nor keys per qu
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
+from largest_output import LargestOutput
 from resforce.flow import TimestepSampler
 from resforce.loss import flow_matching_loss
 from resforce.model import build_model
@@ -149,19 +148,6 @@ def test_tiny_model_two_stream_loss_and_grads_equal_naive(randomize, name):
 
 
 # ----------------------------------------------------------------------------- memory
-class LargestOutput(TorchDispatchMode):
-    """Records the largest numel of any op output (forward and backward) and the op's name."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel, self.op = 0, None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.numel() > self.numel:
-                self.numel, self.op = t.numel(), str(func)
-        return out
 
 
 def largest_fwd_bwd(layout, q, k, v):
