@@ -135,16 +135,6 @@ def shutdown() -> None:
 
 
 # ----------------------------------------------------------------------------- collectives
-def all_reduce_mean(x: float) -> float:
-    """Mean of a Python float over ranks (for logging); x itself without a process group."""
-    if not is_distributed():
-        return x
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([float(x)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item()) / world_size()
-
-
 def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
     """Mean of a tensor over ranks, on its device (no host sync); x itself without a group."""
     if not is_distributed():
@@ -170,13 +160,6 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def to_float(x) -> float:
-    """float() of a tensor that may be a DTensor (e.g. FSDP2's clip_grad_norm_ result)."""
-    if hasattr(x, "full_tensor"):
-        x = x.full_tensor()
-    return float(x)
 
 
 def to_floats(*xs) -> list[float]:
@@ -444,7 +427,7 @@ def load_full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, sd:
 
 __all__ = ["MODES", "RANK_SEED_STRIDE", "launched_by_torchrun", "env_world_size", "is_distributed",
            "world_size", "rank", "local_rank", "is_main", "barrier", "resolve_mode", "setup",
-           "resolve_device", "shutdown", "all_reduce_mean", "gather_objects", "broadcast_object", "to_float", "to_floats",
+           "resolve_device", "shutdown", "gather_objects", "broadcast_object", "to_floats",
            "mean_over_ranks", "CHECKPOINT_MODES", "checkpoint_mode", "attention_kernel_ops",
            "apply_activation_checkpointing", "wrap_model", "allocate", "shard_like_model", "no_grad_sync", "full_state_dict",
            "load_full_state_dict", "full_optim_state_dict", "load_full_optim_state_dict"]
