@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from .base import EVAL_SEED_OFFSET, DataStream, World
 from .bouncing_balls import BouncingBallsWorld
+from .latents import LatentsWorld
 from .video_folder import VideoFolderWorld
 
-WORLDS: dict[str, type[World]] = {w.kind: w for w in (BouncingBallsWorld, VideoFolderWorld)}
+WORLDS: dict[str, type[World]] = {w.kind: w for w in (BouncingBallsWorld, VideoFolderWorld, LatentsWorld)}
 
 
 def known_kinds() -> str:
