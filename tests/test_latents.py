@@ -199,11 +199,12 @@ def test_streaming_decode_equals_the_full_decode(parts):
     parts_ = [stream.decode(latents[:, :, i:i + 3]) for i in range(0, 9, 3)]
     assert [p.shape[2] for p in parts_] == [9, 12, 12]  # 1 + 4 + 4, then 4 per latent frame
     assert torch.allclose(torch.cat(parts_, dim=2), full, atol=1e-6)
-    # the carried feature cache is what makes it seamless: emptied between chunks, chunk 2 differs
+    # the carried feature cache is what makes it one video: emptied, the next chunk restarts as a
+    # first chunk (9 frames, the temporal upsampling of its first latent frame skipped)
     forgetful = StreamingDecoder(vae)
     forgetful.decode(latents[:, :, :3])
     forgetful.feat_cache = [None] * len(forgetful.feat_cache)
-    assert (forgetful.decode(latents[:, :, 3:6]) - parts_[1]).abs().max() > 1e-3
+    assert forgetful.decode(latents[:, :, 3:6]).shape[2] == 9
 
 
 def test_missing_weights_and_bad_flags_are_named(parts, tmp_path, capsys):
