@@ -272,3 +272,38 @@ def test_the_paper_recipe_loads_and_validates(tmp_path):
     with pytest.raises(FileNotFoundError, match="data.latents.root.*index.json"):
         load_config(RECIPE, [f"data.latents.root={tmp_path / 'nothing'}"])
     assert issubclass(ConfigError, ValueError)
+
+
+def test_caption_manifests_json_and_csv(tmp_path):
+    from resforce.latents.captions import Captions
+
+    root = tmp_path / "videos"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.mp4").write_bytes(b"")
+    (root / "a.txt").write_text(" sidecar caption \n")
+    (tmp_path / "m.json").write_text(json.dumps({"a.mp4": "from json", "sub/b.mp4": "b json"}))
+    (tmp_path / "l.json").write_text(json.dumps([{"file": "sub/b.mp4", "caption": "b list"}]))
+    (tmp_path / "m.csv").write_text('file,caption\na.mp4,"from csv, with a comma"\n')
+    (tmp_path / "bad.csv").write_text("video,text\na.mp4,x\n")
+    assert Captions(root).caption(root / "a.mp4") == "sidecar caption"
+    assert Captions(root, tmp_path / "m.json").caption(root / "sub" / "b.mp4") == "b json"
+    assert Captions(root, tmp_path / "l.json").caption(root / "sub" / "b.mp4") == "b list"
+    assert Captions(root, tmp_path / "l.json").caption(root / "a.mp4") is None  # a manifest replaces the sidecars
+    assert Captions(root, tmp_path / "m.csv").caption(root / "a.mp4") == "from csv, with a comma"
+    with pytest.raises(ValueError, match="--captions .*bad.csv.*'file' and 'caption'"):
+        Captions(root, tmp_path / "bad.csv")
+    with pytest.raises(FileNotFoundError, match="--captions"):
+        Captions(root, tmp_path / "missing.json")
+
+
+def test_a_prompt_for_a_world_without_text_is_an_error_naming_the_flag():
+    from resforce.config import load_config
+    from resforce.text_context import PromptOptions
+    from resforce.worlds import world_of
+
+    world = world_of(load_config(None, ["model.preset=test"]).data)
+    assert world.text_contexts(PromptOptions(), "cpu") is None and world.pixel_decoder(None, "cpu") is None
+    with pytest.raises(ValueError, match="--prompt.*data.kind=bouncing_balls has no text encoder"):
+        world.text_contexts(PromptOptions("a ball"), "cpu")
+    with pytest.raises(ValueError, match="--vae"):
+        world.pixel_decoder("somewhere", "cpu")

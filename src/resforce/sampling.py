@@ -110,7 +110,7 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     world = world_of(cfg.data)
     res = world.resolution
     decoder = world.pixel_decoder(vae, dev)
-    if decoder is not None and (prefix is not None or prefix_chunks or with_ground_truth):
+    if decoder is not None and (prefix is not None or prefix_chunks):
         raise ValueError(f"--prefix / --prefix-chunks: a data.kind={cfg.data.kind} run generates from its prompt "
                          f"only (a pixel prefix would need encoding to latents: not supported)")
     texts = world.text_contexts(prompt or PromptOptions(), dev)
