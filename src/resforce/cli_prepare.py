@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 
-
-
 def cmd_prepare(args) -> None:
     from .latents.prepare import PrepareOptions, prepare
 
@@ -52,6 +50,3 @@ def add_command(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
-
-
-
