@@ -5,6 +5,7 @@ tokenizer (so `from_pretrained` loads it like umT5's). Plus small captioned mp4 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -60,4 +61,14 @@ def make_video(path: Path, frames: int, size: int = 32, seed: int = 0, caption: 
     save_video(path, video, fps=16, scale=1)
     if caption is not None:
         path.with_suffix(".txt").write_text(caption, encoding="utf-8")
+    return path
+
+
+def paper_index(path: Path, latent_frames: int = 63) -> Path:
+    """The index.json of a prepared 480x832 dataset of 15 s clips (21 chunks), no shards: what a
+    config reads when it loads (the latents world's channels, latent size and clip length)."""
+    path.mkdir(parents=True)
+    (path / "index.json").write_text(json.dumps({
+        "format": "resforce-latents", "version": 1, "complete": True, "latent_shape": [16, latent_frames, 60, 104],
+        "text_dim": 4096, "text_encoder": {"text_len": 512}, "shards": []}))
     return path

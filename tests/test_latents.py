@@ -15,7 +15,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from latent_fixtures import TEXT_DIM, Z_DIM, make_text_encoder_folder, make_vae_folder, make_video  # noqa: E402
+from latent_fixtures import (TEXT_DIM, Z_DIM, make_text_encoder_folder, make_vae_folder, make_video,  # noqa: E402
+                             paper_index)
 
 RECIPE = str(ROOT / "configs" / "wan2.1_1.3b_rf.yaml")
 CAPTIONS = {"clip0.mp4": "a red ball moves left", "clip1.mp4": "blue square", "sub/clip2.mp4": "a blue ball moves up"}
@@ -237,15 +238,6 @@ def wan13b_folder(path: Path) -> Path:
     return path
 
 
-def paper_index(path: Path) -> Path:
-    """The index of a prepared 480x832 dataset of 15 s clips (no shards: the config reads the index only)."""
-    path.mkdir()
-    (path / "index.json").write_text(json.dumps({
-        "format": "resforce-latents", "version": 1, "complete": True, "latent_shape": [16, 63, 60, 104],
-        "text_dim": 4096, "text_encoder": {"text_len": 512}, "shards": []}))
-    return path
-
-
 def test_the_paper_recipe_loads_and_validates(tmp_path):
     from resforce.config import ConfigError, load_config
 
@@ -262,10 +254,7 @@ def test_the_paper_recipe_loads_and_validates(tmp_path):
     assert (m.gradient_checkpointing, m.attention_backend) == ("selective", "chunked")
     assert (cfg.sample.steps, cfg.sample.shift, cfg.sample.cfg_scale) == (32, 5.0, 5.0)
     assert cfg.data.kind == "latents" and cfg.data.latents.negative_prompt
-    short = paper_index(tmp_path / "short")  # 5 s clips cannot feed the 15 s stages
-    json_index = json.loads((short / "index.json").read_text())
-    json_index["latent_shape"][1] = 21
-    (short / "index.json").write_text(json.dumps(json_index))
+    short = paper_index(tmp_path / "short", latent_frames=21)  # 5 s clips cannot feed the 15 s stages
     with pytest.raises(ValueError, match="stages.2.clip_chunks=21.*63 latent frames.*have 21"):
         load_config(RECIPE, [f"data.latents.root={short}"])
     with pytest.raises(FileNotFoundError, match="data.latents.root.*index.json"):
