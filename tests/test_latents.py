@@ -224,6 +224,11 @@ def test_missing_weights_and_bad_flags_are_named(parts, tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(bad)
         assert named in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        main(prepare_args(parts, tmp_path / "taken"))
+    assert "--out" in capsys.readouterr().err and (tmp_path / "taken" / "notes.txt").read_text() == "mine"
 
 
 def wan13b_folder(path: Path) -> Path:

@@ -157,8 +157,8 @@ def prepare(opts: PrepareOptions, after_shard: Callable[[int], None] | None = No
 
 
 def _resumed_index(out: Path, opts: PrepareOptions) -> dict | None:
-    if not (out / INDEX).is_file():
-        if out.exists() and any(out.iterdir()):
+    if not (out / INDEX).is_file():  # a kill before the first index leaves at most the empty prompt and temp files
+        if out.exists() and any(p.name != EMPTY_PROMPT and not p.name.startswith(".") for p in out.iterdir()):
             raise FileExistsError(f"--out {str(out)!r} exists and is not a dataset being prepared (no {INDEX}); "
                                   f"expected a new or empty folder")
         return None
