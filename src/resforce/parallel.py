@@ -209,7 +209,9 @@ def attention_kernel_ops() -> set:
              "_efficient_attention_forward")
     ops = {getattr(aten, n).default for n in names if hasattr(aten, n)}
     flex = getattr(torch.ops.higher_order, "flex_attention", None)
-    return ops | ({flex} if flex is not None else set())
+    from .model import chunk_attention  # registers the chunked backend's op (its as_one_op)
+
+    return ops | ({flex} if flex is not None else set()) | {torch.ops.resforce.chunk_attention_forward.default}
 
 
 @contextlib.contextmanager
@@ -257,7 +259,17 @@ def _selective_context(cross: _CrossAttentionDepth):
         return CheckpointPolicy.MUST_SAVE if save else CheckpointPolicy.PREFER_RECOMPUTE
 
     forward, recompute = create_selective_checkpoint_contexts(policy)
-    return _uncached_autocast(forward), _uncached_autocast(recompute)
+    return _one_op_attention(_uncached_autocast(forward)), _one_op_attention(_uncached_autocast(recompute))
+
+
+@contextlib.contextmanager
+def _one_op_attention(ctx):
+    """`ctx` with the chunked attention's forward as one op (chunk_attention.as_one_op), so the
+    policy keeps its merged output and LSE, not every tile's."""
+    from .model.chunk_attention import as_one_op
+
+    with as_one_op(), ctx:
+        yield
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str = "full") -> nn.Module:
