@@ -14,6 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .data.agent_balls import AgentBallsConfig
 from .data.videos import VideoFolderConfig
 from .data.worlds import BouncingBallsConfig
 from .flow import TimestepSampler
@@ -42,6 +43,8 @@ class DataConfig:
     """The bouncing-balls world (used when kind = bouncing_balls)."""
     video_folder: VideoFolderConfig = field(default_factory=VideoFolderConfig)
     """The video folder (used when kind = video_folder)."""
+    agent_balls: AgentBallsConfig = field(default_factory=AgentBallsConfig)
+    """The controllable agent world (used when kind = agent_balls): actions move an agent."""
 
 
 @dataclass

@@ -6,10 +6,11 @@ A new world is one module with a World subclass plus one entry in WORLDS.
 from __future__ import annotations
 
 from .base import EVAL_SEED_OFFSET, DataStream, World
+from .agent_balls import AgentBallsWorld
 from .bouncing_balls import BouncingBallsWorld
 from .video_folder import VideoFolderWorld
 
-WORLDS: dict[str, type[World]] = {w.kind: w for w in (BouncingBallsWorld, VideoFolderWorld)}
+WORLDS: dict[str, type[World]] = {w.kind: w for w in (BouncingBallsWorld, VideoFolderWorld, AgentBallsWorld)}
 
 
 def known_kinds() -> str:
