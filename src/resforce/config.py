@@ -14,6 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .data.agent_balls import AgentBallsConfig
 from .data.videos import VideoFolderConfig
 from .data.worlds import BouncingBallsConfig
 from .flow import TimestepSampler
@@ -43,6 +44,8 @@ class DataConfig:
     """The bouncing-balls world (used when kind = bouncing_balls)."""
     video_folder: VideoFolderConfig = field(default_factory=VideoFolderConfig)
     """The video folder (used when kind = video_folder)."""
+    agent_balls: AgentBallsConfig = field(default_factory=AgentBallsConfig)
+    """The controllable agent world (used when kind = agent_balls): actions move an agent."""
     latents: LatentsConfig = field(default_factory=LatentsConfig)
     """A dataset of Wan latents and caption embeddings from `resforce prepare` (kind = latents)."""
 
@@ -233,6 +236,11 @@ def _check_data_fits_model(cfg: "TrainConfig") -> None:
     for i, s in enumerate(cfg.stages):  # a stage of 0 steps (skipped) draws no clips
         if s.steps > 0:
             world.check_clip_frames(s.clip_chunks * m.frames_per_chunk, f"stages.{i}.clip_chunks={s.clip_chunks}")
+    space = world.action_space  # a model without actions may train on a world with them (ignored)
+    if m.action_kind != "none" and (m.action_kind, m.action_dim) != (space.kind, space.width):
+        raise ConfigError(f"model.action_kind={m.action_kind!r}, model.action_dim={m.action_dim}: data.kind="
+                          f"{cfg.data.kind} gives actions of kind {space.kind!r} and width {space.width}, so set "
+                          f"model.action_kind={space.kind} model.action_dim={space.width}")
     key, size = world.resolution_key, world.resolution
     ph, pw = m.patch_size[1], m.patch_size[2]
     if size[0] % ph or size[1] % pw:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import torch
 from tqdm import tqdm
 
+from .actions import actions_of
 from .checkpoint import load_model
 from .checks import check_counts, check_finite_output, check_prefix_fits, check_video_values
 from .model.attention_policy import AttentionPolicy
@@ -86,7 +87,8 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
              device: str = "auto", prefer_ema: bool = True, record_router: bool = False,
              progress: bool = True, with_ground_truth: bool = False,
              context: torch.Tensor | None = None, uncond_context: torch.Tensor | None = None,
-             prompt: PromptOptions | None = None, vae: str | None = None) -> Generated:
+             prompt: PromptOptions | None = None, vae: str | None = None,
+             actions: torch.Tensor | None = None) -> Generated:
     """Roll out a run's model with its `sample` config changed by `sample`. attention: None =
     the history attention of the run's last training stage (dense, top-k routing or a window).
     context / uncond_context: text embeddings (batch or 1, tokens, text_dim) of the prompt and
@@ -94,7 +96,10 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     empty-prompt stand-in the trainer uses (text_context.empty_prompt). prompt: prompts the
     run's world encodes (a world with a text encoder; its empty prompt when not given). A world
     whose model makes latents decodes each chunk to pixels as it is finished (its streaming
-    decoder; `vae` overrides its weights folder): `videos` are pixels either way."""
+    decoder; `vae` overrides its weights folder): `videos` are pixels either way. actions: per-frame
+    actions of the whole video (prefix included) for an action model; None: the actions of
+    the world's ground-truth clips where it has them (so rollouts are scored against what
+    they were commanded), else the null action."""
     sample = sample or SampleOverrides()
     check_counts(SimpleNamespace(batch=batch, chunks=sample.chunks, steps=sample.steps, prefix_chunks=prefix_chunks))
     dev = resolve_device(device)
@@ -139,6 +144,8 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     # the run's precision on CUDA; on the CPU fp32 (bf16 autocast is ~29x slower there, and the
     # checkpoint holds the fp32 master weights)
     prec = cfg.precision if dev.type == "cuda" else "fp32"
+    if actions is None and model.config.action_kind != "none" and states is not None:
+        actions = actions_of(states)[:, :(prefix_chunks + s.chunks) * fpc]
     pixels = []
 
     def finished(i, chunk):  # a latent world's chunks become pixels as they come: nothing re-decoded
@@ -148,7 +155,7 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
 
     videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, attention=policy, context=context,
                      uncond_context=uncond_context, callback=finished, device=dev,
-                     precision=prec, return_video=decoder is None)
+                     precision=prec, return_video=decoder is None, actions=actions)
     bar.close()
     videos = videos if decoder is None else torch.cat(pixels, dim=2)
     check_finite_output(videos, path)

@@ -55,6 +55,13 @@ class World:
     """`resforce score` can score video files with this world's metrics (it has metrics of its
     own, beyond the generic ones)."""
 
+    @property
+    def action_space(self):
+        """What actions the world's clips carry (resforce.actions.ActionSpace; kind 'none': none)."""
+        from ..actions import NO_ACTIONS
+
+        return NO_ACTIONS
+
     def reference_note(self, prefix_frames: int) -> str:
         """What the first `prefix_frames` frames of a scored file are the reference of."""
         return f"reference: the first {prefix_frames} frame(s)"
