@@ -1,0 +1,100 @@
+"""What `resforce play` plays: a FrameSource makes frames one action at a time.
+
+The play server (play_server.py) knows only this protocol, so the same page plays the
+ground truth of a built-in world (`WorldSource`: the world's simulator, for comparison and to
+develop without a trained model) and a trained world model (`ModelSource`: an
+InteractiveSession rolling out chunk by chunk over a rolling KV cache).
+
+A source returns frames as whatever it makes (a float (3, H, W) or (3, F, H, W) array or
+tensor in [-1, 1]); `display_frames` turns that into the (H, W, 3) uint8 frames the page
+shows, one per video frame (a chunk of several frames is several frames).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .actions import ActionSpace
+
+
+class FrameSource(Protocol):
+    """Something a player steers: reset(seed) -> first frame(s), step(action index) -> next."""
+
+    action_space: ActionSpace
+    description: str
+    """What is being played, for the page's title line."""
+
+    def reset(self, seed: int) -> Any: ...
+
+    def step(self, action: int) -> Any: ...
+
+
+def display_frames(frames) -> list[np.ndarray]:
+    """A source's output, float (3, H, W) or (3, F, H, W) (or with a leading batch of 1) in
+    [-1, 1], as a list of contiguous (H, W, 3) uint8 frames."""
+    f = frames.detach().float().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if f.ndim in (4, 5) and f.shape[0] == 1:  # a batch of one ((1, 3, ...): RGB is never axis 0 of size 1)
+        f = f[0]
+    if f.ndim == 3:
+        f = f[:, None]
+    if f.ndim != 4 or f.shape[0] != 3:
+        raise ValueError(f"a frame source must return RGB frames (3, H, W) or (3, F, H, W), got shape {f.shape}")
+    u8 = np.clip(np.rint((f + 1.0) * 127.5), 0, 255).astype(np.uint8)  # (3, F, H, W)
+    return [np.ascontiguousarray(u8[:, i].transpose(1, 2, 0)) for i in range(u8.shape[1])]
+
+
+def check_playable(space: ActionSpace, what: str) -> ActionSpace:
+    """The page maps keys and buttons to discrete actions: other spaces are refused here."""
+    if space.kind != "discrete":
+        raise ValueError(f"{what}: resforce play needs a discrete action space (keys -> actions), got "
+                         f"action kind {space.kind!r}")
+    return space
+
+
+class WorldSource:
+    """The ground truth of a built-in controllable world (its `simulator`)."""
+
+    def __init__(self, kind: str, seed: int = 0) -> None:
+        from .config import DataConfig
+        from .worlds import WORLDS, world_of
+
+        playable = sorted(k for k, w in WORLDS.items() if hasattr(w, "simulator"))
+        if kind not in playable:
+            raise ValueError(f"--world {kind!r}: not a controllable world; playable worlds: {', '.join(playable)}")
+        world = world_of(DataConfig(kind=kind))
+        self.simulator = world.simulator(seed)
+        self.action_space = check_playable(world.action_space, f"--world {kind}")
+        self.description = f"ground truth of the {kind} world"
+
+    def reset(self, seed: int):
+        return self.simulator.reset(seed)
+
+    def step(self, action: int):
+        return self.simulator.step(action)
+
+
+class ModelSource:
+    """A trained world model (interactive.InteractiveSession: one chunk per action, rolling
+    context of the training length, so memory stays constant however long it is played)."""
+
+    def __init__(self, run: str | Path, steps: int | None = None, seed: int = 0, context: int | None = None) -> None:
+        if not Path(run).exists():
+            raise ValueError(f"RUN {run}: no such run directory, checkpoint directory or .safetensors file")
+        from .interactive import InteractiveSession
+
+        kwargs = {"seed": seed, "context": context}
+        if steps is not None:
+            kwargs["steps"] = steps
+        self.session = InteractiveSession.from_run(run, **kwargs)
+        self.action_space = check_playable(self.session.action_space, f"RUN {run}")
+        self.description = f"world model {run}"
+
+    def reset(self, seed: int):
+        return self.session.reset(seed)
+
+    def step(self, action: int):
+        return self.session.step(action)

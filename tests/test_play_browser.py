@@ -1,0 +1,119 @@
+"""`resforce play` in a real browser: headless Chromium presses keys (and holds an on-page
+button), and the agent must move that way in the frames the page received.
+
+The agent's position is read from the pixels of the frames the page got over its WebSocket
+(window.resforcePlay.frames), located by colour (agent_metrics.locate_agent); the frame
+headers only say where each press starts and ends. The DevTools driving is tests/devtools.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import numpy as np
+import pytest
+from browser import NO_BROWSER, find_browser
+
+from resforce.agent_metrics import locate_agent
+from resforce.data.agent_balls import AgentBallsConfig, direction
+
+pytest.importorskip("starlette", reason="resforce play needs starlette (pip install 'resforce[play]')")
+pytest.importorskip("uvicorn", reason="resforce play needs uvicorn (pip install 'resforce[play]')")
+pytest.importorskip("websockets", reason="the DevTools client needs websockets (pip install 'resforce[play]')")
+
+from devtools import Chromium  # noqa: E402
+from play_process import play_process  # noqa: E402
+
+NOOP, RESET = 0, -1
+MOVES = {"left": 1, "right": 2, "up": 3, "down": 4}
+# what the player does: (key, or a button of the page, action, seconds held). A press may
+# end at a wall (which stops the agent); the press after it the other way then has room.
+PRESSES = [("ArrowLeft", "left", 0.8), ("ArrowRight", "right", 0.6), ("ArrowLeft", "left", 0.4),
+           ("ArrowDown", "down", 0.6), ("button", "up", 0.4)]
+
+
+def play_presses(page) -> list[dict]:
+    page.wait_for("window.resforcePlay && resforcePlay.count >= 3")
+    for key, action, seconds in PRESSES:
+        if key == "button":  # the on-page button, pressed with the mouse
+            x, y = page.evaluate(f"(() => {{ const r = document.querySelector('#buttons button[data-action={action}]')"
+                                 f".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+            page.mouse("mousePressed", x, y)
+            time.sleep(seconds)
+            page.mouse("mouseReleased", x, y)
+        else:
+            page.key_down(key)
+            time.sleep(seconds)
+            page.key_up(key)
+        time.sleep(0.2)  # a few noop frames between presses
+    n = page.evaluate("resforcePlay.count")
+    page.wait_for(f"resforcePlay.count >= {n + 2}")  # frames made after the last release
+    return json.loads(page.evaluate("JSON.stringify(resforcePlay.frames(240))"))
+
+
+def decode(frames: list[dict], hello: dict) -> np.ndarray:
+    """The page's frames as (1, 3, F, H, W) in [-1, 1]."""
+    h, w = hello["height"], hello["width"]
+    rgb = np.stack([np.frombuffer(base64.b64decode(f["rgb"]), np.uint8).reshape(h, w, 3) for f in frames])
+    return (rgb.transpose(3, 0, 1, 2)[None].astype(np.float32) / 127.5) - 1.0
+
+
+def press_runs(actions: list[int]) -> list[tuple[int, int, int]]:
+    """(action, first frame, last frame) of each run of one move in a row."""
+    runs, start = [], 0
+    for i in range(1, len(actions) + 1):
+        if i == len(actions) or actions[i] != actions[start]:
+            if actions[start] not in (NOOP, RESET):
+                runs.append((actions[start], start, i - 1))
+            start = i
+    return runs
+
+
+def room(position: np.ndarray, action: int, cfg: AgentBallsConfig) -> float:
+    """Pixels the agent can go from `position` in the action's direction before a wall."""
+    u, r = direction(action), cfg.agent_radius
+    return float(((cfg.resolution - r - position) * (u > 0) + (position - r) * (u < 0)).sum())
+
+
+def check_agent_follows(frames: list[dict], hello: dict, min_follow: float) -> list[str]:
+    """Each press moved the agent its way by at least min_follow of what it commanded (one
+    step a frame held, up to the wall). Returns a line per press, for the log."""
+    assert len({f["episode"] for f in frames}) == 1, "the episode changed during the presses"
+    actions = [f["action"] for f in frames]
+    cfg = AgentBallsConfig()
+    centres, found = locate_agent(decode(frames, hello), cfg)
+    runs = press_runs(actions)
+    assert [a for a, _, _ in runs] == [MOVES[a] for _, a, _ in PRESSES], \
+        f"the frames' actions do not show the presses {[p[1] for p in PRESSES]}: {actions}"
+    log, moved = [], []
+    for i, (a, first, last) in enumerate(runs):
+        assert first > 0, "no frame before the first press"
+        assert last - first + 1 >= 3, f"press {i} ({hello['actions'][a]}) held for {last - first + 1} frames only"
+        before, after = centres[0, first - 1], centres[0, last]
+        assert found[0, first - 1] and found[0, last], f"agent not found around press {i}: {found[0].tolist()}"
+        u = direction(a)
+        along = float((after - before) @ u)
+        sideways = float(np.abs((after - before) - along * u).sum())
+        commanded = min((last - first + 1) * cfg.agent_speed, room(before, a, cfg))
+        log.append(f"{hello['actions'][a]:>5}: {last - first + 1} frames, commanded {commanded:.1f} px, "
+                   f"moved {along:+.1f} px its way and {sideways:.1f} px sideways")
+        assert along >= min_follow * commanded - 0.25, log[-1]
+        moved.append(along)
+    assert sum(moved) >= 10 * cfg.agent_speed, log  # the presses were not all against walls
+    return log
+
+
+def test_keys_move_the_agent_of_the_ground_truth_world(tmp_path):
+    browser = find_browser()
+    if browser is None:
+        pytest.skip(NO_BROWSER)
+    with play_process(["--world", "agent_balls", "--seed", "3"]) as url, \
+            Chromium(browser, url, tmp_path / "profile") as page:
+        frames = play_presses(page)
+        hello = page.evaluate("resforcePlay.hello")
+        assert page.evaluate("resforcePlay.state.received.length") <= 240  # the page keeps a bounded log
+        assert page.evaluate("document.getElementById('fps').textContent") not in ("", "–")
+    log = check_agent_follows(frames, hello, min_follow=0.9)  # the simulator moves 1 px per frame
+    print("\n".join(log))
