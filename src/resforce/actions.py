@@ -124,3 +124,19 @@ def drop_actions(actions: torch.Tensor, p: float, generator=None) -> torch.Tenso
     keep = torch.rand(actions.shape[0], generator=generator, device=actions.device) >= p
     keep = keep.view(-1, *([1] * (actions.ndim - 1)))
     return torch.where(keep, actions, null_actions(actions))
+
+
+def training_actions(info, model_cfg, device, generator=None) -> torch.Tensor | None:
+    """The actions of one training micro-batch for the model (model.action_kind): the data's
+    (info.actions), with per-clip action dropout; None for a model without actions. A world
+    without actions for an action model (or the reverse) is a ValueError naming the fields."""
+    given = actions_of(info)
+    if model_cfg.action_kind == "none":
+        if given is not None:
+            raise ValueError("the data gives per-frame actions but model.action_kind='none': set model.action_kind "
+                             "and model.action_dim to the world's action space, or use data without actions")
+        return None
+    if given is None:
+        raise ValueError(f"model.action_kind={model_cfg.action_kind!r} but the data gives no actions (a world with "
+                         f"an action space, or NAME.actions.npy sidecars beside a folder's videos)")
+    return drop_actions(given.to(device), model_cfg.action_dropout, generator)

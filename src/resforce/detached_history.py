@@ -45,11 +45,12 @@ def resampling_cache_is_history(cfg: HistoryConfig, attention) -> bool:
 
 
 def history_kv(cfg: HistoryConfig, model, history: torch.Tensor, t_history: torch.Tensor,
-               resample_cache: KVCache | None = None, attention=None, context=None) -> KVCache:
+               resample_cache: KVCache | None = None, attention=None, context=None, actions=None) -> KVCache:
     """The history keys/values of a detached-history training step, without gradient:
     self-resampling's cache when it holds them (resampling_cache_is_history), else one
     no-grad block-causal pass over history chunks 0..N-2 at t_history (B, N). `history` may
-    lack the last chunk (build_history_and_cache's skip_last): it is nobody's history."""
+    lack the last chunk (build_history_and_cache's skip_last): it is nobody's history.
+    `actions`: the clips' per-frame actions (action model), (B, F[, D]) of the whole clip."""
     if resample_cache is not None and resampling_cache_is_history(cfg, attention):
         return resample_cache
     fpc = model.config.frames_per_chunk
@@ -57,5 +58,6 @@ def history_kv(cfg: HistoryConfig, model, history: torch.Tensor, t_history: torc
     cache = model.new_cache(*history.shape[-2:], capacity=max(n - 1, 1))  # exact: allocated once
     if n > 1:  # the last chunk is nobody's history
         with torch.no_grad():
-            model.write_history(history[:, :, :(n - 1) * fpc], cache, t_history[:, :n - 1], context, attention)
+            a = None if actions is None else actions[:, :(n - 1) * fpc]
+            model.write_history(history[:, :, :(n - 1) * fpc], cache, t_history[:, :n - 1], context, attention, a)
     return cache

@@ -72,7 +72,7 @@ def sample_resample_strength(cfg: HistoryConfig, batch: int, generator=None, dev
 
 @torch.no_grad()
 def autoregressive_resample(model, clean, t_s, steps, generator=None, context=None, attention=None,
-                            noise=None, return_cache=False, skip_last=False):
+                            noise=None, return_cache=False, skip_last=False, actions=None):
     """The paper's self-resampling: for i = 1..N, noise chunk i to t_s and finish its
     denoising with the online model, attending (KV cache) to the already degraded chunks < i.
     Each chunk goes through rollout's own chunk step (denoise against the cache, commit to
@@ -81,7 +81,9 @@ def autoregressive_resample(model, clean, t_s, steps, generator=None, context=No
     return_cache: also return the KV cache, which then holds every layer's keys/values of the
     degraded chunks 0..N-2 at t = 0 (the last is not committed): (history, cache).
     skip_last: do not resample the last chunk, which is nobody's history (detached-history
-    training needs only the cache): the history holds chunks 0..N-2, the cache is the same."""
+    training needs only the cache): the history holds chunks 0..N-2, the cache is the same.
+    actions: the clip's per-frame actions (action model): each chunk is resampled and
+    committed with its own, as a rollout makes it."""
     fpc = model.config.frames_per_chunk
     b, _, f, h, w = clean.shape
     if noise is None:
@@ -97,13 +99,14 @@ def autoregressive_resample(model, clean, t_s, steps, generator=None, context=No
         x_ts = add_noise(clean[:, :, sl], noise[:, :, sl], t_s[:, None], fpc)
         # the last chunk is nobody's history: no commit
         out.append(chunk_step(model, x_ts, truncated_schedule(t_s, steps), cache, context, attention,
-                              commit=i < n - 1))
+                              commit=i < n - 1, actions=None if actions is None else actions[:, sl]))
     video = torch.cat(out, dim=2) if out else clean[:, :, :0]  # skip_last of a 1-chunk clip
     return (video, cache) if return_cache else video
 
 
 @torch.no_grad()
-def parallel_resample(model, clean, t_s, steps, generator=None, context=None, noise=None, attention=None):
+def parallel_resample(model, clean, t_s, steps, generator=None, context=None, noise=None, attention=None,
+                      actions=None):
     """Table 2's baseline: every chunk noised to t_s and denoised at once, conditioned on the
     GROUND-TRUTH history (one two-stream pass per Euler step, under the `attention` policy)."""
     fpc = model.config.frames_per_chunk
@@ -113,22 +116,24 @@ def parallel_resample(model, clean, t_s, steps, generator=None, context=None, no
     x_ts = add_noise(clean, noise, t_s[:, None].expand(-1, n), fpc)
 
     def v(xx, tt):
-        return model(xx, tt.expand(-1, n), history=clean, context=context, attention=attention)
+        return model(xx, tt.expand(-1, n), history=clean, context=context, attention=attention, actions=actions)
 
     return euler_integrate(v, x_ts, truncated_schedule(t_s, steps))
 
 
 def build_history(cfg: HistoryConfig, model, clean: torch.Tensor, generator=None, context=None,
-                  attention=None) -> tuple[torch.Tensor, torch.Tensor]:
+                  attention=None, actions=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(history, t_history) for a batch of clean videos (B, C, F, H, W); both detached.
     `attention`: the stage's history attention policy; parallel resampling always runs under
-    it (its two-stream pass is the training pass), self-resampling only if route_resampling."""
-    history, t_history, _ = build_history_and_cache(cfg, model, clean, generator, context, attention)
+    it (its two-stream pass is the training pass), self-resampling only if route_resampling.
+    `actions`: the clips' per-frame actions (action model), seen by the resampling passes."""
+    history, t_history, _ = build_history_and_cache(cfg, model, clean, generator, context, attention,
+                                                    actions=actions)
     return history, t_history
 
 
 def build_history_and_cache(cfg: HistoryConfig, model, clean: torch.Tensor, generator=None, context=None,
-                            attention=None, skip_last=False):
+                            attention=None, skip_last=False, actions=None):
     """build_history, plus the KV cache self-resampling made on the way (strategy
     'resampling': history chunks 0..N-2, see autoregressive_resample; None otherwise):
     (history, t_history, cache). Detached-history training reuses that cache, and passes
@@ -152,11 +157,12 @@ def build_history_and_cache(cfg: HistoryConfig, model, clean: torch.Tensor, gene
     try:
         if s == "parallel_resampling":
             hist = parallel_resample(model, clean, t_s, cfg.resample_steps, generator, context,
-                                     attention=attention)
+                                     attention=attention, actions=actions)
         else:
             routed = attention if cfg.route_resampling else None
             hist, cache = autoregressive_resample(model, clean, t_s, cfg.resample_steps, generator, context,
-                                                  routed, return_cache=True, skip_last=skip_last)
+                                                  routed, return_cache=True, skip_last=skip_last,
+                                                  actions=actions)
     finally:
         model.train(was_training)
     return hist.detach(), zeros, cache

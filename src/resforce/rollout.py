@@ -26,6 +26,8 @@ from .precision import autocast
 from .model.attention_policy import AttentionPolicy, cached_layout
 from .model.history_attention_config import HistoryAttentionConfig
 from .model.dit import CausalVideoDiT
+from .actions import null_actions
+from .model.action_embedding import null_actions_for
 from .text_context import check_context
 
 
@@ -83,14 +85,14 @@ def guidance_context(context: torch.Tensor | None, uncond_context: torch.Tensor 
     return torch.cat(pair, dim=0)
 
 
-def _chunk_velocity(model, cache, context, attention):
+def _chunk_velocity(model, cache, context, attention, actions=None):
     def v(x, t):
         layout = cached_layout(attention, cache, False)
-        return model.forward_chunk(x, t, cache, context=context, layout=layout)
+        return model.forward_chunk(x, t, cache, context=context, layout=layout, actions=actions)
     return v
 
 
-def _write(model, chunk, cache, context, history_noise, generator, attention, guide):
+def _write(model, chunk, cache, context, history_noise, generator, attention, guide, actions=None):
     b, fpc = chunk.shape[0], model.config.frames_per_chunk
     t = torch.full((b, 1), float(history_noise), device=chunk.device)
     if history_noise > 0:
@@ -98,24 +100,33 @@ def _write(model, chunk, cache, context, history_noise, generator, attention, gu
         chunk = add_noise(chunk, noise, t, fpc)
     if guide:  # both branches see the same finished chunk
         chunk, t = torch.cat([chunk, chunk]), torch.cat([t, t])
-    model.write_cache(chunk, cache, t=t, context=context, layout=cached_layout(attention, cache, True))
+    model.write_cache(chunk, cache, t=t, context=context, layout=cached_layout(attention, cache, True),
+                      actions=actions)
 
 
 def chunk_step(model: CausalVideoDiT, x: torch.Tensor, schedule: EulerSchedule, cache,
                context: torch.Tensor | None, attention: AttentionPolicy | None = None,
                cfg_scale: float = 1.0, commit: bool = True, history_noise: float = 0.0,
-               generator=None) -> torch.Tensor:
+               generator=None, actions: torch.Tensor | None = None) -> torch.Tensor:
     """One autoregressive step, shared by rollout and self-resampling (history.py): denoise
     chunk x (B, ...) along the Euler schedule while attending to the KV cache, then commit the
     finished chunk to it as history (unless commit=False). With guidance (cfg_scale != 1) the
     cache has batch 2B and `context` is guidance_context(cond, uncond): both branches run as
-    one batch of 2B."""
+    one batch of 2B. `actions`: the chunk's per-frame actions for an action model, (B,
+    frames_per_chunk[, D]); with guidance (2B, ...): guidance_actions(actions), the null
+    action in the unconditional half, which its history is written with too."""
     guide = cfg_scale != 1.0
-    v = _chunk_velocity(model, cache, context, attention)
+    v = _chunk_velocity(model, cache, context, attention, actions)
     chunk = euler_integrate(guided(v, cfg_scale) if guide else v, x, schedule)
     if commit:
-        _write(model, chunk, cache, context, history_noise, generator, attention, guide)
+        _write(model, chunk, cache, context, history_noise, generator, attention, guide, actions)
     return chunk
+
+
+def guidance_actions(actions: torch.Tensor) -> torch.Tensor:
+    """[actions; null] on the batch dim: guidance over actions runs the action-conditioned and
+    the action-free branch (trained by model.action_dropout) as one batch of 2B."""
+    return torch.cat([actions, null_actions(actions)])
 
 
 @torch.no_grad()
@@ -124,8 +135,13 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
             uncond_context: torch.Tensor | None = None,
             attention: AttentionPolicy | None = None,
             callback: Callable[[int, torch.Tensor], None] | None = None,
-            device=None, return_video: bool = True, precision: str = "fp32") -> torch.Tensor | None:
+            device=None, return_video: bool = True, precision: str = "fp32",
+            actions: torch.Tensor | None = None) -> torch.Tensor | None:
     """Generate (batch, C, F, H, W): the prefix chunks (if any) followed by cfg.chunks new ones.
+
+    `actions`: for an action model, the per-frame actions of the whole video, prefix frames
+    included: (batch, F) int64 or (batch, F, D) float (None: the null action, unconditional).
+    With cfg_scale != 1 on an action model without text, guidance is over the actions.
 
     `callback(i, chunk)` is called as each chunk is finished (streaming). With
     `return_video=False` finished chunks go only to the callback and nothing is returned, so
@@ -138,7 +154,8 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     guide = cfg.cfg_scale != 1.0
     context, uncond_context = _text_contexts(mc, batch, device, context, uncond_context)
-    ctx = guidance_context(context, uncond_context, batch) if guide else context
+    action_guide = guide and mc.action_kind != "none" and mc.text_dim == 0
+    ctx = guidance_context(context, uncond_context, batch) if guide and not action_guide else context
     n_prefix = 0
     if prefix is not None:
         if prefix.shape[0] != batch or prefix.shape[-2:] != (height, width):
@@ -151,17 +168,21 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
                             capacity=n_prefix + cfg.chunks)
     chunks = []
     grid = euler_grid(cfg.steps, cfg.shift)
-    shape = (batch, mc.in_channels, mc.frames_per_chunk, height, width)
+    fpc = mc.frames_per_chunk
+    shape = (batch, mc.in_channels, fpc, height, width)
+    acts = _video_actions(model, actions, batch, (n_prefix + cfg.chunks) * fpc, device, guide)
+    at = (lambda i: None) if acts is None else (lambda i: acts[:, i * fpc:(i + 1) * fpc])  # noqa: E731
     with autocast(precision, device):
         for i in range(n_prefix):
-            c = prefix[:, :, i * mc.frames_per_chunk:(i + 1) * mc.frames_per_chunk].to(device)
-            _write(model, c, cache, ctx, cfg.history_noise, generator, attention, guide)
+            c = prefix[:, :, i * fpc:(i + 1) * fpc].to(device)
+            _write(model, c, cache, ctx, cfg.history_noise, generator, attention, guide, at(i))
             if return_video:
                 chunks.append(c)
         for i in range(cfg.chunks):
             noise = torch.randn(shape, generator=generator, device=device)
             chunk = chunk_step(model, noise, grid_schedule(grid, batch, device), cache, ctx, attention,
-                               cfg.cfg_scale, history_noise=cfg.history_noise, generator=generator)
+                               cfg.cfg_scale, history_noise=cfg.history_noise, generator=generator,
+                               actions=at(n_prefix + i))
             if callback is not None:
                 callback(n_prefix + i, chunk)
             if return_video:
@@ -173,7 +194,7 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
 def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int,
                       cfg: SampleConfig, prefix: torch.Tensor | None = None,
                       context: torch.Tensor | None = None, device=None,
-                      precision: str = "fp32") -> torch.Tensor:
+                      precision: str = "fp32", actions: torch.Tensor | None = None) -> torch.Tensor:
     """The same generation without a cache (clean history, no guidance): every Euler step
     runs the block-causal model over [finished chunks at t = 0 | current chunk at t]; with a
     rolling context, under the banded mask that context implies (`_banded`)."""
@@ -186,19 +207,39 @@ def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int
     grid = euler_grid(cfg.steps, cfg.shift)
     shape = (batch, mc.in_channels, fpc, height, width)
     banded, alone = _banded(cfg), cfg.cache_chunks() == 0  # context 1: every chunk alone
+    n_prefix = 0 if prefix is None else prefix.shape[2] // fpc
+    acts = _video_actions(model, actions, batch, (n_prefix + cfg.chunks) * fpc, device)
     with autocast(precision, device):
         for _ in range(cfg.chunks):
             seen = None if alone else done
             n_seen = 0 if seen is None else seen.shape[2] // fpc
+            end = (0 if done is None else done.shape[2]) + fpc  # frames up to this chunk's last
+            a = None if acts is None else acts[:, end - (n_seen + 1) * fpc:end]
 
-            def v(x, t, seen=seen, n_seen=n_seen):
+            def v(x, t, seen=seen, n_seen=n_seen, a=a):
                 full = x if seen is None else torch.cat([seen, x], dim=2)
                 t_full = torch.cat([torch.zeros(batch, n_seen, device=device), t], dim=1)
-                return model(full, t_full, context=context, attention=banded)[:, :, -fpc:]
+                return model(full, t_full, context=context, attention=banded, actions=a)[:, :, -fpc:]
 
             chunk = euler_sample(v, torch.randn(shape, generator=generator, device=device), grid)
             done = chunk if done is None else torch.cat([done, chunk], dim=2)
     return done
+
+
+def _video_actions(model, actions, batch: int, frames: int, device, guide: bool = False):
+    """A rollout's per-frame actions (batch, frames[, D]) on `device`, checked; the null
+    action where an action model is given none; [actions; null] with guidance; None for a
+    model without actions (ValueError if some are given)."""
+    mc = model.config
+    if mc.action_kind == "none":
+        if actions is not None:
+            raise ValueError("actions given but this model has no action conditioning (model.action_kind='none')")
+        return None
+    if actions is None:
+        actions = null_actions_for(mc.action_kind, mc.action_dim, batch, frames, device)
+    model.condition_embedder.action_embedder.check(actions, batch, frames, "rollout actions (prefix + chunks frames)")
+    actions = actions.to(device)
+    return guidance_actions(actions) if guide else actions
 
 
 def _text_contexts(mc, batch: int, device, context, uncond_context):

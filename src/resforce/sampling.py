@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import torch
 from tqdm import tqdm
 
+from .actions import actions_of
 from .checkpoint import load_model
 from .checks import check_counts, check_finite_output, check_prefix_fits, check_video_values
 from .model.attention_policy import AttentionPolicy
@@ -85,12 +86,16 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
              batch: int = 1, prefix: torch.Tensor | None = None, prefix_chunks: int = 0,
              device: str = "auto", prefer_ema: bool = True, record_router: bool = False,
              progress: bool = True, with_ground_truth: bool = False,
-             context: torch.Tensor | None = None, uncond_context: torch.Tensor | None = None) -> Generated:
+             context: torch.Tensor | None = None, uncond_context: torch.Tensor | None = None,
+             actions: torch.Tensor | None = None) -> Generated:
     """Roll out a run's model with its `sample` config changed by `sample`. attention: None =
     the history attention of the run's last training stage (dense, top-k routing or a window).
     context / uncond_context: text embeddings (batch or 1, tokens, text_dim) of the prompt and
     of the unconditional branch (guidance) for a model with cross-attention; None: the
-    empty-prompt stand-in the trainer uses (text_context.empty_prompt)."""
+    empty-prompt stand-in the trainer uses (text_context.empty_prompt). actions: per-frame
+    actions of the whole video (prefix included) for an action model; None: the actions of
+    the world's ground-truth clips where it has them (so rollouts are scored against what
+    they were commanded), else the null action."""
     sample = sample or SampleOverrides()
     check_counts(SimpleNamespace(batch=batch, chunks=sample.chunks, steps=sample.steps, prefix_chunks=prefix_chunks))
     dev = resolve_device(device)
@@ -127,9 +132,11 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     # the run's precision on CUDA; on the CPU fp32 (bf16 autocast is ~29x slower there, and the
     # checkpoint holds the fp32 master weights)
     prec = cfg.precision if dev.type == "cuda" else "fp32"
+    if actions is None and model.config.action_kind != "none" and states is not None:
+        actions = actions_of(states)[:, :(prefix_chunks + s.chunks) * fpc]
     videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, attention=policy, context=context,
                      uncond_context=uncond_context, callback=lambda i, c: bar.update(1), device=dev,
-                     precision=prec)
+                     precision=prec, actions=actions)
     bar.close()
     check_finite_output(videos, path)
     train_frames = training_context(cfg) * fpc

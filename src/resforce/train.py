@@ -58,6 +58,7 @@ from .loss import flow_matching_loss
 from .model.dit import CausalVideoDiT
 from .model.attention_policy import AttentionPolicy
 from .rundir import METRICS, open_run_dir, read_metrics
+from .actions import training_actions
 from .text_context import context_of, training_context
 
 
@@ -393,23 +394,24 @@ class Trainer:
             clean, info = self.data.batch(micro, frames)
             clean = clean.to(self.device)
             context = self._text_context(info, micro)
+            actions = training_actions(info, cfg.model, self.device, self.gen)
             t1 = time.perf_counter()
             with forward():
                 if stage.history_grad:
                     history, t_hist = build_history(stage.history, self.model, clean, self.gen, context=context,
-                                                    attention=attention)
+                                                    attention=attention, actions=actions)
                     kv = None
                 else:  # detached history: the noisy stream reads history keys/values made without gradient
                     history, t_hist, cache = build_history_and_cache(stage.history, self.model, clean, self.gen,
                                                                      context=context, attention=attention,
-                                                                     skip_last=True)
-                    kv = history_kv(stage.history, self.model, history, t_hist, cache, attention, context)
+                                                                     skip_last=True, actions=actions)
+                    kv = history_kv(stage.history, self.model, history, t_hist, cache, attention, context, actions)
             resample_time += time.perf_counter() - t1
             with parallel.no_grad_sync(self.wrapped, skip=k < o.grad_accum - 1):
                 with forward():
                     loss = flow_matching_loss(self.wrapped, clean, history, t_hist, cfg.timesteps, self.gen,
                                               context=context, space=cfg.loss_space, attention=attention,
-                                              history_kv=kv)
+                                              history_kv=kv, actions=actions)
                 (loss / o.grad_accum).backward()
             loss_sum = loss_sum + loss.detach() / o.grad_accum  # on the device: no sync per micro-batch
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))

@@ -4,6 +4,13 @@ Every sample picks a random file and a random start frame, takes `num_frames` fr
 `frame_stride` frames, centre-crops them to the target aspect ratio and resizes them. A caption
 sidecar `name.txt` next to `name.mp4` is returned with the clip when present.
 
+Actions (world models): with `actions.kind` discrete or continuous, every `NAME.mp4` needs
+`NAME.actions.npy` beside it, one action per frame of the file: int64 (frames,) in [0, n) or
+float32 (frames, dim). All sidecars are read and checked when the folder opens, so a missing
+one, a length that is not the file's frame count, or a value outside the action space stops
+training at start, naming the file. A clip carries the actions of its frames (with
+frame_stride > 1: the action logged at each sampled frame) in the batch info's `.actions`.
+
 Bad data fails loudly: a file that cannot be decoded or is too short raises with the file
 name and frame counts. Every file's container header is probed when the folder is opened
 (`probe_videos`: 0.6 s for 1,000 small files, benchmarks/bench_probe.py), so an unreadable file
@@ -25,6 +32,8 @@ import numpy as np
 import torch
 from resforce.data.common import coerce_config
 from PIL import Image
+
+from ..actions import ActionSpace
 
 
 class VideoFileError(ValueError):
@@ -49,8 +58,13 @@ class VideoFolderConfig:
     """Take every k-th decoded frame (k > 1 lowers the effective frame rate)."""
     seed: int = 0
     """Seed of the file/start-frame choices; the same seed gives the same clips."""
+    actions: ActionSpace = field(default_factory=ActionSpace)
+    """Per-frame actions from NAME.actions.npy sidecars (kind 'none': no actions, sidecars
+    ignored; 'discrete' with n; 'continuous' with dim; names / keys for a player)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.actions, Mapping):
+            self.actions = ActionSpace(**self.actions)
         self.validate()
 
     def validate(self) -> None:
@@ -64,6 +78,7 @@ class VideoFolderConfig:
             raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
         if not self.extensions or not all(str(e).startswith(".") for e in self.extensions):
             raise ValueError(f"extensions must be a non-empty list like ['.mp4'], got {self.extensions!r}")
+        self.actions.validate("actions")
 
     @property
     def size(self) -> tuple[int, ...]:
@@ -87,27 +102,54 @@ class VideoFolder:
         probe_videos(self.files)
         self.rng = np.random.default_rng(config.seed)
         self._frame_counts: dict[Path, int] = {}  # demuxing is cheap but not free; files don't change
+        self.actions = self._read_actions() if config.actions.kind != "none" else {}
+        """file -> its per-frame actions (checked against config.actions), when it has some."""
 
     def __len__(self) -> int:
         return len(self.files)
 
     def sample(self) -> tuple[torch.Tensor, str | None]:
         """A random clip: float32 (3, F, H, W) in [-1, 1], and its caption (None without a sidecar)."""
+        return self.sample_with_actions()[:2]
+
+    def sample_with_actions(self) -> tuple[torch.Tensor, str | None, np.ndarray | None]:
+        """sample(), plus the clip frames' actions (None without an action space)."""
         path = self.files[int(self.rng.integers(len(self.files)))]
         available = self.frame_count(path)
         if available < self.config.span:
             raise VideoFileError(self._too_short_message(path, available))
         start = int(self.rng.integers(available - self.config.span + 1))
-        return self.read_clip(path, start), read_caption(path)
+        actions = self.actions.get(path)
+        if actions is not None:
+            actions = actions[start:start + self.config.span:self.config.frame_stride]
+        return self.read_clip(path, start), read_caption(path), actions
 
-    def batch(self, batch_size: int, num_frames: int | None = None) -> tuple[torch.Tensor, list[str | None]]:
-        """`batch_size` random clips: (B, 3, F, H, W) and their captions. `num_frames` (like
+    def batch(self, batch_size: int, num_frames: int | None = None) -> tuple[torch.Tensor, "ClipInfo"]:
+        """`batch_size` random clips: (B, 3, F, H, W) and their captions (a ClipInfo list, with
+        `.actions` (B, F[, D]) where the folder has an action space). `num_frames` (like
         BouncingBalls.batch) sets the clip length from now on; None keeps config.num_frames.
         The stream position (rng) carries on across clip lengths."""
         if num_frames is not None and num_frames != self.config.num_frames:
             self.config = dataclasses.replace(self.config, num_frames=num_frames)
-        clips = [self.sample() for _ in range(batch_size)]
-        return torch.stack([c[0] for c in clips]), [c[1] for c in clips]
+        clips = [self.sample_with_actions() for _ in range(batch_size)]
+        actions = np.stack([c[2] for c in clips]) if self.actions else None
+        return torch.stack([c[0] for c in clips]), ClipInfo([c[1] for c in clips], actions)
+
+    def _read_actions(self) -> dict[Path, np.ndarray]:
+        """Every file's NAME.actions.npy, checked against the action space and the file's frame
+        count (ValueError naming the file); data only (allow_pickle=False)."""
+        out = {}
+        for path in self.files:
+            sidecar = actions_sidecar(path)
+            if not sidecar.is_file():
+                raise VideoFileError(f"{str(sidecar)!r} is missing: with data.video_folder.actions.kind="
+                                     f"{self.config.actions.kind} every video needs its per-frame actions beside it")
+            try:
+                raw = np.load(sidecar, allow_pickle=False)
+            except (ValueError, OSError) as err:
+                raise VideoFileError(f"cannot read actions {str(sidecar)!r}: {err}") from err
+            out[path] = self.config.actions.check(raw, self.frame_count(path), f"actions {str(sidecar)!r}")
+        return out
 
     def frame_count(self, path: Path) -> int:
         """Number of frames in a file, counted from its packets (no decoding)."""
@@ -157,6 +199,20 @@ class VideoFolder:
             f"video {str(path)!r} has {available} frames but a clip needs {cfg.span} "
             f"(num_frames={cfg.num_frames}, frame_stride={cfg.frame_stride})"
         )
+
+
+class ClipInfo(list):
+    """The captions of a batch (a list, one per clip, None without a sidecar), plus the
+    clips' per-frame `actions` ((B, F) int64 or (B, F, D) float32; None without)."""
+
+    def __init__(self, captions, actions: np.ndarray | None = None) -> None:
+        super().__init__(captions)
+        self.actions = actions
+
+
+def actions_sidecar(path: Path) -> Path:
+    """NAME.actions.npy beside NAME.<ext>."""
+    return path.with_name(path.stem + ".actions.npy")
 
 
 def read_caption(path: Path) -> str | None:

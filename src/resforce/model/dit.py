@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .action_embedding import ACTION_KINDS, ActionEmbedder, null_actions_for
 from .attention import CachedLayout, Layout, block_causal_layout, check_backend, two_stream_layout
 from .cache import KVCache
 from .detached_layout import CacheWritingLayout, DetachedLayout
@@ -85,6 +86,16 @@ class DiTConfig:
     init: str = "zero_adaln"
     """'zero_adaln' (DiT: gates and output projection start at zero, for training from
     scratch) or 'wan' (Wan's random scale_shift_table, before loading weights)."""
+    action_kind: str = "none"
+    """Per-frame action conditioning (model/action_embedding.py): 'none' (off: Wan's layout,
+    no extra weights), 'discrete' (an index per frame, nn.Embedding) or 'continuous' (a
+    vector per frame, nn.Linear); the embedding joins the chunk's timestep embedding."""
+    action_dim: int = 0
+    """Discrete: the number of actions (buttons; may exceed what the game uses). Continuous:
+    the width of the action vector. Must match the world's action space."""
+    action_dropout: float = 0.0
+    """Training: probability that a clip's actions are all replaced by the null action, so
+    the model also learns the action-free distribution (guidance over actions)."""
     preset: str | None = None
     """A named preset (PRESETS: tiny, test, wan2.1-1.3b, wan2.1-14b) whose fields are the
     defaults of this config; fields set in the YAML or by overrides win (config.py applies
@@ -106,6 +117,13 @@ class DiTConfig:
         if self.attention_head_dim % 2:
             raise ValueError(f"model.attention_head_dim must be even, got {self.attention_head_dim}")
         check_backend(self.attention_backend, "model.attention_backend")
+        if self.action_kind not in ACTION_KINDS:
+            raise ValueError(f"model.action_kind must be one of {ACTION_KINDS}, got {self.action_kind!r}")
+        if (self.action_kind == "none") != (self.action_dim == 0) or self.action_dim < 0:
+            raise ValueError(f"model.action_dim={self.action_dim}: expected > 0 with action_kind "
+                             f"'discrete'/'continuous' and 0 with 'none' (got action_kind={self.action_kind!r})")
+        if not 0.0 <= self.action_dropout <= 1.0:
+            raise ValueError(f"model.action_dropout must be in [0, 1], got {self.action_dropout}")
 
 
 PRESETS: dict[str, dict] = {
@@ -193,15 +211,20 @@ class ConditionEmbedder(nn.Module):
         self.act_fn = nn.SiLU()
         self.time_proj = nn.Linear(dim, 6 * dim)
         self.text_embedder = TextProjection(cfg.text_dim, dim) if cfg.text_dim > 0 else None
+        self.action_embedder = (ActionEmbedder(cfg.action_kind, cfg.action_dim, dim, cfg.frames_per_chunk)
+                                if cfg.action_kind != "none" else None)
 
-    def forward(self, t: torch.Tensor, context: torch.Tensor | None):
+    def forward(self, t: torch.Tensor, context: torch.Tensor | None, actions: torch.Tensor | None = None):
         """t: (B, chunks) -> temb (B, chunks, D) and modulation (B, chunks, 6, D), both
-        float32, and the projected context."""
+        float32, and the projected context. actions: (B, chunks * frames_per_chunk[, D]) for
+        an action model (their per-chunk embedding is added to the timestep embedding)."""
         # the modulation scales every activation: autocast off, each layer in its weight's
         # dtype (float32 for trained models and for load_wan's time_embedder, like diffusers)
         with _autocast_off(t.device):
             feats = timestep_features(t, self.freq_dim)
             temb = self.time_embedder(feats.to(self.time_embedder.linear_1.weight.dtype))
+            if self.action_embedder is not None:
+                temb = temb.float() + self.action_embedder(actions)
             mod = self.time_proj(self.act_fn(temb).to(self.time_proj.weight.dtype))
         if context is not None and self.text_embedder is not None:
             context = self.text_embedder(context.to(self.text_embedder.linear_1.weight.dtype))
@@ -325,7 +348,8 @@ class CausalVideoDiT(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:  # the continuous action projection has none
+                    nn.init.zeros_(m.bias)
         nn.init.zeros_(self.condition_embedder.time_proj.weight)
         nn.init.zeros_(self.condition_embedder.time_proj.bias)
         for b in self.blocks:
@@ -371,13 +395,14 @@ class CausalVideoDiT(nn.Module):
         x = x.to(self.patch_embedding.weight.dtype)  # fp32 noise into a bf16 model
         return self.patch_embedding(x).flatten(2).transpose(1, 2)  # (B, tokens, D)
 
-    def _trunk(self, tokens, t, layout, rope, context, tpc):
-        """tokens (B, chunks*tpc, D), t (B, chunks) -> hidden states before the head, temb."""
+    def _trunk(self, tokens, t, layout, rope, context, tpc, actions=None):
+        """tokens (B, chunks*tpc, D), t (B, chunks) -> hidden states before the head, temb.
+        actions: per-frame actions of the chunks (checked by _actions)."""
         if self.config.text_dim > 0 and context is None:
             # without it attn2 would attend over the video tokens themselves, across chunks;
             # an unconditional pass takes the embedding of an empty prompt, like Wan's
             raise ValueError("this model has text cross-attention (text_dim > 0): pass context")
-        temb, mod, context = self.condition_embedder(t, context)
+        temb, mod, context = self.condition_embedder(t, context, actions)
         for block in self.blocks:
             tokens = block(tokens, mod, layout, rope, context, tpc)
         return tokens, temb
@@ -399,6 +424,21 @@ class CausalVideoDiT(nn.Module):
         tt = t.clamp_min(1e-3).repeat_interleave(self.config.frames_per_chunk, dim=1)
         return (x_t - out) / tt[:, None, :, None, None]
 
+    def _actions(self, actions, x, what="actions"):
+        """The per-frame actions of video x (B, C, F, H, W): checked, on x's device; for an
+        action model given none, the null action (unconditional); None for a model without."""
+        cfg = self.config
+        if cfg.action_kind == "none":
+            if actions is not None:
+                raise ValueError(f"{what} given but this model has no action conditioning "
+                                 f"(model.action_kind='none')")
+            return None
+        b, f = x.shape[0], x.shape[2]
+        if actions is None:
+            return null_actions_for(cfg.action_kind, cfg.action_dim, b, f, x.device)
+        self.condition_embedder.action_embedder.check(actions, b, f, what)
+        return actions.to(x.device)
+
     def _check(self, x, t, name="x"):
         if x.ndim != 5:
             raise ValueError(f"{name} must be (B, C, F, H, W), got shape {tuple(x.shape)}")
@@ -409,7 +449,7 @@ class CausalVideoDiT(nn.Module):
 
     # -- the three layouts ------------------------------------------------------------
     def forward(self, x, t, *, history=None, t_history=None, context=None, attention=None,
-                history_kv: KVCache | None = None):
+                history_kv: KVCache | None = None, actions=None):
         """Velocity for x (B, C, F, H, W) at per-chunk times t (B, chunks).
 
         With `history` (same shape as x, per-chunk times t_history, 0 = clean) this is the
@@ -420,8 +460,12 @@ class CausalVideoDiT(nn.Module):
         Without either, x is one block-causal stream: chunk i sees chunks <= i.
         `attention`: the history attention policy (AttentionPolicy: routed top-k or window
         layouts, via its `masked(kind, ...)`); None = dense.
+        `actions`: per-frame actions of x's frames, (B, F) int64 or (B, F, D) float, for an
+        action model (model.action_kind); the history stream has the same frames, so the same
+        actions. None on an action model: the null action (unconditional).
         """
         self._check(x, t)
+        actions = self._actions(actions, x)
         b, _, f, hh, ww = x.shape
         n, tpc = self.num_chunks(f), self.tokens_per_chunk(hh, ww)
         rope = self._rope(f, hh, ww, 0, x.device)
@@ -430,11 +474,11 @@ class CausalVideoDiT(nn.Module):
                 raise ValueError("pass history (two-stream pass) or history_kv (detached pass), not both")
             layout = DetachedLayout(history_kv, None if attention is None else attention.cfg,
                                     self.config.attention_backend)
-            hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc)
+            hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc, actions)
             return self._to_velocity(self._head(hidden, temb, tpc, x.shape), x, t)
         if history is None:
             layout = self._masked_layout(attention, "block_causal", n, tpc, x.device)
-            hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc)
+            hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc, actions)
             return self._to_velocity(self._head(hidden, temb, tpc, x.shape), x, t)
         if t_history is None:
             t_history = torch.zeros_like(t)
@@ -444,7 +488,8 @@ class CausalVideoDiT(nn.Module):
         tokens = torch.cat([self._embed(history), self._embed(x)], dim=1)
         layout = self._masked_layout(attention, "two_stream", n, tpc, x.device)
         rope2 = tuple(torch.cat([r, r], dim=0) for r in rope)  # same positions in both streams
-        hidden, temb = self._trunk(tokens, torch.cat([t_history, t], dim=1), layout, rope2, context, tpc)
+        both = None if actions is None else torch.cat([actions, actions], dim=1)  # the streams' frames, in order
+        hidden, temb = self._trunk(tokens, torch.cat([t_history, t], dim=1), layout, rope2, context, tpc, both)
         noisy = hidden[:, n * tpc:]
         return self._to_velocity(self._head(noisy, temb[:, n:], tpc, x.shape), x, t)
 
@@ -454,48 +499,55 @@ class CausalVideoDiT(nn.Module):
         make = two_stream_layout if kind == "two_stream" else block_causal_layout
         return make(n, tpc, self.config.attention_backend, device)
 
-    def forward_chunk(self, x, t, cache: KVCache, context=None, layout=None):
+    def forward_chunk(self, x, t, cache: KVCache, context=None, layout=None, actions=None):
         """Velocity for one chunk x (B, C, frames_per_chunk, H, W) at times t (B, 1),
-        attending to the cached history (layout b). The cache is not changed."""
+        attending to the cached history (layout b). The cache is not changed. actions: the
+        chunk's per-frame actions (B, frames_per_chunk[, D])."""
         self._check(x, t)
+        actions = self._actions(actions, x)
         tpc = self.tokens_per_chunk(*x.shape[-2:])
         rope = self._rope(x.shape[2], *x.shape[-2:], cache.position, x.device)
         layout = layout or CachedLayout(cache, write=False)
-        hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc)
+        hidden, temb = self._trunk(self._embed(x), t, layout, rope, context, tpc, actions)
         return self._to_velocity(self._head(hidden, temb, tpc, x.shape), x, t)
 
     @torch.no_grad()
-    def write_cache(self, x, cache: KVCache, t=None, context=None, layout=None) -> None:
+    def write_cache(self, x, cache: KVCache, t=None, context=None, layout=None, actions=None) -> None:
         """Run finished chunk(s) x through the model once (at t = 0 unless given) and append
-        their keys/values to the cache; this is how a chunk becomes history."""
+        their keys/values to the cache; this is how a chunk becomes history. actions: the
+        chunks' per-frame actions (a chunk's history keys are made with its own actions)."""
         n = self.num_chunks(x.shape[2])
         t = torch.zeros(x.shape[0], n, device=x.device) if t is None else t
         self._check(x, t)
+        actions = self._actions(actions, x)
         if n > 1:  # several chunks (a given prefix): one at a time, each seeing the previous
             fpc = self.config.frames_per_chunk
             for i in range(n):
-                self.write_cache(x[:, :, i * fpc:(i + 1) * fpc], cache, t[:, i:i + 1], context, layout)
+                self.write_cache(x[:, :, i * fpc:(i + 1) * fpc], cache, t[:, i:i + 1], context, layout,
+                                 None if actions is None else actions[:, i * fpc:(i + 1) * fpc])
             return
         tpc = self.tokens_per_chunk(*x.shape[-2:])
         rope = self._rope(x.shape[2], *x.shape[-2:], cache.position, x.device)
         layout = layout or CachedLayout(cache, write=True)
-        self._trunk(self._embed(x), t, layout, rope, context, tpc)
+        self._trunk(self._embed(x), t, layout, rope, context, tpc, actions)
 
     @torch.no_grad()
-    def write_history(self, x, cache: KVCache, t=None, context=None, attention=None) -> None:
+    def write_history(self, x, cache: KVCache, t=None, context=None, attention=None, actions=None) -> None:
         """Run history chunks x (B, C, F, H, W) through the model in ONE block-causal pass (at
         t = 0 unless given, (B, chunks)) and append every layer's keys/values of all of them to
         an empty cache: what the history stream of the two-stream pass computes, without
-        gradient (detached-history training). `attention`: the history attention policy."""
+        gradient (detached-history training). `attention`: the history attention policy;
+        `actions`: x's per-frame actions."""
         if cache.num_chunks or cache.position:
             raise ValueError("write_history fills an empty cache (its chunks sit at positions 0..)")
         n = self.num_chunks(x.shape[2])
         t = torch.zeros(x.shape[0], n, device=x.device) if t is None else t
         self._check(x, t)
+        actions = self._actions(actions, x)
         tpc = self.tokens_per_chunk(*x.shape[-2:])
         rope = self._rope(x.shape[2], *x.shape[-2:], 0, x.device)
         layout = CacheWritingLayout(self._masked_layout(attention, "block_causal", n, tpc, x.device), cache)
-        self._trunk(self._embed(x), t, layout, rope, context, tpc)
+        self._trunk(self._embed(x), t, layout, rope, context, tpc, actions)
 
 
 def build_model(cfg: DiTConfig | None = None, preset: str | None = None, **overrides) -> CausalVideoDiT:

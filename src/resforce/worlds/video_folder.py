@@ -23,6 +23,10 @@ class VideoFolderWorld(World):
     def resolution_key(self) -> str:
         return "data.video_folder.resolution"
 
+    @property
+    def action_space(self):
+        return self.config.actions
+
     def stream(self, seed: int = 0) -> VideoFolder:
         if not self.config.root:
             raise ValueError("data.video_folder.root must name a folder of videos when data.kind=video_folder")
