@@ -194,3 +194,48 @@ def test_cli_errors(tmp_path, capsys):
     assert "--steps and --context" in _play_error(["--world", "agent_balls", "--port", "0", "--steps", "2"], capsys)
     args = build_parser().parse_args(["play", "--world", "agent_balls"])
     assert isinstance(args, argparse.Namespace) and args.port == 8765 and args.fps == 15.0
+
+
+def test_a_model_is_played_as_an_interactive_session_would(tmp_path, randomize):
+    from resforce.checkpoint import save_weights
+    from resforce.config import load_config, to_yaml
+    from resforce.frame_source import ModelSource
+    from resforce.interactive import InteractiveSession
+    from resforce.model.dit import CausalVideoDiT
+    from tiny import tiny
+
+    agent = ["data.kind=agent_balls", "data.agent_balls.balls.resolution=8", "data.agent_balls.balls.radius_min=1.5",
+             "data.agent_balls.balls.radius_max=2.0", "data.agent_balls.agent_radius=1.5",
+             "model.action_kind=discrete", "model.action_dim=5", "stages.0.clip_chunks=3"]
+    cfg = load_config(None, tiny(str(tmp_path / "run"), *agent))
+    model = randomize(CausalVideoDiT(cfg.model))
+    path = tmp_path / "agent.safetensors"
+    save_weights(path, model.state_dict(), to_yaml(cfg))
+    source = ModelSource(path, steps=2, seed=4)
+    assert source.action_space.names == ["noop", "left", "right", "up", "down"]
+    server = PlayServer(source, seed=4, fps=0)
+    sock = bind(0)
+    uv = uvicorn_server(server)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.01)
+    try:
+        with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/ws") as ws:
+            hello = json.loads(ws.recv(timeout=30))
+            assert (hello["height"], hello["width"]) == (8, 8) and hello["source"] == f"world model {path}"
+            ws.send(json.dumps({"type": "action", "action": "up", "seq": 1}))
+            got = []
+            while len(got) < 6:
+                msg = ws.recv(timeout=30)
+                header = HEADER.unpack(msg[:HEADER.size])
+                got.append((header[2], np.frombuffer(msg[HEADER.size:], np.uint8).reshape(8, 8, 3)))
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+        server.worker.shutdown()
+    ref = InteractiveSession(model, cfg, steps=2, seed=4)
+    assert got[0][0] == -1 and np.array_equal(got[0][1], ref.reset(4))  # the world's first frame
+    for action, frame in got[1:]:  # what a session makes under the same actions, bit for bit
+        assert np.array_equal(frame, ref.step(action))
+    assert {a for a, _ in got[1:]} <= {0, 3} and got[-1][0] == 3

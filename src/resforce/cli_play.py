@@ -12,6 +12,8 @@ def cmd_play(args) -> None:
         raise ValueError(f"--steps must be >= 1 Euler step, got {args.steps}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
@@ -21,6 +23,9 @@ def cmd_play(args) -> None:
     from .play_server import bind, serve
 
     bind(args.port).close()  # a taken port fails now, not after loading the model
+    import torch
+
+    torch.set_num_threads(args.threads)
     if args.world is not None:
         if args.steps is not None or args.context is not None:
             raise ValueError("--steps and --context set how a model generates; --world plays the ground truth")
@@ -39,9 +44,12 @@ def add_command(sub) -> None:
                    help="run directory, checkpoint directory or .safetensors file of an action-conditioned model")
     p.add_argument("--world", default=None, help="play a built-in world's ground truth instead (e.g. agent_balls)")
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
-    p.add_argument("--steps", type=int, default=None, help="Euler steps per chunk (default: the run's sample.steps)")
+    p.add_argument("--steps", type=int, default=None, help="Euler steps per chunk (default: 4)")
     p.add_argument("--context", type=int, default=None,
                    help="chunks seen at once, own chunk included (default: the training length; the KV cache rolls)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (the page's seed box changes it)")
     p.add_argument("--fps", type=float, default=15.0, help="frame-rate cap (0: as fast as the model goes)")
+    # a small world model's ops (16 tokens a frame) are too small to split across cores: one
+    # thread is as fast on an idle machine and far faster on a busy one (benchmarks/bench_play.py)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the model (default 1)")
     p.set_defaults(func=cmd_play)

@@ -5,9 +5,10 @@ ground truth of a built-in world (`WorldSource`: the world's simulator, for comp
 develop without a trained model) and a trained world model (`ModelSource`: an
 InteractiveSession rolling out chunk by chunk over a rolling KV cache).
 
-A source returns frames as whatever it makes (a float (3, H, W) or (3, F, H, W) array or
-tensor in [-1, 1]); `display_frames` turns that into the (H, W, 3) uint8 frames the page
-shows, one per video frame (a chunk of several frames is several frames).
+A source returns frames as it makes them (float (3, H, W) or (3, F, H, W) in [-1, 1], like a
+simulator, or uint8 (H, W, 3) or (F, H, W, 3), like an InteractiveSession); `display_frames`
+turns either into the (H, W, 3) uint8 frames the page shows, one per video frame (a chunk of
+several frames is several frames).
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ class FrameSource(Protocol):
 
 def display_frames(frames) -> list[np.ndarray]:
     """A source's output, float (3, H, W) or (3, F, H, W) (or with a leading batch of 1) in
-    [-1, 1], as a list of contiguous (H, W, 3) uint8 frames."""
+    [-1, 1], or uint8 (H, W, 3) or (F, H, W, 3), as a list of contiguous (H, W, 3) uint8 frames."""
+    if isinstance(frames, np.ndarray) and frames.dtype == np.uint8:
+        f = frames[None] if frames.ndim == 3 else frames
+        if f.ndim != 4 or f.shape[-1] != 3:
+            raise ValueError(f"a frame source's uint8 frames must be (H, W, 3) or (F, H, W, 3), got shape {frames.shape}")
+        return [np.ascontiguousarray(x) for x in f]
     f = frames.detach().float().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if f.ndim in (4, 5) and f.shape[0] == 1:  # a batch of one ((1, 3, ...): RGB is never axis 0 of size 1)
         f = f[0]
@@ -82,6 +88,7 @@ class ModelSource:
     context of the training length, so memory stays constant however long it is played)."""
 
     def __init__(self, run: str | Path, steps: int | None = None, seed: int = 0, context: int | None = None) -> None:
+        """steps None: the session's default (4 Euler steps, what the agent recipes sample with)."""
         if not Path(run).exists():
             raise ValueError(f"RUN {run}: no such run directory, checkpoint directory or .safetensors file")
         from .interactive import InteractiveSession
@@ -94,7 +101,9 @@ class ModelSource:
         self.description = f"world model {run}"
 
     def reset(self, seed: int):
-        return self.session.reset(seed)
+        self.session.reset(seed)  # starts from the world's first frame(s) of this seed
+        return self.session.last_chunk  # (frames_per_chunk, H, W, 3) uint8: every frame, not only the last
 
     def step(self, action: int):
-        return self.session.step(action)
+        self.session.step(action)
+        return self.session.last_chunk
