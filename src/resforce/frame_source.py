@@ -97,6 +97,11 @@ class ModelSource:
         if steps is not None:
             kwargs["steps"] = steps
         self.session = InteractiveSession.from_run(run, **kwargs)
+        if self.session.model.config.text_dim == 0:
+            from .condition_memo import memoize_conditioning
+
+            # the Euler grid and the actions repeat: skip the condition embedder for inputs it has seen
+            self.memo = memoize_conditioning(self.session.model)
         self.action_space = check_playable(self.session.action_space, f"RUN {run}")
         self.description = f"world model {run}"
 
