@@ -159,3 +159,18 @@ def test_training_history_and_loss_carry_actions(randomize, strategy):
         two_stream, detached = loss(a), loss(a, history_kv=kv)
         assert abs(two_stream.item() - detached.item()) <= 1e-5 * max(1.0, two_stream.item())
         assert abs(loss(changed(a, 0, "discrete")).item() - two_stream.item()) > 1e-6
+
+
+def test_wan_weights_start_an_action_model_unchanged(randomize):
+    """An action model from Wan's weights (which have no action embedder) gets zero action
+    weights: whatever the actions, it computes what the Wan model computes."""
+    from resforce.wan import convert_state_dict
+
+    wan = randomize(build_model(preset="test", frames_per_chunk=FPC, patch_size=(1, 4, 4)))
+    action_model = build_model(preset="test", frames_per_chunk=FPC, patch_size=(1, 4, 4), action_kind="discrete",
+                               action_dim=A)
+    action_model.load_state_dict(convert_state_dict(wan.state_dict(), action_model.config))
+    hist, noisy, t = data()
+    with torch.no_grad():
+        assert torch.equal(action_model(noisy, t, history=hist, actions=actions("discrete")),
+                           wan(noisy, t, history=hist))

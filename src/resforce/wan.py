@@ -163,8 +163,20 @@ def convert_state_dict(diffusers_sd: Mapping[str, torch.Tensor],
             f"support: {_fmt(i2v)}")
     sd = _unfuse({k: v for k, v in sd.items() if not _is_ignored_key(k)})
     if config is not None:
+        sd = {**new_action_weights(config, sd), **sd}
         check_state_dict(sd, config)
     return sd
+
+
+def new_action_weights(config: DiTConfig, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Zeros for the action embedder of an action model (model.action_kind) that Wan's weights
+    lack: the action embedding then adds nothing, so the model starts as Wan and learns the
+    actions by fine-tuning (Matrix-Game-style action conditioning of a pretrained model)."""
+    if config.action_kind == "none":
+        return {}
+    prefix = "condition_embedder.action_embedder."
+    return {k: torch.zeros(v.shape) for k, v in _meta_model(config).state_dict().items()
+            if k.startswith(prefix) and k not in sd}
 
 
 def _fmt(keys: list[str], limit: int = 20) -> str:
