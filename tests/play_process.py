@@ -1,4 +1,4 @@
-"""`resforce play` as a subprocess on a free port, for page tests: yields its URL."""
+"""`resforce play` as a subprocess on a free port, for page tests: yields its URL and process."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import resforce
 
 @contextlib.contextmanager
 def play_process(args: list[str], timeout: float = 90.0):
-    """Run `resforce play ARGS --port 0` and yield http://127.0.0.1:PORT/ once it listens."""
+    """Run `resforce play ARGS --port 0`; once it listens, yield (http://127.0.0.1:PORT/, the process)."""
     src = str(Path(resforce.__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-m", "resforce.cli", "play", *args, "--port", "0"],
@@ -39,7 +39,7 @@ def play_process(args: list[str], timeout: float = 90.0):
                 raise RuntimeError(f"resforce play exited with {proc.wait()}:\n{''.join(seen)}")
             seen.append(line)
             if line.startswith("resforce play: http://"):
-                yield line.split()[2]
+                yield line.split()[2], proc
                 break
     finally:
         proc.terminate()

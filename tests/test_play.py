@@ -171,6 +171,34 @@ def test_world_source_is_the_simulator():
         WorldSource("bouncing_balls")
 
 
+def test_ctrl_c_stops_the_server_while_a_tab_plays():
+    import signal
+    import subprocess
+
+    from play_process import play_process
+
+    def read_all(ws):  # a tab keeps reading frames (until the server closes the socket)
+        try:
+            while True:
+                ws.recv(timeout=30)
+        except Exception:  # noqa: BLE001 - closed: what should happen
+            pass
+
+    with play_process(["--world", "agent_balls"]) as (url, proc):
+        with connect(url.replace("http://", "ws://") + "ws") as ws:
+            json.loads(ws.recv(timeout=30))
+            frame_bytes = ws.recv(timeout=30)
+            assert len(frame_bytes) == HEADER.size + 16 * 16 * 3
+            reader = threading.Thread(target=read_all, args=(ws,), daemon=True)
+            reader.start()
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            try:
+                assert proc.wait(15) == 0  # not held open by the streaming player
+            except subprocess.TimeoutExpired:
+                pytest.fail("resforce play did not stop on Ctrl-C while a tab was playing")
+
+
 def _play_error(argv, capsys) -> str:
     with pytest.raises(SystemExit) as e:
         main(["play", *argv])
@@ -223,7 +251,7 @@ def test_a_model_is_played_as_an_interactive_session_would(tmp_path, randomize):
     try:
         with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/ws") as ws:
             hello = json.loads(ws.recv(timeout=30))
-            assert (hello["height"], hello["width"]) == (8, 8) and hello["source"] == f"world model {path}"
+            assert (hello["height"], hello["width"]) == (8, 8) and hello["source"] == f"world model {path} (2 Euler steps a frame, context 3 chunks)"
             ws.send(json.dumps({"type": "action", "action": "up", "seq": 1}))
             got = []
             while len(got) < 6:

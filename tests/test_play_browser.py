@@ -11,11 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from browser import NO_BROWSER, find_browser
 
+import resforce
 from resforce.agent_metrics import locate_agent
 from resforce.data.agent_balls import AgentBallsConfig, direction
 
@@ -26,6 +28,9 @@ pytest.importorskip("websockets", reason="the DevTools client needs websockets (
 from devtools import Chromium  # noqa: E402
 from play_process import play_process  # noqa: E402
 
+SHIPPED_MODEL = Path(resforce.__file__).parent / "assets" / "agent_balls" / "resampling_forcing.safetensors"
+MODEL_FOLLOW = 0.5
+"""The shipped model must move the agent at least half of what each press commanded."""
 NOOP, RESET = 0, -1
 MOVES = {"left": 1, "right": 2, "up": 3, "down": 4}
 # what the player does: (key, or a button of the page, action, seconds held). A press may
@@ -105,15 +110,26 @@ def check_agent_follows(frames: list[dict], hello: dict, min_follow: float) -> l
     return log
 
 
-def test_keys_move_the_agent_of_the_ground_truth_world(tmp_path):
+def play_in_browser(args: list[str], profile, min_follow: float) -> list[str]:
     browser = find_browser()
     if browser is None:
         pytest.skip(NO_BROWSER)
-    with play_process(["--world", "agent_balls", "--seed", "3"]) as url, \
-            Chromium(browser, url, tmp_path / "profile") as page:
+    with play_process(args) as (url, _), Chromium(browser, url, profile) as page:
         frames = play_presses(page)
         hello = page.evaluate("resforcePlay.hello")
         assert page.evaluate("resforcePlay.state.received.length") <= 240  # the page keeps a bounded log
         assert page.evaluate("document.getElementById('fps').textContent") not in ("", "–")
-    log = check_agent_follows(frames, hello, min_follow=0.9)  # the simulator moves 1 px per frame
+    return check_agent_follows(frames, hello, min_follow)
+
+
+def test_keys_move_the_agent_of_the_ground_truth_world(tmp_path):
+    log = play_in_browser(["--world", "agent_balls", "--seed", "3"], tmp_path / "profile",
+                          min_follow=0.9)  # the simulator moves 1 px per frame
+    print("\n".join(log))
+
+
+def test_keys_move_the_agent_of_the_shipped_world_model(tmp_path):
+    if not SHIPPED_MODEL.is_file():
+        pytest.skip(f"no shipped world model at {SHIPPED_MODEL}")
+    log = play_in_browser([str(SHIPPED_MODEL), "--seed", "3"], tmp_path / "profile", min_follow=MODEL_FOLLOW)
     print("\n".join(log))

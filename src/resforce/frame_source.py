@@ -103,7 +103,8 @@ class ModelSource:
             # the Euler grid and the actions repeat: skip the condition embedder for inputs it has seen
             self.memo = memoize_conditioning(self.session.model)
         self.action_space = check_playable(self.session.action_space, f"RUN {run}")
-        self.description = f"world model {run}"
+        self.description = (f"world model {run} ({self.session.steps} Euler steps a frame, "
+                            f"context {self.session.context} chunks)")
 
     def reset(self, seed: int):
         self.session.reset(seed)  # starts from the world's first frame(s) of this seed

@@ -252,7 +252,9 @@ def uvicorn_server(server: PlayServer):
     """The uvicorn server of a PlayServer's app (run it with `.run(sockets=[bind(port)])`)."""
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(server.app(), log_level="warning", lifespan="off", ws="auto"))
+    # players stream until their tab closes: on Ctrl-C, uvicorn cancels them after a second
+    return uvicorn.Server(uvicorn.Config(server.app(), log_level="warning", lifespan="off", ws="auto",
+                                         timeout_graceful_shutdown=1))
 
 
 def serve(source: FrameSource, port: int = 8765, seed: int = 0, fps: float = 15.0) -> None:
