@@ -120,15 +120,16 @@ def encode(frames) -> bytes:
     return b"".join(HEADER.pack(0, i, 0, 0, 1.0) + f.tobytes() for i, f in enumerate(display_frames(frames)))
 
 
-def play(model, cfg, steps: int, frames: int, memo: bool = True) -> dict:
+def play(model, cfg, steps: int, frames: int, memo: bool = True, cfg_scale: float = 1.0) -> dict:
     """Frames/s of one session at `steps` and the per-frame milliseconds of each part.
-    memo: skip the condition embedder for repeated (t, action) inputs, as `resforce play` does."""
+    memo: skip the condition embedder for repeated (t, action) inputs, as `resforce play` does.
+    cfg_scale != 1: guidance over actions, both branches in one batch of 2."""
     from resforce.condition_memo import memoize_conditioning
     from resforce.frame_source import display_frames
     from resforce.interactive import InteractiveSession
 
     memo = memoize_conditioning(model) if memo else None
-    session = InteractiveSession(model, cfg, steps=steps, seed=0)
+    session = InteractiveSession(model, cfg, steps=steps, seed=0, cfg_scale=cfg_scale)
     actions = ["left", "left", "up", "noop", "right", "down"]
     for i in range(max(5, session.context)):  # warm up and fill the rolling context
         session.step(actions[i % len(actions)])
@@ -156,7 +157,7 @@ def play(model, cfg, steps: int, frames: int, memo: bool = True) -> dict:
         "session (noise, Euler, uint8)": 1e3 * (wall - enc) / frames - per["model"],
         "page encoding": 1e3 * enc / frames,
     }
-    return {"steps": steps, "memo": memo is not None, "fps": shown / (wall - enc), "fps_with_encoding": shown / wall,
+    return {"steps": steps, "memo": memo is not None, "guidance": cfg_scale, "fps": shown / (wall - enc), "fps_with_encoding": shown / wall,
             "fps_cpu": shown / cpu,
             "ms": 1e3 * wall / frames, "parts": parts, "model_calls": steps + 1}
 
@@ -240,18 +241,20 @@ def main() -> None:
         for steps in args.steps:
             rows.append(play(model, cfg, steps, args.frames))
         rows.append(play(model, cfg, max(args.steps), args.frames, memo=False))
+        rows.append(play(model, cfg, max(args.steps), args.frames, cfg_scale=2.0))
     names = list(rows[0]["parts"])
-    print(f"\n{'steps':>5} {'memo':>4} {'frames/s':>9} {'per CPU s':>9} {'ms/frame':>9} | "
+    print(f"\n{'steps':>5} {'memo':>4} {'cfg':>4} {'frames/s':>9} {'per CPU s':>9} {'ms/frame':>9} | "
           + " | ".join(f"{n:>{max(9, len(n))}}" for n in names))
     for r in rows:
-        print(f"{r['steps']:>5} {'on' if r['memo'] else 'off':>4} {r['fps']:>9.1f} {r['fps_cpu']:>9.1f} {r['ms']:>9.2f} | "
+        print(f"{r['steps']:>5} {'on' if r['memo'] else 'off':>4} {r['guidance']:>4g} {r['fps']:>9.1f} {r['fps_cpu']:>9.1f} {r['ms']:>9.2f} | "
               + " | ".join(f"{r['parts'][n]:>{max(9, len(n))}.2f}" for n in names))
     print("(parts in ms per frame; self-attention includes reading the cache; each frame is steps + 1 model calls:"
           " the Euler steps, then one call that writes the finished chunk to the cache)")
-    print("(memo: the condition embedder skipped for (t, action) inputs seen before, as resforce play does; "
+    print("(cfg 2: guidance over actions, the action-free branch in the same batch of 2; "
+          "memo: the condition embedder skipped for (t, action) inputs seen before, as resforce play does; "
           "per CPU s: frames per second of CPU time the playing thread got, what a core of its own would give "
           "with one thread)")
-    for r in rows[:-1]:
+    for r in rows[:-2]:
         top = max(r["parts"], key=r["parts"].get)
         verdict = "meets" if r["fps"] >= GOAL_FPS else "misses"
         print(f"steps {r['steps']}: {r['fps']:.1f} frames/s {verdict} the goal of {GOAL_FPS:.0f}; "

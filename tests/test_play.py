@@ -219,7 +219,7 @@ def test_cli_errors(tmp_path, capsys):
         err = _play_error(["--world", "agent_balls", "--port", str(port)], capsys)
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in err and "--port 0" in err
     assert "--port must be in [0, 65535]" in _play_error(["--world", "agent_balls", "--port", "70000"], capsys)
-    assert "--steps and --context" in _play_error(["--world", "agent_balls", "--port", "0", "--steps", "2"], capsys)
+    assert "--steps, --context and --cfg-scale" in _play_error(["--world", "agent_balls", "--port", "0", "--steps", "2"], capsys)
     args = build_parser().parse_args(["play", "--world", "agent_balls"])
     assert isinstance(args, argparse.Namespace) and args.port == 8765 and args.fps == 15.0
 

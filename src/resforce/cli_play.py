@@ -27,11 +27,13 @@ def cmd_play(args) -> None:
 
     torch.set_num_threads(args.threads)
     if args.world is not None:
-        if args.steps is not None or args.context is not None:
-            raise ValueError("--steps and --context set how a model generates; --world plays the ground truth")
+        if args.steps is not None or args.context is not None or args.cfg_scale != 1.0:
+            raise ValueError("--steps, --context and --cfg-scale set how a model generates; --world plays the "
+                             "ground truth")
         source = WorldSource(args.world, args.seed)
     else:
-        source = ModelSource(args.run, steps=args.steps, seed=args.seed, context=args.context)
+        source = ModelSource(args.run, steps=args.steps, seed=args.seed, context=args.context,
+                             cfg_scale=args.cfg_scale)
     try:
         serve(source, port=args.port, seed=args.seed, fps=args.fps)
     except KeyboardInterrupt:
@@ -47,6 +49,9 @@ def add_command(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="Euler steps per chunk (default: 4)")
     p.add_argument("--context", type=int, default=None,
                    help="chunks seen at once, own chunk included (default: the training length; the KV cache rolls)")
+    p.add_argument("--cfg-scale", type=float, default=1.0,
+                   help="guidance over actions (> 1 follows the keys more strongly; the action-free branch "
+                        "runs in the same batch); default 1: none")
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (the page's seed box changes it)")
     p.add_argument("--fps", type=float, default=15.0, help="frame-rate cap (0: as fast as the model goes)")
     # a small world model's ops (16 tokens a frame) are too small to split across cores: one

@@ -87,13 +87,15 @@ class ModelSource:
     """A trained world model (interactive.InteractiveSession: one chunk per action, rolling
     context of the training length, so memory stays constant however long it is played)."""
 
-    def __init__(self, run: str | Path, steps: int | None = None, seed: int = 0, context: int | None = None) -> None:
-        """steps None: the session's default (4 Euler steps, what the agent recipes sample with)."""
+    def __init__(self, run: str | Path, steps: int | None = None, seed: int = 0, context: int | None = None,
+                 cfg_scale: float = 1.0) -> None:
+        """steps None: the session's default (4 Euler steps, what the agent recipes sample with).
+        cfg_scale != 1: guidance over actions (the action-free branch runs in the same batch)."""
         if not Path(run).exists():
             raise ValueError(f"RUN {run}: no such run directory, checkpoint directory or .safetensors file")
         from .interactive import InteractiveSession
 
-        kwargs = {"seed": seed, "context": context}
+        kwargs = {"seed": seed, "context": context, "cfg_scale": cfg_scale}
         if steps is not None:
             kwargs["steps"] = steps
         self.session = InteractiveSession.from_run(run, **kwargs)
@@ -103,8 +105,9 @@ class ModelSource:
             # the Euler grid and the actions repeat: skip the condition embedder for inputs it has seen
             self.memo = memoize_conditioning(self.session.model)
         self.action_space = check_playable(self.session.action_space, f"RUN {run}")
+        guided = f", action guidance {cfg_scale:g}" if cfg_scale != 1.0 else ""
         self.description = (f"world model {run} ({self.session.steps} Euler steps a frame, "
-                            f"context {self.session.context} chunks)")
+                            f"context {self.session.context} chunks{guided})")
 
     def reset(self, seed: int):
         self.session.reset(seed)  # starts from the world's first frame(s) of this seed
