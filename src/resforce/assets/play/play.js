@@ -87,9 +87,11 @@
       }
       box.appendChild(el);
     }
+    const label = {ArrowLeft: "←", ArrowRight: "→", ArrowUp: "↑", ArrowDown: "↓", " ": "space"};
     const byAction = {};
-    for (const [k, a] of Object.entries(hello.keys)) (byAction[a] = byAction[a] || []).push(k);
-    $("keys").textContent = "keys: " + Object.entries(byAction).map(([a, ks]) => `${ks.join("/")} ${a}`).join(", ");
+    for (const [k, a] of Object.entries(hello.keys)) (byAction[a] = byAction[a] || []).push(label[k] || k);
+    $("keys").textContent = "keys (focus the page): " +
+      Object.entries(byAction).map(([a, ks]) => `${ks.join(" or ")} ${a}`).join(" · ");
   }
 
   $("reset-form").addEventListener("submit", (e) => {
