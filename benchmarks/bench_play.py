@@ -200,8 +200,9 @@ def served_fps(model, cfg, steps: int, seconds: float) -> float:
         source.memo.remove()
 
 
-def following(model, cfg, steps: int, episodes: int, frames: int = 32) -> float:
-    """Mean action following of the model played at `steps` (agent world only)."""
+def following(model, cfg, steps: int, episodes: int, frames: int = 32, shift: float | None = None) -> float:
+    """Mean action following of the model played at `steps` and `shift` (None: the run's)
+    (agent world only)."""
     import numpy as np
 
     from resforce.agent_metrics import follow_score, locate_agent
@@ -209,7 +210,7 @@ def following(model, cfg, steps: int, episodes: int, frames: int = 32) -> float:
     from resforce.interactive import InteractiveSession
 
     world = cfg.data.agent_balls
-    session, scores = InteractiveSession(model, cfg, steps=steps), []
+    session, scores = InteractiveSession(model, cfg, steps=steps, shift=shift), []
     for e in range(episodes):
         actions = sticky_actions(np.random.default_rng(100 + e), frames, world.num_actions, world.action_repeat)
         video = [session.reset(e)] + [session.step(int(a)) for a in actions[1:]]
@@ -227,7 +228,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--serve-seconds", type=float, default=3.0, help="0: skip the end-to-end server run")
     p.add_argument("--quality", type=int, default=0, metavar="EPISODES",
-                   help="also score action following at each number of steps over this many episodes")
+                   help="also score action following at each number of steps and shift over this many episodes")
+    p.add_argument("--shifts", type=float, nargs="+", default=[0.5, 1.0, 2.0, 3.0],
+                   help="shifts of the Euler grid scored by --quality (1 step: the shift changes nothing)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model, cfg, what = load(args.model)
@@ -267,9 +270,12 @@ def main() -> None:
               f"received ({fps / alone:.2f} x the session alone)")
     if args.quality:
         print(f"\naction following (agent_metrics.follow; {args.quality} episodes of 32 frames, sticky random "
-              f"actions; 1.0 = every frame moved as commanded):")
+              f"actions; 1.0 = every frame moved as commanded; the run samples with shift {cfg.sample.shift:g}):")
+        print(f"{'steps':>7} | " + " | ".join(f"shift {x:g}" for x in args.shifts))
         for steps in args.steps:
-            print(f"  steps {steps}: follow {following(model, cfg, steps, args.quality):.3f}")
+            shifts = args.shifts if steps > 1 else args.shifts[:1]  # one step: [1, 0] whatever the shift
+            scores = [following(model, cfg, steps, args.quality, shift=x) for x in shifts]
+            print(f"{steps:>7} | " + " | ".join(f"{v:>{len(f'shift {x:g}')}.3f}" for x, v in zip(shifts, scores)))
 
 
 if __name__ == "__main__":
