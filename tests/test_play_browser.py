@@ -33,29 +33,48 @@ MODEL_FOLLOW = 0.5
 """The shipped model must move the agent at least half of what each press commanded."""
 NOOP, RESET = 0, -1
 MOVES = {"left": 1, "right": 2, "up": 3, "down": 4}
-# what the player does: (key, or a button of the page, action, seconds held). A press may
-# end at a wall (which stops the agent); the press after it the other way then has room.
-PRESSES = [("ArrowLeft", "left", 0.8), ("ArrowRight", "right", 0.6), ("ArrowLeft", "left", 0.4),
-           ("ArrowDown", "down", 0.6), ("button", "up", 0.4)]
+KEYS = {"left": "ArrowLeft", "right": "ArrowRight", "up": "ArrowUp", "down": "ArrowDown"}
+HOLD = 0.45
+"""Seconds each press is held: 6-7 frames at 15 frames/s, 4-5 at a slower model's rate."""
 
 
-def play_presses(page) -> list[dict]:
+def plan_presses(x: float, y: float, size: int) -> list[tuple[str, str]]:
+    """(key or 'button', action) of each press: toward the middle first, then back, on each axis
+    (a world model held against a wall for long is not what this tests). The last press is
+    the on-page button, pressed with the mouse."""
+    h = ["right", "left"] if x < size / 2 else ["left", "right"]
+    v = ["down", "up"] if y < size / 2 else ["up", "down"]
+    return [(KEYS[h[0]], h[0]), (KEYS[h[1]], h[1]), (KEYS[v[0]], v[0]), ("button", v[1])]
+
+
+def latest_agent(page) -> np.ndarray:
+    hello = page.evaluate("resforcePlay.hello")
+    frames = json.loads(page.evaluate("JSON.stringify(resforcePlay.frames(1))"))
+    centres, found = locate_agent(decode(frames, hello), AgentBallsConfig())
+    assert found[0, -1], "no agent in the first frames"
+    return centres[0, -1]
+
+
+def play_presses(page) -> tuple[list[dict], list[str]]:
+    """Press keys (and a button), then return the frames the page received and the actions pressed."""
     page.wait_for("window.resforcePlay && resforcePlay.count >= 3")
-    for key, action, seconds in PRESSES:
-        if key == "button":  # the on-page button, pressed with the mouse
+    x, y = latest_agent(page)
+    presses = plan_presses(x, y, page.evaluate("resforcePlay.hello.width"))
+    for key, action in presses:
+        if key == "button":
             x, y = page.evaluate(f"(() => {{ const r = document.querySelector('#buttons button[data-action={action}]')"
                                  f".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
             page.mouse("mousePressed", x, y)
-            time.sleep(seconds)
+            time.sleep(HOLD)
             page.mouse("mouseReleased", x, y)
         else:
             page.key_down(key)
-            time.sleep(seconds)
+            time.sleep(HOLD)
             page.key_up(key)
         time.sleep(0.2)  # a few noop frames between presses
     n = page.evaluate("resforcePlay.count")
     page.wait_for(f"resforcePlay.count >= {n + 2}")  # frames made after the last release
-    return json.loads(page.evaluate("JSON.stringify(resforcePlay.frames(240))"))
+    return json.loads(page.evaluate("JSON.stringify(resforcePlay.frames(240))")), [a for _, a in presses]
 
 
 def decode(frames: list[dict], hello: dict) -> np.ndarray:
@@ -82,7 +101,7 @@ def room(position: np.ndarray, action: int, cfg: AgentBallsConfig) -> float:
     return float(((cfg.resolution - r - position) * (u > 0) + (position - r) * (u < 0)).sum())
 
 
-def check_agent_follows(frames: list[dict], hello: dict, min_follow: float) -> list[str]:
+def check_agent_follows(frames: list[dict], pressed: list[str], hello: dict, min_follow: float) -> list[str]:
     """Each press moved the agent its way by at least min_follow of what it commanded (one
     step a frame held, up to the wall). Returns a line per press, for the log."""
     assert len({f["episode"] for f in frames}) == 1, "the episode changed during the presses"
@@ -90,8 +109,8 @@ def check_agent_follows(frames: list[dict], hello: dict, min_follow: float) -> l
     cfg = AgentBallsConfig()
     centres, found = locate_agent(decode(frames, hello), cfg)
     runs = press_runs(actions)
-    assert [a for a, _, _ in runs] == [MOVES[a] for _, a, _ in PRESSES], \
-        f"the frames' actions do not show the presses {[p[1] for p in PRESSES]}: {actions}"
+    assert [a for a, _, _ in runs] == [MOVES[a] for a in pressed], \
+        f"the frames' actions do not show the presses {pressed}: {actions}"
     log, moved = [], []
     for i, (a, first, last) in enumerate(runs):
         assert first > 0, "no frame before the first press"
@@ -106,7 +125,7 @@ def check_agent_follows(frames: list[dict], hello: dict, min_follow: float) -> l
                    f"moved {along:+.1f} px its way and {sideways:.1f} px sideways")
         assert along >= min_follow * commanded - 0.25, log[-1]
         moved.append(along)
-    assert sum(moved) >= 10 * cfg.agent_speed, log  # the presses were not all against walls
+    assert sum(moved) >= 8 * min_follow * cfg.agent_speed, log  # the presses were not all against walls
     return log
 
 
@@ -115,11 +134,11 @@ def play_in_browser(args: list[str], profile, min_follow: float) -> list[str]:
     if browser is None:
         pytest.skip(NO_BROWSER)
     with play_process(args) as (url, _), Chromium(browser, url, profile) as page:
-        frames = play_presses(page)
+        frames, pressed = play_presses(page)
         hello = page.evaluate("resforcePlay.hello")
         assert page.evaluate("resforcePlay.state.received.length") <= 240  # the page keeps a bounded log
         assert page.evaluate("document.getElementById('fps').textContent") not in ("", "–")
-    return check_agent_follows(frames, hello, min_follow)
+    return check_agent_follows(frames, pressed, hello, min_follow)
 
 
 def test_keys_move_the_agent_of_the_ground_truth_world(tmp_path):
