@@ -9,6 +9,7 @@ import socket
 import struct
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,6 +213,11 @@ def test_cli_errors(tmp_path, capsys):
     missing = tmp_path / "nope"
     err = _play_error([str(missing), "--port", "0"], capsys)
     assert f"RUN {missing}: no such run directory" in err
+    import resforce
+
+    demo = Path(resforce.__file__).parent / "assets" / "demo" / "teacher_forcing.safetensors"  # no actions
+    assert "trained without actions (model.action_kind='none') cannot be steered" in _play_error(
+        [str(demo), "--port", "0"], capsys)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)

@@ -55,9 +55,12 @@ def display_frames(frames) -> list[np.ndarray]:
 
 def check_playable(space: ActionSpace, what: str) -> ActionSpace:
     """The page maps keys and buttons to discrete actions: other spaces are refused here."""
+    if space.kind == "none":
+        raise ValueError(f"{what}: a model trained without actions (model.action_kind='none') cannot be "
+                         f"steered; train one on a world with actions, e.g. configs/agent_resampling.yaml")
     if space.kind != "discrete":
-        raise ValueError(f"{what}: resforce play needs a discrete action space (keys -> actions), got "
-                         f"action kind {space.kind!r}")
+        raise ValueError(f"{what}: resforce play maps keys to discrete actions; this model takes "
+                         f"{space.kind} actions")
     return space
 
 
