@@ -174,3 +174,14 @@ def test_wan_weights_start_an_action_model_unchanged(randomize):
     with torch.no_grad():
         assert torch.equal(action_model(noisy, t, history=hist, actions=actions("discrete")),
                            wan(noisy, t, history=hist))
+
+
+def test_config_must_match_the_worlds_action_space():
+    from resforce.config import ConfigError, load_config
+
+    agent = ["data.kind=agent_balls", "data.agent_balls.num_actions=7"]
+    with pytest.raises(ConfigError, match="set model.action_kind=discrete model.action_dim=7"):
+        load_config(None, agent + ["model.action_kind=discrete", "model.action_dim=5"])
+    with pytest.raises(ConfigError, match="gives actions of kind 'none'"):
+        load_config(None, ["model.action_kind=discrete", "model.action_dim=5"])  # bouncing balls: no actions
+    assert load_config(None, agent).model.action_kind == "none"  # a plain video model ignores the actions

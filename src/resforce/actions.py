@@ -128,14 +128,12 @@ def drop_actions(actions: torch.Tensor, p: float, generator=None) -> torch.Tenso
 
 def training_actions(info, model_cfg, device, generator=None) -> torch.Tensor | None:
     """The actions of one training micro-batch for the model (model.action_kind): the data's
-    (info.actions), with per-clip action dropout; None for a model without actions. A world
-    without actions for an action model (or the reverse) is a ValueError naming the fields."""
-    given = actions_of(info)
+    (info.actions), with per-clip action dropout; None for a model without actions (which
+    then learns the world without them). Data without actions for an action model is a
+    ValueError naming the fields."""
     if model_cfg.action_kind == "none":
-        if given is not None:
-            raise ValueError("the data gives per-frame actions but model.action_kind='none': set model.action_kind "
-                             "and model.action_dim to the world's action space, or use data without actions")
         return None
+    given = actions_of(info)
     if given is None:
         raise ValueError(f"model.action_kind={model_cfg.action_kind!r} but the data gives no actions (a world with "
                          f"an action space, or NAME.actions.npy sidecars beside a folder's videos)")

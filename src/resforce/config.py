@@ -229,8 +229,8 @@ def _check_data_fits_model(cfg: "TrainConfig") -> None:
     if m.in_channels != channels or m.out_channels != m.in_channels:
         raise ConfigError(f"model.in_channels={m.in_channels}, model.out_channels={m.out_channels}: data.kind="
                           f"{cfg.data.kind} gives {channels}-channel RGB clips, so both must be {channels}")
-    space = world.action_space
-    if (m.action_kind, m.action_dim) != (space.kind, space.width):
+    space = world.action_space  # a model without actions may train on a world with them (ignored)
+    if m.action_kind != "none" and (m.action_kind, m.action_dim) != (space.kind, space.width):
         raise ConfigError(f"model.action_kind={m.action_kind!r}, model.action_dim={m.action_dim}: data.kind="
                           f"{cfg.data.kind} gives actions of kind {space.kind!r} and width {space.width}, so set "
                           f"model.action_kind={space.kind} model.action_dim={space.width}")
