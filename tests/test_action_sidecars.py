@@ -72,7 +72,7 @@ def test_an_18_button_world_model_trains_and_the_config_must_match(tmp_path):
             "data.video_folder.actions.kind=discrete", "data.video_folder.actions.n=18", "stages.0.clip_chunks=3",
             "stages.0.history.strategy=resampling", "stages.0.steps=2"]
     with pytest.raises(ConfigError, match="model.action_kind=discrete model.action_dim=18"):
-        load_config(None, tiny(tmp_path / "run", *data))
+        load_config(None, tiny(tmp_path / "run", *data, "model.action_kind=discrete", "model.action_dim=5"))
     cfg = load_config(None, tiny(tmp_path / "run", *data, "model.action_kind=discrete", "model.action_dim=18",
                                  "model.action_dropout=0.5"))
     train(cfg, progress=False)
