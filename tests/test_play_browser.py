@@ -119,6 +119,8 @@ def check_agent_follows(frames: list[dict], pressed: list[str], hello: dict, min
         f"the frames' actions do not show the presses {pressed}: {actions}"
     log, moved = [], []
     for i, (a, first, last) in enumerate(runs):
+        assert first > 0, "no frame before the first press"
+        assert last - first + 1 >= 2, f"press {i} ({hello['actions'][a]}) held for {last - first + 1} frame only"
         # the agent where it was last seen just before the press and at its end: a world
         # model may lose it for a frame (a ball drawn over it); gone for longer fails
         before, after = _last_found(found[0], first - 3, first - 1), _last_found(found[0], last - 2, last)
