@@ -38,6 +38,7 @@ class CountingSource:
 
     def __init__(self):
         self.threads = set()
+        self.fail_at, self.steps = None, 0
 
     def _frame(self, action):
         self.threads.add(threading.current_thread().name)
@@ -51,6 +52,9 @@ class CountingSource:
         return self._frame(0)
 
     def step(self, action):
+        self.steps += 1
+        if self.steps == self.fail_at:
+            raise RuntimeError(f"step {self.steps} failed")
         return self._frame(action)
 
 
@@ -131,6 +135,22 @@ def test_a_new_tab_takes_over(served):
                     closed = json.loads(msg) if isinstance(msg, str) else closed
             assert closed == {"type": "closed", "message": "another tab took over"}
             assert frame(new)["index"] == 0
+
+
+def test_a_failing_source_is_reported_to_the_page_and_the_server_goes_on(served):
+    url, source = served
+    source.fail_at = 3  # the third step raises
+    with connect(url) as ws:
+        json.loads(ws.recv(timeout=10))
+        closed = None
+        with pytest.raises(websockets.exceptions.ConnectionClosedError):
+            while True:
+                msg = ws.recv(timeout=10)
+                closed = json.loads(msg) if isinstance(msg, str) else closed
+        assert closed == {"type": "closed", "message": "the frame source failed: RuntimeError: step 3 failed"}
+    source.fail_at = None
+    with connect(url) as ws:  # the next tab plays
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello" and frame(ws)["index"] == 0
 
 
 @pytest.mark.parametrize("text, error", [

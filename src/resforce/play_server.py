@@ -27,6 +27,7 @@ import socket
 import struct
 import sys
 import time
+import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,6 +57,7 @@ class Controls:
         self.reset_seed: int | None = None
         self.paused = False
         self.stopped = False
+        self.taken_over = False
         self.wake = asyncio.Event()
 
     def next_action(self) -> tuple[int, int]:
@@ -63,8 +65,8 @@ class Controls:
             self.held, self.seq = self.inputs.popleft()
         return self.held, self.seq
 
-    def stop(self) -> None:
-        self.stopped = True
+    def stop(self, taken_over: bool = False) -> None:
+        self.stopped, self.taken_over = True, self.taken_over or taken_over
         self.wake.set()
 
 
@@ -123,7 +125,7 @@ class PlayServer:
         await ws.accept()
         controls = Controls(self.source.action_space.default)
         if self.current is not None:  # take over: the old player stops after its current step
-            self.current.stop()
+            self.current.stop(taken_over=True)
         self.current = controls
         async with self.lock:
             if controls.stopped:  # a newer connection came while this one waited
@@ -134,11 +136,14 @@ class PlayServer:
                 await self._play(ws, controls)
             except _Gone:
                 pass
+            except Exception as e:  # the source failed (a model error): tell the page, log it, go on serving
+                traceback.print_exc()
+                await _close(ws, f"the frame source failed: {type(e).__name__}: {e}", code=1011)
             finally:
                 reader.cancel()
                 if self.current is controls:
                     self.current = None
-            if controls.stopped:
+            if controls.taken_over:
                 await _close(ws, "another tab took over")
 
     async def _read(self, ws, controls: Controls) -> None:
@@ -225,10 +230,10 @@ async def _send(send, payload) -> None:
         raise _Gone from None
 
 
-async def _close(ws, reason: str) -> None:
+async def _close(ws, reason: str, code: int = 1000) -> None:
     try:
         await ws.send_json({"type": "closed", "message": reason})
-        await ws.close(code=1000, reason=reason)
+        await ws.close(code=code, reason=reason[:120])  # a close frame's reason is at most 123 bytes
     except Exception:  # noqa: BLE001 - the page may already be gone; nothing left to tell it
         pass
 
