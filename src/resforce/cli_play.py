@@ -12,6 +12,8 @@ def cmd_play(args) -> None:
         raise ValueError(f"--steps must be >= 1 Euler step, got {args.steps}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.fps < 0:
+        raise ValueError(f"--fps must be >= 0 (0: as fast as the model goes), got {args.fps}")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     try:
