@@ -245,7 +245,7 @@ def test_cli_errors(tmp_path, capsys):
         err = _play_error(["--world", "agent_balls", "--port", str(port)], capsys)
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in err and "--port 0" in err
     assert "--port must be in [0, 65535]" in _play_error(["--world", "agent_balls", "--port", "70000"], capsys)
-    assert "--steps, --context and --cfg-scale" in _play_error(["--world", "agent_balls", "--port", "0", "--steps", "2"], capsys)
+    assert "--steps, --shift, --context and --cfg-scale" in _play_error(["--world", "agent_balls", "--port", "0", "--steps", "2"], capsys)
     args = build_parser().parse_args(["play", "--world", "agent_balls"])
     assert isinstance(args, argparse.Namespace) and args.port == 8765 and args.fps == 15.0
 
@@ -277,7 +277,7 @@ def test_a_model_is_played_as_an_interactive_session_would(tmp_path, randomize):
     try:
         with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/ws") as ws:
             hello = json.loads(ws.recv(timeout=30))
-            assert (hello["height"], hello["width"]) == (8, 8) and hello["source"] == f"world model {path} (2 Euler steps a frame, context 3 chunks)"
+            assert (hello["height"], hello["width"]) == (8, 8) and hello["source"] == f"world model {path} (2 Euler steps a frame, shift 5, context 3 chunks)"
             ws.send(json.dumps({"type": "action", "action": "up", "seq": 1}))
             got = []
             while len(got) < 6:

@@ -10,6 +10,8 @@ def cmd_play(args) -> None:
                          f"ground truth, e.g. --world agent_balls); {which}")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1 Euler step, got {args.steps}")
+    if args.shift is not None and not args.shift > 0:
+        raise ValueError(f"--shift must be > 0, got {args.shift}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.fps < 0:
@@ -29,13 +31,13 @@ def cmd_play(args) -> None:
 
     torch.set_num_threads(args.threads)
     if args.world is not None:
-        if args.steps is not None or args.context is not None or args.cfg_scale != 1.0:
-            raise ValueError("--steps, --context and --cfg-scale set how a model generates; --world plays the "
-                             "ground truth")
+        if args.steps is not None or args.shift is not None or args.context is not None or args.cfg_scale != 1.0:
+            raise ValueError("--steps, --shift, --context and --cfg-scale set how a model generates; --world "
+                             "plays the ground truth")
         source = WorldSource(args.world, args.seed)
     else:
         source = ModelSource(args.run, steps=args.steps, seed=args.seed, context=args.context,
-                             cfg_scale=args.cfg_scale)
+                             cfg_scale=args.cfg_scale, shift=args.shift)
     try:
         serve(source, port=args.port, seed=args.seed, fps=args.fps)
     except KeyboardInterrupt:
@@ -49,6 +51,9 @@ def add_command(sub) -> None:
     p.add_argument("--world", default=None, help="play a built-in world's ground truth instead (e.g. agent_balls)")
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
     p.add_argument("--steps", type=int, default=None, help="Euler steps per chunk (default: 4)")
+    p.add_argument("--shift", type=float, default=None,
+                   help="shift of the Euler grid (default: the run's sample.shift; with fewer steps a larger "
+                        "shift can keep action following, see benchmarks/bench_play.py --quality)")
     p.add_argument("--context", type=int, default=None,
                    help="chunks seen at once, own chunk included (default: the training length; the KV cache rolls)")
     p.add_argument("--cfg-scale", type=float, default=1.0,

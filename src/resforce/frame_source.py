@@ -91,14 +91,15 @@ class ModelSource:
     context of the training length, so memory stays constant however long it is played)."""
 
     def __init__(self, run: str | Path, steps: int | None = None, seed: int = 0, context: int | None = None,
-                 cfg_scale: float = 1.0) -> None:
-        """steps None: the session's default (4 Euler steps, what the agent recipes sample with).
+                 cfg_scale: float = 1.0, shift: float | None = None) -> None:
+        """steps None: the session's default (4 Euler steps, what the agent recipes sample with);
+        shift None: the run's sample.shift.
         cfg_scale != 1: guidance over actions (the action-free branch runs in the same batch)."""
         if not Path(run).exists():
             raise ValueError(f"RUN {run}: no such run directory, checkpoint directory or .safetensors file")
         from .interactive import InteractiveSession
 
-        kwargs = {"seed": seed, "context": context, "cfg_scale": cfg_scale}
+        kwargs = {"seed": seed, "context": context, "cfg_scale": cfg_scale, "shift": shift}
         if steps is not None:
             kwargs["steps"] = steps
         self.session = InteractiveSession.from_run(run, **kwargs)
@@ -109,7 +110,8 @@ class ModelSource:
             self.memo = memoize_conditioning(self.session.model)
         self.action_space = check_playable(self.session.action_space, f"RUN {run}")
         guided = f", action guidance {cfg_scale:g}" if cfg_scale != 1.0 else ""
-        self.description = (f"world model {run} ({self.session.steps} Euler steps a frame, "
+        self.description = (f"world model {run} ({self.session.steps} Euler steps a frame, shift "
+                            f"{self.session.shift:g}, "
                             f"context {self.session.context} chunks{guided})")
 
     def reset(self, seed: int):
