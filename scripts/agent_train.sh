@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The shipped agent-world models (src/resforce/assets/agent_balls/), resumable: re-run it and
 # each run continues from its last checkpoint. ONE training process at a time, one thread
-# (about 35 CPU-minutes in all: ~0.8 s per teacher step, ~1.5 s per resampling step).
+# (about 45 CPU-minutes in all: ~0.8 s per teacher step, ~1.5 s per resampling step).
 #
 #   1. the shared teacher-forcing warm-up (1500 steps)      -> runs/agent_warmup
-#   2. the teacher-forcing branch (300 more steps)          -> runs/agent_teacher
-#   3. the Resampling Forcing branch (300 more steps)       -> runs/agent_resampling
+#   2. the teacher-forcing branch (600 more steps)          -> runs/agent_teacher
+#   3. the Resampling Forcing branch (600 more steps)       -> runs/agent_resampling
 #   4. export both EMA weights as float16 safetensors into src/resforce/assets/agent_balls/
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,10 +3,12 @@ selective give the gradients of no checkpointing; selective keeps the attention 
 outputs, so its backward never re-runs attention, while full re-runs it once per block."""
 
 import copy
+import weakref
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from resforce import parallel
 from resforce.config import ConfigError, load_config
@@ -58,9 +60,10 @@ def test_checkpointing_keeps_gradients(randomize, mode):
 @pytest.mark.parametrize("backend", ["chunked", "sdpa"])
 def test_selective_keeps_self_attention_full_recomputes_it(randomize, backend):
     """Self-attention: its kernels run in the forward whatever the mode (once per block with
-    the dense-mask reference, once per tile group with the chunked backend); full re-runs them
-    in the backward, selective keeps their outputs. Cross-attention (5 text keys, cheap, an
-    output as large as self-attention's) is recomputed by both."""
+    the dense-mask reference, once per tile group with the chunked backend, and as one op per
+    block under selective checkpointing: chunk_attention.as_one_op); full re-runs them in the
+    backward, selective keeps their outputs. Cross-attention (5 text keys, cheap, an output as
+    large as self-attention's) is recomputed by both."""
     base = randomize(build_model(preset="test", patch_size=(1, 4, 4), text_dim=8,
                                  attention_backend=backend)).train()
     layers = base.config.num_layers
@@ -71,7 +74,8 @@ def test_selective_keeps_self_attention_full_recomputes_it(randomize, backend):
     assert (once["self"] == layers) == (backend == "sdpa")
     assert counts["none"] == (once, {"self": 0, "cross": 0})
     assert counts["full"] == (once, once)
-    assert counts["selective"] == (once, {"self": 0, "cross": layers})
+    one_op = {"self": layers, "cross": layers}  # the chunked forward is one op per block
+    assert counts["selective"] == (once if backend == "sdpa" else one_op, {"self": 0, "cross": layers})
     *_, g_none = step(copy.deepcopy(base), CONTEXT)
     *_, g_sel = step(parallel.apply_activation_checkpointing(copy.deepcopy(base), "selective"), CONTEXT)
     for a, b in zip(g_none, g_sel):
@@ -111,3 +115,39 @@ def test_checkpointing_under_one_autocast_region_with_an_earlier_pass(randomize,
         grads.append([p.grad for p in m.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+class LiveAttentionOutputs(TorchDispatchMode):
+    """Bytes of attention-kernel outputs (parallel.attention_kernel_ops) still alive: what
+    the forward keeps for the backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernels = parallel.attention_kernel_ops()
+        self.refs = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self.kernels:
+            self.refs += [weakref.ref(t.untyped_storage()) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        return out
+
+    def alive_bytes(self) -> int:
+        return sum(st.nbytes() for st in {id(s): s for s in (r() for r in self.refs) if s is not None}.values())
+
+
+def test_selective_keeps_one_merged_attention_output_per_block(randomize):
+    """The chunked backend computes attention in tiles (several per query chunk) merged by
+    log-sum-exp. Selective checkpointing keeps, per block, exactly the merged output and its
+    LSE (B H S d + B H S floats), not every tile's output and LSE: those were 4.5 copies of
+    the attention output per block for Wan2.1-1.3B at 15 s (docs/wan.md section 4)."""
+    model = randomize(build_model(preset="test", patch_size=(1, 4, 4))).train()
+    parallel.apply_activation_checkpointing(model, "selective")
+    cfg = model.config
+    b, _, f, hh, ww = X.shape
+    s = 2 * model.num_chunks(f) * model.tokens_per_chunk(hh, ww)
+    merged = b * s * (cfg.inner_dim + cfg.num_attention_heads) * 4  # fp32 output + LSE
+    with LiveAttentionOutputs() as rec:
+        loss = model(X, T, history=H).square().mean()
+    assert rec.alive_bytes() == cfg.num_layers * merged
+    loss.backward()

@@ -4,13 +4,14 @@ forward and backward, and never allocates an S x S tensor (S = tokens)."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from largest_output import LargestOutput
 from resforce.model import build_model
 from resforce.model.attention import (MaskedLayout, block_causal_chunk_mask, expand_chunk_mask,
                                       two_stream_chunk_mask)
-from resforce.model.chunk_attention import (KERNELS, chunk_attention, host_chunk_mask, pick_kernel,
-                                            plan_tiles)
+from resforce.model.chunk_attention import (KERNELS, as_one_op, chunk_attention, host_chunk_mask,
+                                            pick_kernel, plan_tiles)
 from resforce.model.dit import DiTConfig
 
 
@@ -70,6 +71,71 @@ def test_equals_dense_mask_forward_and_backward(layout, n, tpc, kernel):
     mask = MASKS[layout](n)
     q, k, v, dout = qkv(2, 3, mask.shape[0] * tpc, 8, seed=n)
     assert_same(chunked(q, k, v, mask, tpc, dout, kernel), reference(q, k, v, mask, tpc, dout))
+
+
+@pytest.mark.parametrize("layout", sorted(MASKS))
+@pytest.mark.parametrize("kernel", ["cpu_flash", "math"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_op_forward_equals_the_inline_forward(layout, kernel, dtype):
+    """as_one_op (selective checkpointing's view: the forward as one dispatcher op) runs the
+    same code: output and gradients bitwise equal, and a dispatch mode sees one op whose
+    outputs are the merged output, the LSE and the kernels' aux."""
+    mask = MASKS[layout](7)
+    q, k, v, dout = (x.to(dtype) for x in qkv(2, 3, mask.shape[0] * 3, 8, seed=7))
+    inline = chunked(q, k, v, mask, 3, dout, kernel)
+    with as_one_op(), LargestOutput() as rec:
+        one = chunked(q, k, v, mask, 3, dout, kernel)
+    for a, b in zip(one, inline):
+        assert torch.equal(a, b)
+    assert rec.numel == q.numel()  # no tile output is seen: the merged output (and dq/dk/dv)
+    ops = OpNames()
+    with as_one_op(), ops:
+        chunk_attention(q, k, v, mask, 3, kernel=kernel)
+    # (autograd.Function detaches its output: aten.detach)
+    assert [n for n in ops.names if n != "aten.detach.default"] == ["resforce.chunk_attention_forward.default"]
+
+
+class _FlashWithAux:
+    """The CPU flash kernel plus per-call aux tensors, as the CUDA kernels have (rng state,
+    the LSE's padded width): the backward checks it gets its own call's aux back."""
+
+    @staticmethod
+    def tag(q, k):
+        return q.shape[0] * 10_000 + q.shape[2] * 100 + k.shape[2]
+
+    @staticmethod
+    def forward(q, k, v, scale):
+        out, lse, _ = KERNELS["cpu_flash"].forward(q, k, v, scale)
+        return out, lse, (torch.tensor(_FlashWithAux.tag(q, k)), q.new_empty((0, k.shape[2])))
+
+    @staticmethod
+    def backward(dout, q, k, v, out, lse, aux, scale):
+        assert aux[0].item() == _FlashWithAux.tag(q, k) and aux[1].shape == (0, k.shape[2])
+        return KERNELS["cpu_flash"].backward(dout, q, k, v, out, lse, (), scale)
+
+
+def test_one_op_returns_each_calls_aux(monkeypatch):
+    """The one-op forward returns every tile call's kernel aux (tensors) through the
+    dispatcher, and the backward hands each call its own: as the CUDA kernels need (their
+    rng state; the efficient kernel's LSE width), checked here with a CPU stand-in."""
+    monkeypatch.setitem(KERNELS, "flash_with_aux", _FlashWithAux)
+    mask = two_stream_chunk_mask(6)
+    assert len(plan_tiles(mask)) > 2
+    q, k, v, dout = qkv(2, 3, mask.shape[0] * 4, 8, seed=3)
+    with as_one_op():
+        got = chunked(q, k, v, mask, 4, dout, "flash_with_aux")
+    for a, b in zip(got, chunked(q, k, v, mask, 4, dout, "cpu_flash")):
+        assert torch.equal(a, b)
+
+
+class OpNames(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("n,window,sink", [(6, 2, 1), (9, 3, 0), (9, 1, 2)])
@@ -289,6 +355,19 @@ def test_bf16_autocast_model_agrees_between_backends(randomize):
 
 # ----------------------------------------------------------------------------- on a GPU
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+@pytest.mark.parametrize("kernel,dtype", [("cuda_flash", torch.bfloat16), ("cuda_efficient", torch.float32),
+                                          ("cuda_efficient", torch.bfloat16)])
+def test_cuda_one_op_forward_equals_the_inline_forward(kernel, dtype):
+    mask = two_stream_chunk_mask(7)
+    q, k, v, dout = (x.to("cuda", dtype) for x in qkv(2, 3, mask.shape[0] * 64, 64, seed=7))
+    inline = chunked(q, k, v, mask, 64, dout, kernel)
+    with as_one_op():
+        one = chunked(q, k, v, mask, 64, dout, kernel)
+    for a, b in zip(one, inline):
+        assert torch.equal(a, b)
 
 
 @needs_cuda

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_args import add_sampling_args
+from .cli_args import add_prompt_args, add_sampling_args
 
 
 def cmd_train(args) -> None:
@@ -34,7 +34,7 @@ def cmd_train(args) -> None:
 
 def generate_from_args(args, batch: int, record_router: bool = False, with_ground_truth: bool = False):
     from .checks import check_video_values
-    from .cli_args import generation_options
+    from .cli_args import generation_options, prompt_options
     from .sampling import generate
     from .video_io import load_video
 
@@ -42,7 +42,8 @@ def generate_from_args(args, batch: int, record_router: bool = False, with_groun
     if prefix is not None:
         check_video_values(prefix, f"--prefix {args.prefix}")
     return generate(args.run, batch=batch, prefix=prefix, prefix_chunks=args.prefix_chunks or 0,
-                    record_router=record_router, with_ground_truth=with_ground_truth, **generation_options(args))
+                    record_router=record_router, with_ground_truth=with_ground_truth, **generation_options(args),
+                    **prompt_options(args))
 
 
 def cmd_generate(args) -> None:
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=int, default=8)
     g.add_argument("--router-stats", default=None, help="save which history chunks each head selects (.json)")
     add_sampling_args(g)
+    add_prompt_args(g)
     g.set_defaults(func=cmd_generate)
 
     x = sub.add_parser("export", help="one self-contained .safetensors file (weights + config) from a run")
@@ -116,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--online", action="store_true", help="export the online weights, not the EMA")
     x.set_defaults(func=cmd_export)
 
-    from . import cli_eval, cli_memory, cli_play, cli_score
+    from . import cli_eval, cli_memory, cli_play, cli_prepare, cli_score
+    cli_prepare.add_command(sub)
     cli_eval.add_commands(sub)
     cli_play.add_command(sub)
     cli_score.add_command(sub)

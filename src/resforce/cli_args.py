@@ -79,3 +79,22 @@ def add_frechet_arg(p) -> None:
     p.add_argument("--frechet-reference", type=int, default=FRECHET_REFERENCE_CLIPS, metavar="CLIPS",
                    help="Frechet distances against this many independent ground-truth clips of the world "
                         f"(default {FRECHET_REFERENCE_CLIPS}; 0: none)")
+
+
+def add_prompt_args(p: argparse.ArgumentParser) -> None:
+    """--prompt and the local text encoder / VAE of a run trained on captioned latents."""
+    g = p.add_argument_group("prompts (runs trained on `resforce prepare` latents)")
+    g.add_argument("--prompt", default=None, help="text prompt (default: the empty prompt)")
+    g.add_argument("--negative-prompt", default=None,
+                   help="unconditional branch of guidance (default: the run's data.latents.negative_prompt)")
+    g.add_argument("--text-encoder", default=None,
+                   help="local umT5 folder (default: the one recorded in the run's dataset index)")
+    g.add_argument("--vae", default=None, help="local Wan VAE folder (default: the one recorded in the dataset index)")
+
+
+def prompt_options(args) -> dict:
+    """generate()'s prompt= and vae= of the prompt flags."""
+    from .text_context import PromptOptions
+
+    return dict(prompt=PromptOptions(getattr(args, "prompt", None), getattr(args, "negative_prompt", None),
+                                     getattr(args, "text_encoder", None)), vae=getattr(args, "vae", None))

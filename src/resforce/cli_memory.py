@@ -19,7 +19,7 @@ def cmd_memory(args) -> None:
                       gpus=args.gpus, batch=args.batch, height=args.height, width=args.width,
                       text_tokens=args.text_tokens, checkpointing=args.checkpointing,
                       attention_backend=args.attention, precision=args.precision,
-                      resample_steps=args.resample_steps)
+                      resample_steps=args.resample_steps, resample_unsharded=not args.resample_per_call)
     report = estimate_memory(plan)
     print(format_report(report))
     if args.json:
@@ -45,5 +45,8 @@ def add_command(sub) -> None:
     m.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
                    help="bf16: autocast over fp32 master weights and AdamW")
     m.add_argument("--resample-steps", type=int, default=1, help="Euler steps of the resampling pass")
+    m.add_argument("--resample-per-call", action="store_true",
+                   help="under FSDP, gather the weights on every model call of the resampling pass "
+                        "(history.resample_unsharded: false) instead of once for the pass")
     m.add_argument("--json", default=None, help="also write the report here (.json)")
     m.set_defaults(func=cmd_memory)

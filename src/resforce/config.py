@@ -26,6 +26,7 @@ from .parallel import checkpoint_mode
 from .rollout import SampleConfig
 from .text_context import TextConfig
 from .worlds import WORLDS, known_kinds, world_of
+from .worlds.latents import LatentsConfig
 
 
 class ConfigError(ValueError):
@@ -37,14 +38,16 @@ class DataConfig:
     """Where training clips come from."""
 
     kind: str = "bouncing_balls"
-    """The world (resforce.worlds registry): 'bouncing_balls' (built-in procedural world) or
-    'video_folder' (your videos, PyAV)."""
+    """The world (resforce.worlds registry): 'bouncing_balls' (built-in procedural world),
+    'video_folder' (your videos, PyAV) or 'latents' (`resforce prepare`'s Wan latents)."""
     bouncing_balls: BouncingBallsConfig = field(default_factory=BouncingBallsConfig)
     """The bouncing-balls world (used when kind = bouncing_balls)."""
     video_folder: VideoFolderConfig = field(default_factory=VideoFolderConfig)
     """The video folder (used when kind = video_folder)."""
     agent_balls: AgentBallsConfig = field(default_factory=AgentBallsConfig)
     """The controllable agent world (used when kind = agent_balls): actions move an agent."""
+    latents: LatentsConfig = field(default_factory=LatentsConfig)
+    """A dataset of Wan latents and caption embeddings from `resforce prepare` (kind = latents)."""
 
 
 @dataclass
@@ -228,7 +231,11 @@ def _check_data_fits_model(cfg: "TrainConfig") -> None:
     channels = world.channels
     if m.in_channels != channels or m.out_channels != m.in_channels:
         raise ConfigError(f"model.in_channels={m.in_channels}, model.out_channels={m.out_channels}: data.kind="
-                          f"{cfg.data.kind} gives {channels}-channel RGB clips, so both must be {channels}")
+                          f"{cfg.data.kind} gives {channels}-channel {'RGB' if channels == 3 else 'latent'} clips, so both "
+                          f"must be {channels}")
+    for i, s in enumerate(cfg.stages):  # a stage of 0 steps (skipped) draws no clips
+        if s.steps > 0:
+            world.check_clip_frames(s.clip_chunks * m.frames_per_chunk, f"stages.{i}.clip_chunks={s.clip_chunks}")
     space = world.action_space  # a model without actions may train on a world with them (ignored)
     if m.action_kind != "none" and (m.action_kind, m.action_dim) != (space.kind, space.width):
         raise ConfigError(f"model.action_kind={m.action_kind!r}, model.action_dim={m.action_dim}: data.kind="

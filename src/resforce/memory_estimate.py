@@ -13,7 +13,8 @@ change to the model, the attention layouts, checkpointing or FSDP wrapping shows
   model (fp32 master weights) + EMA (fp32, sharded like the model under FSDP)
   -> parallel.apply_activation_checkpointing(model, mode) -> parallel.wrap_model
   -> AdamW (foreach, as torch picks on CUDA; its state exists: this is step >= 2)
-  -> history.build_history (teacher: the clip; resampling: the no-grad self-resampling pass)
+  -> history.build_history (teacher: the clip; resampling: the no-grad self-resampling pass,
+     under FSDP with the weights gathered once for it: parallel.unsharded)
   -> loss.flow_matching_loss (the two-stream pass) -> backward -> clip_grad_norm_
   -> AdamW step -> EMA update,
 with the clip, its text context and all activations under bf16 autocast (precision='bf16').
@@ -26,7 +27,11 @@ given a mask, turns a boolean mask into an additive one of the query dtype); ker
 workspaces and the CUDA caching allocator's fragmentation are invisible (budget ~5-10%
 headroom; torchtitan reports the tracker within a few % of the real peak *active* memory).
 The EMA is a constant resident and is added to the tracker's peak (FSDPMemTracker does not
-track modules other than the one it wraps).
+track modules other than the one it wraps). Under selective checkpointing the chunked
+attention's forward is one op (chunk_attention.as_one_op): the tracker sees its outputs but
+not the tile temporaries inside it (a float32 accumulator of the output and one tile's
+output, ~1.7 GiB at 15 s for 1.3B), which live only during that op in the forward and are
+not part of the peak (in the backward, where the recomputed block and its gradients are).
 """
 
 from __future__ import annotations
@@ -82,6 +87,8 @@ class MemoryPlan:
     """'bf16' (autocast over fp32 master weights) or 'fp32'."""
     resample_steps: int = 1
     """Euler steps of the resampling pass (the paper: 1)."""
+    resample_unsharded: bool = True
+    """Under FSDP, gather the weights once for the resampling pass (history.HistoryConfig)."""
     model_overrides: dict = field(default_factory=dict)
     """Any other DiTConfig fields (tests: tiny shapes)."""
 
@@ -208,7 +215,8 @@ def _train_step(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, raw, wrapp
     b = plan.batch
     clean = torch.randn(b, cfg.in_channels, geom.latent_frames, geom.latent_height, geom.latent_width)
     context = torch.randn(b, plan.text_tokens, cfg.text_dim) if cfg.text_dim > 0 else None
-    history_cfg = HistoryConfig(strategy=plan.strategy, resample_steps=plan.resample_steps)
+    history_cfg = HistoryConfig(strategy=plan.strategy, resample_steps=plan.resample_steps,
+                                resample_unsharded=plan.resample_unsharded)
     with _autocast(plan.precision):
         history, t_hist = build_history(history_cfg, raw, clean, None, context=context)
         history_peak = _sum_devices(tracker.get_tracker_snapshot("peak")).get("Total", 0)
@@ -291,7 +299,7 @@ def _measure(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, mode: str, me
                  "chunks": geom.chunks, "seconds": plan.seconds if plan.chunks is None else None,
                  "height": plan.height, "width": plan.width, "text_tokens": plan.text_tokens if cfg.text_dim else 0,
                  "checkpointing": mode, "attention_backend": cfg.attention_backend, "precision": plan.precision,
-                 "resample_steps": plan.resample_steps},
+                 "resample_steps": plan.resample_steps, "resample_unsharded": plan.resample_unsharded},
         "parameters": params,
         "tokens": {"per_chunk": geom.tokens_per_chunk, "clip": geom.clip_tokens,
                    "two_stream": geom.two_stream_tokens},

@@ -209,7 +209,9 @@ def attention_kernel_ops() -> set:
              "_efficient_attention_forward")
     ops = {getattr(aten, n).default for n in names if hasattr(aten, n)}
     flex = getattr(torch.ops.higher_order, "flex_attention", None)
-    return ops | ({flex} if flex is not None else set())
+    from .model import chunk_attention  # registers the chunked backend's op (its as_one_op)
+
+    return ops | ({flex} if flex is not None else set()) | {torch.ops.resforce.chunk_attention_forward.default}
 
 
 @contextlib.contextmanager
@@ -257,7 +259,17 @@ def _selective_context(cross: _CrossAttentionDepth):
         return CheckpointPolicy.MUST_SAVE if save else CheckpointPolicy.PREFER_RECOMPUTE
 
     forward, recompute = create_selective_checkpoint_contexts(policy)
-    return _uncached_autocast(forward), _uncached_autocast(recompute)
+    return _one_op_attention(_uncached_autocast(forward)), _one_op_attention(_uncached_autocast(recompute))
+
+
+@contextlib.contextmanager
+def _one_op_attention(ctx):
+    """`ctx` with the chunked attention's forward as one op (chunk_attention.as_one_op), so the
+    policy keeps its merged output and LSE, not every tile's."""
+    from .model.chunk_attention import as_one_op
+
+    with as_one_op(), ctx:
+        yield
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str = "full") -> nn.Module:
@@ -340,6 +352,38 @@ def shard_like_model(module: nn.Module, mode: str, device: torch.device | None =
     if mode == "fsdp":
         return wrap_model(module, "fsdp", device, forward_methods=(), mesh=mesh)
     return allocate(module, device or next(module.parameters()).device)
+
+
+@contextlib.contextmanager
+def unsharded(model: nn.Module):
+    """FSDP2: all-gather the model's parameters ONCE for everything inside, instead of once per
+    call and module. For passes without gradient that call the model many times: the
+    self-resampling pass makes 2N - 1 calls (N = 21 chunks at 15 s: 41), and FSDP2 otherwise
+    gathers the root and every block on each (41 x 31 all-gathers for Wan2.1-1.3B, each
+    block's weights crossing the network 41 times). Costs the unsharded model on every rank
+    meanwhile (its fp32 weights: 5.3 GiB for Wan2.1-1.3B; 53 GiB for 14B, too many there).
+
+    Every FSDP module is unsharded up front and told not to reshard after its forward; on
+    exit all are resharded and get back fully_shard's default as wrap_model applies it
+    (reshard_after_forward=None: the root keeps its parameters after forward, every block
+    reshards). The gathered values are the ones each call would gather, so outputs are
+    bitwise those of the per-call gathers. Any other model (none / ddp): nothing happens."""
+    from torch.distributed.fsdp import FSDPModule
+
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not modules:
+        yield
+        return
+    for m in modules:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        for m in modules:
+            m.unshard()
+        yield
+    finally:
+        for m in modules:
+            m.reshard()
+            m.set_reshard_after_forward(m is not model, recurse=False)
 
 
 @contextlib.contextmanager
@@ -429,5 +473,5 @@ __all__ = ["MODES", "RANK_SEED_STRIDE", "launched_by_torchrun", "env_world_size"
            "world_size", "rank", "local_rank", "is_main", "barrier", "resolve_mode", "setup",
            "resolve_device", "shutdown", "gather_objects", "broadcast_object", "to_floats",
            "mean_over_ranks", "CHECKPOINT_MODES", "checkpoint_mode", "attention_kernel_ops",
-           "apply_activation_checkpointing", "wrap_model", "allocate", "shard_like_model", "no_grad_sync", "full_state_dict",
+           "apply_activation_checkpointing", "wrap_model", "allocate", "shard_like_model", "unsharded", "no_grad_sync", "full_state_dict",
            "load_full_state_dict", "full_optim_state_dict", "load_full_optim_state_dict"]

@@ -21,7 +21,7 @@ from .model.router_stats import RouterRecorder
 from .parallel import resolve_device
 from .precision import enable_tf32
 from .rollout import SampleConfig, rollout
-from .text_context import empty_prompt
+from .text_context import PromptOptions, empty_prompt
 from .worlds import world_of
 
 @dataclass
@@ -87,12 +87,16 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
              device: str = "auto", prefer_ema: bool = True, record_router: bool = False,
              progress: bool = True, with_ground_truth: bool = False,
              context: torch.Tensor | None = None, uncond_context: torch.Tensor | None = None,
+             prompt: PromptOptions | None = None, vae: str | None = None,
              actions: torch.Tensor | None = None) -> Generated:
     """Roll out a run's model with its `sample` config changed by `sample`. attention: None =
     the history attention of the run's last training stage (dense, top-k routing or a window).
     context / uncond_context: text embeddings (batch or 1, tokens, text_dim) of the prompt and
     of the unconditional branch (guidance) for a model with cross-attention; None: the
-    empty-prompt stand-in the trainer uses (text_context.empty_prompt). actions: per-frame
+    empty-prompt stand-in the trainer uses (text_context.empty_prompt). prompt: prompts the
+    run's world encodes (a world with a text encoder; its empty prompt when not given). A world
+    whose model makes latents decodes each chunk to pixels as it is finished (its streaming
+    decoder; `vae` overrides its weights folder): `videos` are pixels either way. actions: per-frame
     actions of the whole video (prefix included) for an action model; None: the actions of
     the world's ground-truth clips where it has them (so rollouts are scored against what
     they were commanded), else the null action."""
@@ -108,7 +112,15 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
         s = dataclasses.replace(s, sink=trained.sink)  # a sink only where training had one
     s.cache_chunks()  # validates context and sink before any work
     fpc = model.config.frames_per_chunk
-    res = world_of(cfg.data).resolution
+    world = world_of(cfg.data)
+    res = world.resolution
+    decoder = world.pixel_decoder(vae, dev)
+    if decoder is not None and (prefix is not None or prefix_chunks):
+        raise ValueError(f"--prefix / --prefix-chunks: a data.kind={cfg.data.kind} run generates from its prompt "
+                         f"only (a pixel prefix would need encoding to latents: not supported)")
+    texts = world.text_contexts(prompt or PromptOptions(), dev)
+    if texts is not None and context is None:
+        context, uncond_context = texts[0], texts[1] if uncond_context is None else uncond_context
     gt = states = None
     if prefix is None and (prefix_chunks or with_ground_truth):
         gt, states = world_clips(cfg, batch, (prefix_chunks + s.chunks) * fpc, s.seed)
@@ -134,12 +146,22 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     prec = cfg.precision if dev.type == "cuda" else "fp32"
     if actions is None and model.config.action_kind != "none" and states is not None:
         actions = actions_of(states)[:, :(prefix_chunks + s.chunks) * fpc]
+    pixels = []
+
+    def finished(i, chunk):  # a latent world's chunks become pixels as they come: nothing re-decoded
+        if decoder is not None:
+            pixels.append(decoder.decode(chunk).cpu())
+        bar.update(1)
+
     videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, attention=policy, context=context,
-                     uncond_context=uncond_context, callback=lambda i, c: bar.update(1), device=dev,
-                     precision=prec, actions=actions)
+                     uncond_context=uncond_context, callback=finished, device=dev,
+                     precision=prec, return_video=decoder is None, actions=actions)
     bar.close()
+    videos = videos if decoder is None else torch.cat(pixels, dim=2)
     check_finite_output(videos, path)
     train_frames = training_context(cfg) * fpc
+    if decoder is not None:
+        train_frames = decoder.video_frames(train_frames)
     n_prefix = 0 if prefix is None else prefix.shape[2]
     return Generated(videos.clamp(-1, 1).cpu(), n_prefix, train_frames, gt, states, cfg, recorder,
                      context=s.context, sink=s.sink)

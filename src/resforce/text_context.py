@@ -92,3 +92,16 @@ def training_context(info, text_dim: int, cfg: TextConfig, batch: int, device, g
                  else check_context(empty.to(device), text_dim, batch, "info.empty_context"))
         context = drop_captions(context, empty, cfg.caption_dropout, generator)
     return context
+
+
+@dataclass
+class PromptOptions:
+    """The prompts of one generation (`resforce generate --prompt`): the run's world encodes
+    them (worlds.base.World.text_contexts); None everywhere: the run's defaults."""
+
+    text: str | None = None
+    """The prompt; None: the empty prompt."""
+    negative: str | None = None
+    """The unconditional branch of guidance; None: the world's configured negative prompt."""
+    text_encoder: str | None = None
+    """A local text-encoder folder overriding the one the run's data records."""

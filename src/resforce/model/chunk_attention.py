@@ -217,22 +217,24 @@ class _CpuFlash:
 
 class _CudaFlash:
     """FlashAttention-2 (CUDA, fp16/bf16). The backward gets the forward's bookkeeping
-    outputs (undefined cum_seq, max lengths, rng state) exactly as autograd would pass them;
-    with dropout 0 the rng state is not read."""
+    outputs as autograd would pass them: the rng state (seed, offset) kept from the forward
+    (with dropout 0 it is not read); cum_seq (undefined, None, outside varlen) and the max
+    lengths (the tile's query and key lengths) rebuilt from the shapes, so that aux holds
+    tensors only (see as_one_op)."""
 
     @staticmethod
     def forward(q, k, v, scale):
-        out, lse, cum_q, cum_k, max_q, max_k, rng, unused, _ = aten._scaled_dot_product_flash_attention(
+        out, lse, _cum_q, _cum_k, _max_q, _max_k, seed, offset, _ = aten._scaled_dot_product_flash_attention(
             q, k, v, 0.0, False, False, scale=scale)
-        return out, lse, (cum_q, cum_k, max_q, max_k, rng, unused)
+        return out, lse, (seed, offset)
 
     @staticmethod
     def backward(dout, q, k, v, out, lse, aux, scale):
-        cum_q, cum_k, max_q, max_k, rng, unused = aux
+        seed, offset = aux
         # the kernel reads the LSE as a contiguous (B, H, Lq) buffer
         return aten._scaled_dot_product_flash_attention_backward(
-            dout, q, k, v, out, lse.contiguous(), cum_q, cum_k, max_q, max_k, 0.0, False,
-            rng, unused, scale=scale)
+            dout, q, k, v, out, lse.contiguous(), None, None, q.shape[2], k.shape[2], 0.0, False,
+            seed, offset, scale=scale)
 
 
 class _CudaEfficient:
@@ -243,12 +245,14 @@ class _CudaEfficient:
     def forward(q, k, v, scale):
         out, lse, seed, offset = aten._scaled_dot_product_efficient_attention(
             q, k, v, None, True, 0.0, False, scale=scale)
-        return out, lse.narrow(-1, 0, q.shape[2]), (seed, offset, lse.shape[-1])
+        # aux holds tensors only: the padded width travels as the shape of an empty tensor
+        width = lse.new_empty((0, lse.shape[-1]))
+        return out, lse.narrow(-1, 0, q.shape[2]), (seed, offset, width)
 
     @staticmethod
     def backward(dout, q, k, v, out, lse, aux, scale):
         seed, offset, width = aux
-        lse = F.pad(lse, (0, width - lse.shape[-1])).contiguous()
+        lse = F.pad(lse, (0, width.shape[-1] - lse.shape[-1])).contiguous()
         # The fp16/bf16 kernels read `out` (as B, M, H, K) with its batch and head strides
         # only, assuming rows H * K apart: a view of the merged output is not, so it gets
         # that layout (on an H100, without this dQ and dK came back NaN in bf16).
@@ -364,12 +368,79 @@ def _backward(dout, q, k, v, out, lse, calls, aux, tpc, scale, kernel):
     return tuple(g.to(x.dtype) for g, x in zip(grads, (q, k, v)))
 
 
+# ----------------------------------------------------------------------------- one op (selective checkpointing)
+_ONE_OP = [0]
+"""Depth of `as_one_op()` contexts (a plain counter, not thread-local: a checkpoint's
+recomputation runs on autograd's backward thread)."""
+
+
+@contextlib.contextmanager
+def as_one_op():
+    """Inside, the forward runs as ONE dispatcher op, resforce::chunk_attention_forward,
+    returning (out, lse, per-tile kernel aux) instead of dispatching its per-tile kernels and
+    merges one by one.
+
+    Why: selective activation checkpointing (parallel.apply_activation_checkpointing) is a
+    dispatch mode that keeps the outputs of chosen ops and recomputes the rest. Seen op by
+    op, the forward's ops to keep are the per-tile kernels: every tile's output and LSE,
+    about log2(chunks) copies of the attention output per query (4.5 at 15 s: 2.6 GiB per
+    Wan2.1-1.3B block instead of 0.57). As one op, what is kept is exactly the merged output
+    and LSE that the backward needs. parallel enters this around the checkpointed forward
+    and its recomputation; elsewhere (no or full checkpointing) the kernels stay visible to
+    dispatch modes (the memory tracker, the S x S proofs), which see only the op's outputs
+    inside this context."""
+    _ONE_OP[0] += 1
+    try:
+        yield
+    finally:
+        _ONE_OP[0] -= 1
+
+
+_CALL_FIELDS = 8
+
+
+def _encode(calls: tuple[TileCall, ...]) -> list[int]:
+    return [x for c in calls for x in (c.q0, c.k0, c.nq, c.nk, c.count, c.q_step, c.k_step, int(c.fresh))]
+
+
+@functools.lru_cache(maxsize=256)
+def _decode(plan: tuple[int, ...]) -> tuple[TileCall, ...]:
+    f = _CALL_FIELDS
+    return tuple(TileCall(*plan[i:i + f - 1], fresh=bool(plan[i + f - 1])) for i in range(0, len(plan), f))
+
+
+def _op_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: list[int], tpc: int,
+                scale: float | None, kernel: str) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    with _no_autocast(q.device):
+        out, lse, aux = _forward(q, k, v, _decode(tuple(plan)), tpc, scale, KERNELS[kernel])
+    return out, lse, [t for a in aux for t in a]
+
+
+# the op's fake (and meta) implementation is the forward itself, on fake tensors: exact shapes
+# and dtypes of out, LSE and every kernel's aux
+_chunk_attention_forward = torch.library.custom_op(
+    "resforce::chunk_attention_forward", _op_forward, mutates_args=())
+_chunk_attention_forward.register_fake(_op_forward)
+
+
+def _regroup(flat: list, calls: tuple) -> list[tuple]:
+    """The op's flat aux list back into one tuple per call (every call of a plan uses one
+    kernel, so each carries the same number of aux tensors)."""
+    per = len(flat) // len(calls)
+    return [tuple(flat[i * per:(i + 1) * per]) for i in range(len(calls))]
+
+
 class _ChunkAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, calls, tpc, scale, kernel_name):
         kernel = KERNELS[kernel_name]
         with _no_autocast(q.device):
-            out, lse, aux = _forward(q, k, v, calls, tpc, scale, kernel)
+            if _ONE_OP[0]:
+                out, lse, flat = torch.ops.resforce.chunk_attention_forward(
+                    q, k, v, _encode(calls), tpc, scale, kernel_name)
+                aux = _regroup(flat, calls)
+            else:
+                out, lse, aux = _forward(q, k, v, calls, tpc, scale, kernel)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.calls, ctx.aux, ctx.tpc, ctx.scale, ctx.kernel = calls, aux, tpc, scale, kernel
         return out

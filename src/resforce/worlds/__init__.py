@@ -8,9 +8,11 @@ from __future__ import annotations
 from .base import EVAL_SEED_OFFSET, DataStream, World
 from .agent_balls import AgentBallsWorld
 from .bouncing_balls import BouncingBallsWorld
+from .latents import LatentsWorld
 from .video_folder import VideoFolderWorld
 
-WORLDS: dict[str, type[World]] = {w.kind: w for w in (BouncingBallsWorld, VideoFolderWorld, AgentBallsWorld)}
+WORLDS: dict[str, type[World]] = {w.kind: w for w in (BouncingBallsWorld, VideoFolderWorld, LatentsWorld,
+                                                          AgentBallsWorld)}
 
 
 def known_kinds() -> str:

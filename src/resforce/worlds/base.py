@@ -91,3 +91,24 @@ class World:
     def score(self, videos: np.ndarray, states=None, ground_truth=None, ref_frames: int = 2) -> dict[str, np.ndarray]:
         """Per-frame metrics (samples, frames) of videos (B, C, F, H, W) in [-1, 1]."""
         return evaluate_generic(videos)
+
+    # -- worlds whose clips are latents with text (the latents world); defaults: pixels, no text
+    def check_clip_frames(self, frames: int, key: str) -> None:
+        """ValueError naming `key` when the world cannot give training clips of `frames` frames
+        (checked for every stage when a config loads). Default: any length."""
+
+    def text_contexts(self, prompt, device):
+        """(context, uncond_context), each (1, tokens, text_dim), of a text_context.PromptOptions,
+        or None where the world has no text (its runs generate from the empty-prompt stand-in)."""
+        if prompt.text is not None or prompt.negative is not None:
+            raise ValueError(f"--prompt / --negative-prompt: this run's data.kind={self.kind} has no text "
+                             f"encoder; prompts need a run trained on a world with captions")
+        return None
+
+    def pixel_decoder(self, vae, device):
+        """An object whose `decode(chunk)` turns each generated chunk into pixel frames (keeping
+        whatever state streaming needs), or None when the model generates pixels already. `vae`:
+        a local weights folder overriding the world's own, or None."""
+        if vae is not None:
+            raise ValueError(f"--vae: this run's data.kind={self.kind} generates pixels; there is nothing to decode")
+        return None
