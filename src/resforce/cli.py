@@ -118,9 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--online", action="store_true", help="export the online weights, not the EMA")
     x.set_defaults(func=cmd_export)
 
-    from . import cli_eval, cli_memory, cli_prepare, cli_score
+    from . import cli_eval, cli_memory, cli_play, cli_prepare, cli_score
     cli_prepare.add_command(sub)
     cli_eval.add_commands(sub)
+    cli_play.add_command(sub)
     cli_score.add_command(sub)
     cli_memory.add_command(sub)
     return p
