@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -170,22 +169,11 @@ def served_fps(model, cfg, steps: int, seconds: float) -> float:
 
     from resforce.frame_source import ModelSource
     from resforce.interactive import InteractiveSession
-    from resforce.play_server import PlayServer, bind, uvicorn_server
+    from resforce.play_server import PlayServer, serving
 
-    from resforce.condition_memo import memoize_conditioning
-
-    source = ModelSource.__new__(ModelSource)  # the model already loaded: no second load
-    source.session = InteractiveSession(model, cfg, steps=steps, seed=0)
-    source.memo = memoize_conditioning(model)
-    source.action_space, source.description = source.session.action_space, "bench"
-    server = PlayServer(source, seed=0, fps=0)
-    sock, uv = bind(0), uvicorn_server(server)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.01)
+    source = ModelSource(InteractiveSession(model, cfg, steps=steps, seed=0))  # the model already loaded
     try:
-        with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/ws") as ws:
+        with serving(PlayServer(source, seed=0, fps=0)) as url, connect(url) as ws:
             json.loads(ws.recv(timeout=30))
             ws.send(json.dumps({"type": "action", "action": "right", "seq": 1}))
             for _ in range(10):  # warm up
@@ -196,10 +184,7 @@ def served_fps(model, cfg, steps: int, seconds: float) -> float:
                 n += 1
             return n / (time.perf_counter() - t0)
     finally:
-        uv.should_exit = True
-        thread.join(10)
-        server.worker.shutdown()
-        source.memo.remove()
+        source.memo.remove()  # the model is measured again without the memo
 
 
 def following(model, cfg, steps: int, episodes: int, frames: int = 32, shift: float | None = None) -> float:

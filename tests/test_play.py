@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import struct
 import threading
 import time
 from pathlib import Path
@@ -23,8 +22,8 @@ from websockets.sync.client import connect  # noqa: E402
 from resforce.actions import ActionSpace  # noqa: E402
 from resforce.cli import build_parser, main  # noqa: E402
 from resforce.frame_source import WorldSource, display_frames  # noqa: E402
-from resforce.play_server import (HEADER, MAX_QUEUED_INPUTS, Controls, PlayServer, bind, parse_message,  # noqa: E402
-                                  uvicorn_server)
+from resforce.play_server import (HEADER, MAX_QUEUED_INPUTS, Controls, PlayServer, parse_message,  # noqa: E402
+                                  serving)
 
 SPACE = ActionSpace(kind="discrete", n=3, names=["noop", "left", "right"], keys={"ArrowLeft": "left"}, default=0)
 
@@ -61,17 +60,8 @@ class CountingSource:
 @pytest.fixture
 def served():
     source = CountingSource()
-    server = PlayServer(source, seed=7, fps=0)
-    sock = bind(0)
-    uv = uvicorn_server(server)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.01)
-    yield f"ws://127.0.0.1:{sock.getsockname()[1]}/ws", source
-    uv.should_exit = True
-    thread.join(10)
-    server.worker.shutdown()
+    with serving(PlayServer(source, seed=7, fps=0)) as url:
+        yield url, source
 
 
 def frame(ws):
@@ -265,29 +255,17 @@ def test_a_model_is_played_as_an_interactive_session_would(tmp_path, randomize):
     model = randomize(CausalVideoDiT(cfg.model))
     path = tmp_path / "agent.safetensors"
     save_weights(path, model.state_dict(), to_yaml(cfg))
-    source = ModelSource(path, steps=2, seed=4)
+    source = ModelSource.from_run(path, steps=2, seed=4)
     assert source.action_space.names == ["noop", "left", "right", "up", "down"]
-    server = PlayServer(source, seed=4, fps=0)
-    sock = bind(0)
-    uv = uvicorn_server(server)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.01)
-    try:
-        with connect(f"ws://127.0.0.1:{sock.getsockname()[1]}/ws") as ws:
-            hello = json.loads(ws.recv(timeout=30))
-            assert (hello["height"], hello["width"]) == (8, 8) and hello["source"] == f"world model {path} (2 Euler steps a frame, shift 5, context 3 chunks)"
-            ws.send(json.dumps({"type": "action", "action": "up", "seq": 1}))
-            got = []
-            while len(got) < 6:
-                msg = ws.recv(timeout=30)
-                header = HEADER.unpack(msg[:HEADER.size])
-                got.append((header[2], np.frombuffer(msg[HEADER.size:], np.uint8).reshape(8, 8, 3)))
-    finally:
-        uv.should_exit = True
-        thread.join(10)
-        server.worker.shutdown()
+    with serving(PlayServer(source, seed=4, fps=0)) as url, connect(url) as ws:
+        hello = json.loads(ws.recv(timeout=30))
+        assert (hello["height"], hello["width"]) == (8, 8) and hello["source"] == f"world model {path} (2 Euler steps a frame, shift 5, context 3 chunks)"
+        ws.send(json.dumps({"type": "action", "action": "up", "seq": 1}))
+        got = []
+        while len(got) < 6:
+            msg = ws.recv(timeout=30)
+            header = HEADER.unpack(msg[:HEADER.size])
+            got.append((header[2], np.frombuffer(msg[HEADER.size:], np.uint8).reshape(8, 8, 3)))
     ref = InteractiveSession(model, cfg, steps=2, seed=4)
     assert got[0][0] == -1 and np.array_equal(got[0][1], ref.reset(4))  # the world's first frame
     for action, frame in got[1:]:  # what a session makes under the same actions, bit for bit

@@ -36,7 +36,7 @@ def cmd_play(args) -> None:
                              "plays the ground truth")
         source = WorldSource(args.world, args.seed)
     else:
-        source = ModelSource(args.run, steps=args.steps, seed=args.seed, context=args.context,
+        source = ModelSource.from_run(args.run, steps=args.steps, seed=args.seed, context=args.context,
                              cfg_scale=args.cfg_scale, shift=args.shift)
     try:
         serve(source, port=args.port, seed=args.seed, fps=args.fps)

@@ -90,8 +90,23 @@ class ModelSource:
     """A trained world model (interactive.InteractiveSession: one chunk per action, rolling
     context of the training length, so memory stays constant however long it is played)."""
 
-    def __init__(self, run: str | Path, steps: int | None = None, seed: int = 0, context: int | None = None,
-                 cfg_scale: float = 1.0, shift: float | None = None) -> None:
+    def __init__(self, session, what: str = "the session", guidance: float = 1.0) -> None:
+        """A source over an InteractiveSession already made (`from_run` loads one from a path);
+        `what` names it in messages."""
+        self.session = session
+        if session.model.config.text_dim == 0:
+            from .condition_memo import memoize_conditioning
+
+            # the Euler grid and the actions repeat: skip the condition embedder for inputs it has seen
+            self.memo = memoize_conditioning(session.model)
+        self.action_space = check_playable(session.action_space, what)
+        guided = f", action guidance {guidance:g}" if guidance != 1.0 else ""
+        self.description = (f"world model {what.removeprefix('RUN ')} ({session.steps} Euler steps a frame, "
+                            f"shift {session.shift:g}, context {session.context} chunks{guided})")
+
+    @classmethod
+    def from_run(cls, run: str | Path, steps: int | None = None, seed: int = 0, context: int | None = None,
+                 cfg_scale: float = 1.0, shift: float | None = None) -> "ModelSource":
         """steps None: the session's default (4 Euler steps, what the agent recipes sample with);
         shift None: the run's sample.shift.
         cfg_scale != 1: guidance over actions (the action-free branch runs in the same batch)."""
@@ -102,17 +117,7 @@ class ModelSource:
         kwargs = {"seed": seed, "context": context, "cfg_scale": cfg_scale, "shift": shift}
         if steps is not None:
             kwargs["steps"] = steps
-        self.session = InteractiveSession.from_run(run, **kwargs)
-        if self.session.model.config.text_dim == 0:
-            from .condition_memo import memoize_conditioning
-
-            # the Euler grid and the actions repeat: skip the condition embedder for inputs it has seen
-            self.memo = memoize_conditioning(self.session.model)
-        self.action_space = check_playable(self.session.action_space, f"RUN {run}")
-        guided = f", action guidance {cfg_scale:g}" if cfg_scale != 1.0 else ""
-        self.description = (f"world model {run} ({self.session.steps} Euler steps a frame, shift "
-                            f"{self.session.shift:g}, "
-                            f"context {self.session.context} chunks{guided})")
+        return cls(InteractiveSession.from_run(run, **kwargs), f"RUN {run}", cfg_scale)
 
     def reset(self, seed: int):
         self.session.reset(seed)  # starts from the world's first frame(s) of this seed

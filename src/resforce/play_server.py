@@ -22,10 +22,12 @@ rollout's KV cache is state that must be stepped in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -260,6 +262,24 @@ def uvicorn_server(server: PlayServer):
     # players stream until their tab closes: on Ctrl-C, uvicorn cancels them after a second
     return uvicorn.Server(uvicorn.Config(server.app(), log_level="warning", lifespan="off", ws="auto",
                                          timeout_graceful_shutdown=1))
+
+
+@contextlib.contextmanager
+def serving(server: PlayServer):
+    """Run `server` on a free port of 127.0.0.1 in a background thread (tests, benchmarks);
+    yields its WebSocket URL and stops it on exit."""
+    sock, uv = bind(0), uvicorn_server(server)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.01)
+    try:
+        yield f"ws://{HOST}:{sock.getsockname()[1]}/ws"
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+        server.worker.shutdown()
+        sock.close()
 
 
 def serve(source: FrameSource, port: int = 8765, seed: int = 0, fps: float = 15.0) -> None:
