@@ -30,6 +30,14 @@ LONG_ORDER = ["teacher", "long_teacher", "resampling", "long_resampling"]
 LONG_LABEL = {"teacher": "TF, 800 steps", "long_teacher": "TF, 3000 steps",
               "resampling": "RF, 800 steps", "long_resampling": "RF, 3000 steps"}
 SHIFT_LABEL = {"resampling_shift0.1": "RF, s = 0.1", "resampling": "RF, s = 0.6", "resampling_shift3.0": "RF, s = 3.0"}
+# history gradient: the paper's two-stream step vs detached history (configs/bb_*_detached.yaml, issue 11)
+DETACHED_ORDER = ["teacher", "teacher_detached", "resampling", "resampling_detached"]
+DETACHED_LABEL = {"teacher": "TF, two-stream", "teacher_detached": "TF, detached history",
+                  "resampling": "RF, two-stream", "resampling_detached": "RF, detached history"}
+# native long context: 800 steps on 32-chunk clips instead of 8 (configs/bb_native32_*.yaml)
+NATIVE_ORDER = ["teacher", "native32_teacher", "resampling", "native32_resampling"]
+NATIVE_LABEL = {"teacher": "TF, 8-chunk clips (context 8)", "native32_teacher": "TF, 32-chunk clips (context 32)",
+                "resampling": "RF, 8-chunk clips (context 8)", "native32_resampling": "RF, 32-chunk clips (context 32)"}
 
 
 def load(root: Path):
@@ -98,6 +106,32 @@ def paired_table(runs, metric, pairs):
             head = ["paired difference (same rollout seeds)"] + seg_labels(runs[a])
             lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines.append("| " + " | ".join([title] + cells) + " |")
+    return "\n".join(lines)
+
+
+def seed_paired_table(runs, metric, comparisons):
+    """Per-seed paired differences bb_{a}_s{N} - bb_{b}_s{N} for each (a, b, title), and where
+    two or more seeds have both runs a row "mean over seeds": the mean of the per-seed paired
+    means ± their standard error across seeds (training-seed noise; n = seeds)."""
+    lines = []
+    for a, b, title in comparisons:
+        seeds = [s for s in seeds_of(runs, a) if f"bb_{b}_s{s}" in runs]
+        rows = []
+        for s in seeds:
+            x, y = runs[f"bb_{a}_s{s}"], runs[f"bb_{b}_s{s}"]
+            if metric in x["per_sample_segments"] and metric in y["per_sample_segments"]:
+                rows.append((s, *paired_difference(per_sample(x, metric), per_sample(y, metric))))
+        if not rows:
+            continue
+        if not lines:
+            head = ["paired difference (same rollout seeds)"] + seg_labels(runs[f"bb_{a}_s{rows[0][0]}"])
+            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for s, mean, se in rows:
+            lines.append("| " + " | ".join([f"{title}, seed {s}"] + [fmt(m, e) for m, e in zip(mean, se)]) + " |")
+        if len(rows) > 1:
+            means = np.stack([r[1] for r in rows])
+            cells = [fmt(m, e) for m, e in zip(means.mean(0), means.std(0, ddof=1) / np.sqrt(len(rows)))]
+            lines.append("| " + " | ".join([f"{title}, mean over {len(rows)} seeds"] + cells) + " |")
     return "\n".join(lines)
 
 
@@ -214,6 +248,24 @@ def main():
                                          for s in seeds_of(runs, "long_resampling")])
         if t:
             print(f"\n{t}")
+    if any(re.fullmatch(r"bb_\w+_detached_s\d+", n) for n in runs):
+        for metric in ("failure", "count_error"):
+            print(f"\n**History gradient: two-stream vs detached history** ({metric}):\n\n"
+                  f"{method_table(runs, metric, DETACHED_ORDER, DETACHED_LABEL)}")
+            t = seed_paired_table(runs, metric, [("teacher_detached", "teacher", "TF detached − TF two-stream"),
+                                                 ("resampling_detached", "resampling", "RF detached − RF two-stream"),
+                                                 ("resampling_detached", "teacher", "RF detached − TF two-stream")])
+            if t:
+                print(f"\n{t}")
+    if any(n.startswith("bb_native32_") for n in runs):
+        for metric in ("failure", "count_error"):
+            print(f"\n**Native long context: 32-chunk training clips, rolling context 32** ({metric}; "
+                  f"* marks frames past 8-frame clips):\n\n{method_table(runs, metric, NATIVE_ORDER, NATIVE_LABEL)}")
+            t = seed_paired_table(runs, metric, [("native32_resampling", "native32_teacher", "RF − TF, 32-chunk clips"),
+                                                 ("native32_teacher", "teacher", "TF 32-chunk − TF 8-chunk clips"),
+                                                 ("native32_resampling", "resampling", "RF 32-chunk − RF 8-chunk clips")])
+            if t:
+                print(f"\n{t}")
     att = [(f"bb_resampling_s0_{v}", "bb_resampling_s0", f"RF {v} − RF dense within the context")
            for v in ("topk4", "topk1", "window1", "window4")]
     att += [("bb_resampling_s0_topk1", "bb_resampling_s0_window1", "RF top-1 − RF window-1")]

@@ -107,3 +107,23 @@ def test_history_gap_scores_degraded_histories(tmp_path, capsys):
     # an untrained model resampling from t_s ~ 1 (s = 100) ruins the clip; t_s ~ 0 (s = 0.01) keeps it
     assert failure["ground truth"] <= failure["self-resampled, s = 0.01"] + 0.02
     assert failure["self-resampled, s = 0.01"] + 0.1 < failure["self-resampled, s = 100"]
+
+
+def test_summarize_pairs_detached_history_per_seed_and_over_seeds(tmp_path, capsys, monkeypatch):
+    _fake_eval(tmp_path / "bb_teacher_s0.json", np.array([[0.0, 0.2], [0.2, 0.4]]))
+    _fake_eval(tmp_path / "bb_teacher_s1.json", np.array([[0.1, 0.4], [0.3, 0.6]]))
+    _fake_eval(tmp_path / "bb_teacher_detached_s0.json", np.array([[0.1, 0.2], [0.1, 0.2]]))
+    _fake_eval(tmp_path / "bb_teacher_detached_s1.json", np.array([[0.3, 0.4], [0.3, 0.6]]))
+    _fake_eval(tmp_path / "bb_native32_teacher_s0.json", np.array([[0.0, 0.0], [0.0, 0.0]]))
+    monkeypatch.setattr("sys.argv", ["bb_summarize.py", str(tmp_path)])
+    _summarize_module().main()
+    out = capsys.readouterr().out
+    detached = out[out.index("History gradient"):]
+    # seed 0: differences (0.1, 0) and (-0.1, -0.2); seed 1: (0.2, 0) and (0, 0)
+    assert "| TF detached − TF two-stream, seed 0 | 0.000 ± 0.100 | -0.100 ± 0.100 |" in detached
+    assert "| TF detached − TF two-stream, seed 1 | 0.100 ± 0.100 | 0.000 ± 0.000 |" in detached
+    # over seeds: the mean of the per-seed means, s.e. across the 2 seeds (training-seed noise)
+    assert "| TF detached − TF two-stream, mean over 2 seeds | 0.050 ± 0.050 | -0.050 ± 0.050 |" in detached
+    native = out[out.index("Native long context"):]
+    assert "| TF 32-chunk − TF 8-chunk clips, seed 0 | -0.100 ± 0.100 | -0.300 ± 0.100 |" in native
+    assert "mean over" not in native.split("count_error")[0]  # one seed: no across-seed row
