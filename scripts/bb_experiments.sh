@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The bouncing-balls experiments behind README's tables, resumable: re-run it and every run
 # continues from its last checkpoint. Two training processes with one thread each (the
-# fastest use of 2 cores, CPU-BUDGET.md). About 4 hours on 2 CPU cores for the default JOBS
-# (measured: 1500 warm-up steps at ~1 s; each 800-step branch 22-30 min at 1.5-2.1 s per step
-# with two processes running).
+# fastest use of 2 cores, CPU-BUDGET.md). About 5 hours on 2 CPU cores for the default JOBS
+# (measured: 1500 warm-up steps at 0.75-1 s on 2 threads, ~22 min; an 800-step branch 14-30 min
+# at 1.0-2.1 s per step with two processes running, depending on what else holds the cores).
 #
 #   1. one shared teacher-forcing warm-up (1500 steps)   -> runs/bb_warmup
 #   2. branches of 800 steps from it, one per method and seed (equal compute per method)
@@ -19,7 +19,9 @@ OMP_NUM_THREADS=2 $RF train configs/bb_teacher.yaml run_dir=$RUNS/bb_warmup --st
 # list behind README's tables. Longer training (not in README yet): JOBS="long_teacher:0 long_resampling:0".
 JOBS=${JOBS:-"teacher:0 resampling:0 noise_aug:0 parallel_resampling:0 teacher:1 resampling:1
   teacher:2 resampling:2 resampling_shift0.1:0 resampling_shift3.0:0 diffusion_forcing:0 noise_aug:1
-  parallel_resampling:1 resampling_shift0.1:1 resampling_shift0.1:2"}
+  parallel_resampling:1 resampling_shift0.1:1 resampling_shift0.1:2
+  teacher_detached:0 resampling_detached:0 teacher_detached:1 resampling_detached:1
+  native32_teacher:0 native32_resampling:0 resampling_routed:0"}
 for job in $JOBS; do echo "$job"; done | xargs -P 2 -I{} bash -c '
   m=${1%%:*}; s=${1##*:}
   OMP_NUM_THREADS=1 '"$RF"' train configs/bb_$m.yaml run_dir='"$RUNS"'/bb_${m}_s$s seed=$s \

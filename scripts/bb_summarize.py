@@ -254,7 +254,8 @@ def main():
                   f"{method_table(runs, metric, DETACHED_ORDER, DETACHED_LABEL)}")
             t = seed_paired_table(runs, metric, [("teacher_detached", "teacher", "TF detached − TF two-stream"),
                                                  ("resampling_detached", "resampling", "RF detached − RF two-stream"),
-                                                 ("resampling_detached", "teacher", "RF detached − TF two-stream")])
+                                                 ("resampling_detached", "teacher", "RF detached − TF two-stream"),
+                                                 ("teacher_detached", "resampling", "TF detached − RF two-stream")])
             if t:
                 print(f"\n{t}")
     if any(n.startswith("bb_native32_") for n in runs):
