@@ -255,7 +255,11 @@ def main():
             t = seed_paired_table(runs, metric, [("teacher_detached", "teacher", "TF detached − TF two-stream"),
                                                  ("resampling_detached", "resampling", "RF detached − RF two-stream"),
                                                  ("resampling_detached", "teacher", "RF detached − TF two-stream"),
-                                                 ("teacher_detached", "resampling", "TF detached − RF two-stream")])
+                                                 ("teacher_detached", "resampling", "TF detached − RF two-stream"),
+                                                 # control: TF two-stream retrained from the same warm-up as
+                                                 # the detached runs (bb_teacher.yaml, run_dir=runs/bb_teacherctl)
+                                                 ("teacher_detached", "teacherctl", "TF detached − TF two-stream retrained"),
+                                                 ("teacherctl", "teacher", "control: TF retrained − TF of the tables")])
             if t:
                 print(f"\n{t}")
     if any(n.startswith("bb_native32_") for n in runs):
