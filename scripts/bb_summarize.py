@@ -64,6 +64,19 @@ def per_sample(d, metric):
     return x[:, full_segments(d)]
 
 
+def md_row(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def md_head(cells):
+    """A Markdown table's header row and its separator."""
+    return [md_row(cells), "|" + "---|" * len(cells)]
+
+
+def paired_head(d):
+    return md_head(["paired difference (same rollout seeds)"] + seg_labels(d))
+
+
 def fmt(m, se, dagger=False):
     return f"{m:.3f} ± {se:.3f}" + ("†" if dagger else "")
 
@@ -79,7 +92,7 @@ def method_table(runs, metric, order=ORDER, label=LABEL):
         return ""
     any_d = next(iter(groups.values()))[0]
     head = ["method", "seeds"] + seg_labels(any_d)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     for key in order:
         if key not in groups:
             continue
@@ -91,7 +104,7 @@ def method_table(runs, metric, order=ORDER, label=LABEL):
             x = per_sample(ds[0], metric)
             n = np.isfinite(x).sum(0)
             cells = [fmt(m, s, True) for m, s in zip(np.nanmean(x, 0), np.nanstd(x, 0, ddof=1) / np.sqrt(n))]
-        lines.append("| " + " | ".join([label[key], str(len(ds))] + cells) + " |")
+        lines.append(md_row([label[key], str(len(ds))] + cells))
     return "\n".join(lines)
 
 
@@ -102,10 +115,8 @@ def paired_table(runs, metric, pairs):
             continue
         mean, se = paired_difference(per_sample(runs[a], metric), per_sample(runs[b], metric))
         cells = [fmt(m, s) for m, s in zip(mean, se)]
-        if not lines:
-            head = ["paired difference (same rollout seeds)"] + seg_labels(runs[a])
-            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines.append("| " + " | ".join([title] + cells) + " |")
+        lines = lines or paired_head(runs[a])
+        lines.append(md_row([title] + cells))
     return "\n".join(lines)
 
 
@@ -123,15 +134,13 @@ def seed_paired_table(runs, metric, comparisons):
                 rows.append((s, *paired_difference(per_sample(x, metric), per_sample(y, metric))))
         if not rows:
             continue
-        if not lines:
-            head = ["paired difference (same rollout seeds)"] + seg_labels(runs[f"bb_{a}_s{rows[0][0]}"])
-            lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines = lines or paired_head(runs[f"bb_{a}_s{rows[0][0]}"])
         for s, mean, se in rows:
-            lines.append("| " + " | ".join([f"{title}, seed {s}"] + [fmt(m, e) for m, e in zip(mean, se)]) + " |")
+            lines.append(md_row([f"{title}, seed {s}"] + [fmt(m, e) for m, e in zip(mean, se)]))
         if len(rows) > 1:
             means = np.stack([r[1] for r in rows])
             cells = [fmt(m, e) for m, e in zip(means.mean(0), means.std(0, ddof=1) / np.sqrt(len(rows)))]
-            lines.append("| " + " | ".join([f"{title}, mean over {len(rows)} seeds"] + cells) + " |")
+            lines.append(md_row([f"{title}, mean over {len(rows)} seeds"] + cells))
     return "\n".join(lines)
 
 
@@ -192,12 +201,12 @@ def frechet_table(runs, names):
     d0 = rows[0][1]
     segs = [r for r in d0["rows"]]
     head = ["Fréchet distance to 256 ground-truth clips"] + [f"{r['start']}-{r['end']}" for r in segs]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     for n, d in rows:
-        lines.append("| " + " | ".join([n] + [f"{r['mean'].get('frechet', float('nan')):.3f}" for r in d["rows"]]) + " |")
+        lines.append(md_row([n] + [f"{r['mean'].get('frechet', float('nan')):.3f}" for r in d["rows"]]))
     floor = [r["mean"].get("frechet_floor") for r in d0["rows"]]
     if all(f is not None for f in floor):
-        lines.append("| " + " | ".join(["floor: ground truth vs ground truth"] + [f"{f:.3f}" for f in floor]) + " |")
+        lines.append(md_row(["floor: ground truth vs ground truth"] + [f"{f:.3f}" for f in floor]))
     return "\n".join(lines)
 
 

@@ -52,22 +52,30 @@ def _fake_eval(path: Path, failure_per_sample: np.ndarray, frames: int = 12):
                                 "per_sample_segments": per_sample, "per_frame_mean": per_frame}))
 
 
-def test_summarize_seed_statistics_shift_table_and_plots(tmp_path, capsys, monkeypatch):
-    # teacher: two seeds whose rollout means are 0.1/0.3 and 0.2/0.5 -> mean 0.15/0.4, s.e. 0.05/0.1
-    _fake_eval(tmp_path / "bb_teacher_s0.json", np.array([[0.0, 0.2], [0.2, 0.4]]))
-    _fake_eval(tmp_path / "bb_teacher_s1.json", np.array([[0.1, 0.4], [0.3, 0.6]]))
-    # one seed: s.e. over rollouts, marked with a dagger
-    _fake_eval(tmp_path / "bb_resampling_s0.json", np.array([[0.0, 0.1], [0.2, 0.3]]))
-    _fake_eval(tmp_path / "bb_resampling_shift0.1_s0.json", np.array([[0.1, 0.1], [0.1, 0.1]]))
-    _fake_eval(tmp_path / "bb_long_teacher_s0.json", np.array([[0.3, 0.3], [0.1, 0.1]]))
-    # the same models under other protocols: labelled tables of their own, never mixed in
-    _fake_eval(tmp_path / "bb_teacher_s0_dense.json", np.array([[0.9, 0.9], [0.9, 0.9]]))
-    _fake_eval(tmp_path / "bb_resampling_s0_dense.json", np.array([[0.5, 0.7], [0.5, 0.7]]))
-    _fake_eval(tmp_path / "bb_teacher_s0_x128.json", np.array([[0.6, 0.8], [0.6, 0.8]]))
-    _fake_eval(tmp_path / "bb_resampling_s0_x128.json", np.array([[0.2, 0.2], [0.2, 0.2]]))
+def _summarize(tmp_path, capsys, monkeypatch, failures: dict) -> str:
+    """Write a fake eval JSON per {name: per-sample failure} and return bb_summarize's output."""
+    for name, failure in failures.items():
+        _fake_eval(tmp_path / f"{name}.json", np.array(failure))
     monkeypatch.setattr("sys.argv", ["bb_summarize.py", str(tmp_path)])
     _summarize_module().main()
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_summarize_seed_statistics_shift_table_and_plots(tmp_path, capsys, monkeypatch):
+    out = _summarize(tmp_path, capsys, monkeypatch, {
+        # teacher: two seeds whose rollout means are 0.1/0.3 and 0.2/0.5 -> mean 0.15/0.4, s.e. 0.05/0.1
+        "bb_teacher_s0": [[0.0, 0.2], [0.2, 0.4]],
+        "bb_teacher_s1": [[0.1, 0.4], [0.3, 0.6]],
+        # one seed: s.e. over rollouts, marked with a dagger
+        "bb_resampling_s0": [[0.0, 0.1], [0.2, 0.3]],
+        "bb_resampling_shift0.1_s0": [[0.1, 0.1], [0.1, 0.1]],
+        "bb_long_teacher_s0": [[0.3, 0.3], [0.1, 0.1]],
+        # the same models under other protocols: labelled tables of their own, never mixed in
+        "bb_teacher_s0_dense": [[0.9, 0.9], [0.9, 0.9]],
+        "bb_resampling_s0_dense": [[0.5, 0.7], [0.5, 0.7]],
+        "bb_teacher_s0_x128": [[0.6, 0.8], [0.6, 0.8]],
+        "bb_resampling_s0_x128": [[0.2, 0.2], [0.2, 0.2]],
+    })
     assert "| teacher forcing | 2 | 0.150 ± 0.050 | 0.400 ± 0.100 |" in out
     assert "| Resampling Forcing (AR) | 1 | 0.100 ± 0.100† | 0.200 ± 0.100† |" in out
     # paired RF − TF over the same rollouts: (0-0, 0.2-0.2) and (0.1-0.2, 0.3-0.4)
@@ -110,14 +118,13 @@ def test_history_gap_scores_degraded_histories(tmp_path, capsys):
 
 
 def test_summarize_pairs_detached_history_per_seed_and_over_seeds(tmp_path, capsys, monkeypatch):
-    _fake_eval(tmp_path / "bb_teacher_s0.json", np.array([[0.0, 0.2], [0.2, 0.4]]))
-    _fake_eval(tmp_path / "bb_teacher_s1.json", np.array([[0.1, 0.4], [0.3, 0.6]]))
-    _fake_eval(tmp_path / "bb_teacher_detached_s0.json", np.array([[0.1, 0.2], [0.1, 0.2]]))
-    _fake_eval(tmp_path / "bb_teacher_detached_s1.json", np.array([[0.3, 0.4], [0.3, 0.6]]))
-    _fake_eval(tmp_path / "bb_native32_teacher_s0.json", np.array([[0.0, 0.0], [0.0, 0.0]]))
-    monkeypatch.setattr("sys.argv", ["bb_summarize.py", str(tmp_path)])
-    _summarize_module().main()
-    out = capsys.readouterr().out
+    out = _summarize(tmp_path, capsys, monkeypatch, {
+        "bb_teacher_s0": [[0.0, 0.2], [0.2, 0.4]],
+        "bb_teacher_s1": [[0.1, 0.4], [0.3, 0.6]],
+        "bb_teacher_detached_s0": [[0.1, 0.2], [0.1, 0.2]],
+        "bb_teacher_detached_s1": [[0.3, 0.4], [0.3, 0.6]],
+        "bb_native32_teacher_s0": [[0.0, 0.0], [0.0, 0.0]],
+    })
     detached = out[out.index("History gradient"):]
     # seed 0: differences (0.1, 0) and (-0.1, -0.2); seed 1: (0.2, 0) and (0, 0)
     assert "| TF detached − TF two-stream, seed 0 | 0.000 ± 0.100 | -0.100 ± 0.100 |" in detached
