@@ -210,6 +210,30 @@ def frechet_table(runs, names):
     return "\n".join(lines)
 
 
+def attention_label(d, run):
+    """How a run's evaluation attended to history, from its JSON and its name's suffix."""
+    how = {"topk4": "top-4", "topk1": "top-1", "window1": "window 1", "window4": "window 4"}
+    suffix = run.rsplit("_", 1)[-1]
+    mode = how.get(suffix, "top-4" if "routed" in run else "dense")  # a routed run's own stage: top-4
+    return f"{mode}, context {d.get('context_chunks', '?') or 'all'}"
+
+
+def routed_tables(runs):
+    """The routed fine-tune stage (configs/bb_resampling_routed.yaml: 600 RF steps, then 200 on
+    16-chunk clips with top-4 routing) against RF s = 0.6 (800 RF steps) routed only at
+    inference or dense; bb_resampling_routed_s0_ctx8 = the same model at context 8."""
+    pairs = [(a, b) for a in ("bb_resampling_routed_s0", "bb_resampling_routed_s0_ctx8")
+             for b in ("bb_resampling_s0_topk4", "bb_resampling_s0")]
+    out = []
+    for metric in ("failure", "count_error"):
+        t = paired_table(runs, metric, [(a, b, f"routed fine-tune ({attention_label(runs[a], a)}) − RF "
+                                               f"({attention_label(runs[b], b)})")
+                                        for a, b in pairs if a in runs and b in runs])
+        if t:
+            out.append(f"**Routed fine-tune stage vs routing only at inference** ({metric}, paired):\n\n{t}")
+    return "\n\n".join(out)
+
+
 def main():
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "results/bb")
     every = load(root)
@@ -225,31 +249,30 @@ def main():
         t = method_table(runs, metric)
         if t:
             print(f"\n**{what}**, by frame segment:\n\n{t}")
-    seeds = seeds_of(runs, "teacher")  # pairs whose other run is missing are left out
-    pairs = [(f"bb_resampling_s{s}", f"bb_teacher_s{s}", f"RF − TF, seed {s}") for s in seeds]
-    pairs += [(f"bb_teacher_s{s}", "bb_warmup", f"TF (step 2300) − warm-up (step 1500), seed {s}") for s in seeds]
-    for s in seeds:
-        pairs += [(f"bb_resampling_s{s}", f"bb_parallel_resampling_s{s}", f"AR − parallel resampling, seed {s}"),
-                  (f"bb_parallel_resampling_s{s}", f"bb_noise_aug_s{s}", f"parallel resampling − noise aug, seed {s}")]
-    pairs += [(f"bb_noise_aug_s{s}", f"bb_teacher_s{s}", f"noise aug − TF, seed {s}") for s in seeds]
-    pairs += [(f"bb_diffusion_forcing_s{s}", f"bb_teacher_s{s}", f"diffusion forcing − TF, seed {s}") for s in seeds]
+    comparisons = [("resampling", "teacher", "RF − TF"),
+                   ("resampling", "parallel_resampling", "AR − parallel resampling"),
+                   ("parallel_resampling", "noise_aug", "parallel resampling − noise aug"),
+                   ("noise_aug", "teacher", "noise aug − TF"),
+                   ("diffusion_forcing", "teacher", "diffusion forcing − TF")]
+    warm = [(f"bb_teacher_s{s}", "bb_warmup", f"TF (step 2300) − warm-up (step 1500), seed {s}")
+            for s in seeds_of(runs, "teacher")]  # pairs whose other run is missing are left out
     for metric in ("failure", "count_error", "lost"):
-        t = paired_table(runs, metric, pairs)
+        t = "\n".join(x for x in (seed_paired_table(runs, metric, comparisons), paired_table(runs, metric, warm)) if x)
         if t:
             print(f"\n**Paired {metric} differences** over the same rollouts (mean ± s.e. over rollouts; "
-                  f"negative = first method better):\n\n{t}")
+                  f"negative = first method better; \"mean over N seeds\": s.e. across training seeds):\n\n{t}")
     t = frechet_table(runs, ["bb_teacher_s0", "bb_resampling_s0"])
     if t:
         print(f"\n{t}")
-    t = method_table(runs, "failure", SHIFT_ORDER, SHIFT_LABEL)
-    if t and sum(f"bb_{k}_s{s}" in runs for k in SHIFT_ORDER for s in range(3)) > 1:
-        print(f"\n**Resampling shift s** (failure; history degraded less for small s):\n\n{t}")
-        t = paired_table(runs, "failure", [(f"bb_{k}_s{s}", f"bb_{ref}_s{s}", f"{SHIFT_LABEL[k]} − {name}, seed {s}")
-                                         for ref, name in (("resampling", "s = 0.6"), ("teacher", "TF"))
-                                         for k in SHIFT_ORDER if k != "resampling"  # s = 0.6 − TF: above
-                                         for s in seeds_of(runs, k)])
-        if t:
-            print(f"\n{t}")
+    if sum(f"bb_{k}_s{s}" in runs for k in SHIFT_ORDER for s in range(3)) > 1:
+        for metric in ("failure", "count_error"):
+            t = method_table(runs, metric, SHIFT_ORDER, SHIFT_LABEL)
+            print(f"\n**Resampling shift s** ({metric}; history degraded less for small s):\n\n{t}")
+            t = seed_paired_table(runs, metric, [(k, ref, f"{SHIFT_LABEL[k]} − {name}")
+                                                 for ref, name in (("resampling", "s = 0.6"), ("teacher", "TF"))
+                                                 for k in SHIFT_ORDER if k != "resampling"])  # s = 0.6 − TF: above
+            if t:
+                print(f"\n{t}")
     if any(n.startswith("bb_long_") for n in runs):
         t = method_table(runs, "failure", LONG_ORDER, LONG_LABEL)
         print(f"\n**Training length** (failure; steps after the shared warm-up):\n\n{t}")
@@ -286,6 +309,9 @@ def main():
     t = paired_table(runs, "failure", att)
     if t:
         print(f"\n**History attention at inference, within the rolling context** (failure, paired):\n\n{t}")
+    t = routed_tables(runs)
+    if t:
+        print(f"\n{t}")
     long = variant(every, "_x128")
     if long:
         print("\n" + protocol_line(next(iter(long.values())), "128x the training length, rolling context"))

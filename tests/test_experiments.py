@@ -48,7 +48,7 @@ def _fake_eval(path: Path, failure_per_sample: np.ndarray, frames: int = 12):
                   "color_integrity": (1 - failure_per_sample).tolist()}
     per_frame = {k: np.repeat(np.mean(v, 0), 6).tolist() for k, v in per_sample.items()}
     path.write_text(json.dumps({"name": path.stem, "segment_len": 6, "train_frames": 4, "prefix_frames": 1,
-                                "samples": len(failure_per_sample), "frames": frames, "rows": rows,
+                                "samples": len(failure_per_sample), "frames": frames, "rows": rows, "context_chunks": 4,
                                 "per_sample_segments": per_sample, "per_frame_mean": per_frame}))
 
 
@@ -134,3 +134,21 @@ def test_summarize_pairs_detached_history_per_seed_and_over_seeds(tmp_path, caps
     native = out[out.index("Native long context"):]
     assert "| TF 32-chunk − TF 8-chunk clips, seed 0 | -0.100 ± 0.100 | -0.300 ± 0.100 |" in native
     assert "mean over" not in native.split("count_error")[0]  # one seed: no across-seed row
+
+
+def test_summarize_routed_stage_and_shift_over_seeds(tmp_path, capsys, monkeypatch):
+    out = _summarize(tmp_path, capsys, monkeypatch, {
+        "bb_teacher_s0": [[0.5, 0.5], [0.5, 0.5]],
+        "bb_resampling_s0": [[0.2, 0.4], [0.2, 0.4]],
+        "bb_resampling_s1": [[0.2, 0.4], [0.2, 0.4]],
+        "bb_resampling_shift0.1_s0": [[0.1, 0.1], [0.1, 0.1]],
+        "bb_resampling_shift0.1_s1": [[0.2, 0.2], [0.2, 0.2]],
+        "bb_resampling_s0_topk4": [[0.3, 0.6], [0.3, 0.8]],
+        "bb_resampling_routed_s0": [[0.2, 0.3], [0.2, 0.3]],
+    })
+    # shift: per seed (-0.1, -0.3) and (0, -0.2); over 2 seeds the mean and its s.e. across seeds
+    assert "| RF, s = 0.1 − s = 0.6, mean over 2 seeds | -0.050 ± 0.050 | -0.250 ± 0.050 |" in out
+    routed = out[out.index("Routed fine-tune stage"):]
+    # routed − inference-only top-4: (-0.1, -0.3) and (-0.1, -0.5), paired over the 2 rollouts
+    assert "| routed fine-tune (top-4, context 4) − RF (top-4, context 4) | -0.100 ± 0.000 | -0.400 ± 0.100 |" in routed
+    assert "| routed fine-tune (top-4, context 4) − RF (dense, context 4) | 0.000 ± 0.000 | -0.100 ± 0.000 |" in routed
