@@ -22,7 +22,9 @@ JOBS=${JOBS:-"teacher:0 resampling:0 noise_aug:0 parallel_resampling:0 teacher:1
   teacher:2 resampling:2 resampling_shift0.1:0 resampling_shift3.0:0 diffusion_forcing:0 noise_aug:1
   parallel_resampling:1 resampling_shift0.1:1 resampling_shift0.1:2
   teacher_detached:0 resampling_detached:0 teacher_detached:1 resampling_detached:1
-  native32_teacher:0 native32_resampling:0 resampling_routed:0"}
+  native32_teacher:0 native32_resampling:0 resampling_routed:0 resampling_shift3.0:1
+  diffusion_forcing:1"}
+# Asked for by issue 15 and not run yet: JOBS="resampling_routed:1 native32_teacher:1 native32_resampling:1".
 for job in $JOBS; do echo "$job"; done | xargs -P 2 -I{} bash -c '
   m=${1%%:*}; s=${1##*:}
   OMP_NUM_THREADS=1 '"$RF"' train configs/bb_$m.yaml run_dir='"$RUNS"'/bb_${m}_s$s seed=$s \
