@@ -210,25 +210,25 @@ def frechet_table(runs, names):
     return "\n".join(lines)
 
 
-def attention_label(d, run):
-    """How a run's evaluation attended to history, from its JSON and its name's suffix."""
-    how = {"topk4": "top-4", "topk1": "top-1", "window1": "window 1", "window4": "window 4"}
-    suffix = run.rsplit("_", 1)[-1]
-    mode = how.get(suffix, "top-4" if "routed" in run else "dense")  # a routed run's own stage: top-4
-    return f"{mode}, context {d.get('context_chunks', '?') or 'all'}"
+# how each run of the routed comparison attends to history (the evaluations do not record it):
+# the routed runs use their last stage's top-4 routing, bb_resampling_s0_topk4 adds it at inference
+ROUTED_ATTENTION = {"bb_resampling_routed_s0": "top-4", "bb_resampling_routed_s0_ctx8": "top-4",
+                    "bb_resampling_s0_topk4": "top-4", "bb_resampling_s0": "dense"}
 
 
 def routed_tables(runs):
     """The routed fine-tune stage (configs/bb_resampling_routed.yaml: 600 RF steps, then 200 on
     16-chunk clips with top-4 routing) against RF s = 0.6 (800 RF steps) routed only at
     inference or dense; bb_resampling_routed_s0_ctx8 = the same model at context 8."""
-    pairs = [(a, b) for a in ("bb_resampling_routed_s0", "bb_resampling_routed_s0_ctx8")
-             for b in ("bb_resampling_s0_topk4", "bb_resampling_s0")]
+    def label(run):
+        return f"{ROUTED_ATTENTION[run]}, context {runs[run].get('context_chunks', '?') or 'all'}"
+
+    pairs = [(a, b, f"routed fine-tune ({label(a)}) − RF ({label(b)})")
+             for a in ("bb_resampling_routed_s0", "bb_resampling_routed_s0_ctx8")
+             for b in ("bb_resampling_s0_topk4", "bb_resampling_s0") if a in runs and b in runs]
     out = []
     for metric in ("failure", "count_error"):
-        t = paired_table(runs, metric, [(a, b, f"routed fine-tune ({attention_label(runs[a], a)}) − RF "
-                                               f"({attention_label(runs[b], b)})")
-                                        for a, b in pairs if a in runs and b in runs])
+        t = paired_table(runs, metric, pairs)
         if t:
             out.append(f"**Routed fine-tune stage vs routing only at inference** ({metric}, paired):\n\n{t}")
     return "\n\n".join(out)
