@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The bouncing-balls experiments behind README's tables, resumable: re-run it and every run
 # continues from its last checkpoint. Two training processes with one thread each (the
-# fastest use of 2 cores, CPU-BUDGET.md). About 6 hours on 2 CPU cores for the default JOBS
+# fastest use of 2 cores, CPU-BUDGET.md). About 5-6 hours on 2 CPU cores for the default JOBS (an estimate from the measured times below; 24 branches)
 # (measured: 1500 warm-up steps at 0.75-1 s on 2 threads, ~22 min; an 800-step branch 12-32 min
 # at 0.9-2.4 s per step with two processes running, depending on the method and on what else
 # holds the cores; native 32-chunk RF is the slowest).
