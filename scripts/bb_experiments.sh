@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The bouncing-balls experiments behind README's tables, resumable: re-run it and every run
 # continues from its last checkpoint. Two training processes with one thread each (the
-# fastest use of 2 cores, CPU-BUDGET.md). About 5-6 hours on 2 CPU cores for the default JOBS (an estimate from the measured times below; 24 branches)
-# (measured: 1500 warm-up steps at 0.75-1 s on 2 threads, ~22 min; an 800-step branch 12-32 min
-# at 0.9-2.4 s per step with two processes running, depending on the method and on what else
-# holds the cores; native 32-chunk RF is the slowest).
+# fastest use of 2 cores, CPU-BUDGET.md). About 5-6 hours on 2 CPU cores for the 24 branches
+# of the default JOBS: an estimate from these measured times: 1500 warm-up steps at 0.75-1 s
+# on 2 threads, ~22 min; an 800-step branch 12-42 min at 0.9-2.4 s per step (the routed stage's
+# 16-chunk top-4 steps 6.4 s) with two processes running, depending on the method and on what
+# else holds the cores.
 #
 #   1. one shared teacher-forcing warm-up (1500 steps)   -> runs/bb_warmup
 #   2. branches of 800 steps from it, one per method and seed (equal compute per method)
