@@ -101,11 +101,15 @@ def test_generation_defaults_to_the_runs_training_context(tmp_path, capsys):
     main(["train", "configs/bb_teacher.yaml", *tiny(run, "stages.0.steps=1", "stages.1.steps=1",
                                                     "stages.0.clip_chunks=2", "stages.1.clip_chunks=3")])
     out = {}
-    for name, flags in (("default", []), ("three", ["--context", "3"]), ("all", ["--context", "all"])):
+    for name, flags in (("default", []), ("three", ["--context", "3"]), ("all", ["--context", "all"]),
+                        ("top2", ["--topk", "2"])):
         main(["eval", str(run), "--chunks", "6", "--samples", "2", "--json", str(tmp_path / f"{name}.json"), *flags])
         out[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert out["default"]["context_chunks"] == out["three"]["context_chunks"] == 3
     assert out["all"]["context_chunks"] == 0
+    # the JSON names the attention each rollout used: the run's own (dense) or the flag's
+    assert out["default"]["history_attention"] == out["all"]["history_attention"] == {"mode": "dense"}
+    assert out["top2"]["history_attention"] == {"mode": "topk", "topk": 2}
     main(["generate", str(run), "--chunks", "6", "--prefix-chunks", "1", "--out", str(tmp_path / "d.npy")])
     main(["generate", str(run), "--chunks", "6", "--prefix-chunks", "1", "--context", "all", "--out", str(tmp_path / "a.npy")])
     d, a = np.load(tmp_path / "d.npy"), np.load(tmp_path / "a.npy")

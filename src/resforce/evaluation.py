@@ -64,6 +64,7 @@ class Evaluation:
                 "prefix_frames": self.generated.prefix_frames,
                 "context_chunks": self.generated.context,
                 "sink_chunks": self.generated.sink,
+                "history_attention": _attention_summary(self.generated.attention),
                 "samples": int(self.generated.videos.shape[0]),
                 "frames": int(self.generated.videos.shape[2]),
                 "rows": _jsonable(self.rows),
@@ -71,6 +72,15 @@ class Evaluation:
                 "per_sample_segments": self.per_sample_segments(),
                 "frechet_reference": _jsonable(self.frechet_reference),
                 "per_frame_mean": {k: _nanmean0(v) for k, v in self.per_frame.items()}}
+
+
+def _attention_summary(cfg) -> dict | None:
+    """The rollout's history attention, only the fields its mode uses (so summaries of two
+    evaluations compare by equality): {'mode': 'dense'}, {'mode': 'topk', 'topk': 4}, ..."""
+    if cfg is None:
+        return None
+    used = {"dense": (), "topk": ("topk",), "window": ("window", "sink")}[cfg.mode]
+    return {"mode": cfg.mode, **{k: getattr(cfg, k) for k in used}}
 
 
 def _segment_means(v: np.ndarray, seg: int) -> list:

@@ -42,6 +42,8 @@ class Generated:
     """Chunks the model saw at once (own chunk included); 0 = all history (dense)."""
     sink: int = 0
     """First chunks kept in view for good when the context rolls (runs trained with a sink)."""
+    attention: HistoryAttentionConfig | None = None
+    """Which history chunks each query attended to in the rollout (dense, top-k, window)."""
 
 
 def world_clips(cfg, batch: int, frames: int, seed: int):
@@ -164,4 +166,4 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
         train_frames = decoder.video_frames(train_frames)
     n_prefix = 0 if prefix is None else prefix.shape[2]
     return Generated(videos.clamp(-1, 1).cpu(), n_prefix, train_frames, gt, states, cfg, recorder,
-                     context=s.context, sink=s.sink)
+                     context=s.context, sink=s.sink, attention=attention)
