@@ -126,22 +126,28 @@ def seed_paired_table(runs, metric, comparisons):
     means ± their standard error across seeds (training-seed noise; n = seeds)."""
     lines = []
     for a, b, title in comparisons:
-        seeds = [s for s in seeds_of(runs, a) if f"bb_{b}_s{s}" in runs]
-        rows = []
-        for s in seeds:
-            x, y = runs[f"bb_{a}_s{s}"], runs[f"bb_{b}_s{s}"]
-            if metric in x["per_sample_segments"] and metric in y["per_sample_segments"]:
-                rows.append((s, *paired_difference(per_sample(x, metric), per_sample(y, metric))))
-        if not rows:
-            continue
-        lines = lines or paired_head(runs[f"bb_{a}_s{rows[0][0]}"])
-        for s, mean, se in rows:
-            lines.append(md_row([f"{title}, seed {s}"] + [fmt(m, e) for m, e in zip(mean, se)]))
-        if len(rows) > 1:
-            means = np.stack([r[1] for r in rows])
-            cells = [fmt(m, e) for m, e in zip(means.mean(0), means.std(0, ddof=1) / np.sqrt(len(rows)))]
-            lines.append(md_row([f"{title}, mean over {len(rows)} seeds"] + cells))
+        lines += seed_rows(runs, metric, title, [(s, f"bb_{a}_s{s}", f"bb_{b}_s{s}") for s in seeds_of(runs, a)],
+                           head=not lines)
     return "\n".join(lines)
+
+
+def seed_rows(runs, metric, title, named, head: bool) -> list[str]:
+    """Table rows of one comparison over training seeds: named = [(seed, run a, run b)]; a
+    seed missing either run (or the metric) is left out. head: start with the table's head."""
+    rows = []
+    for s, a, b in named:
+        if a in runs and b in runs and all(metric in runs[x]["per_sample_segments"] for x in (a, b)):
+            rows.append((s, a, *paired_difference(per_sample(runs[a], metric), per_sample(runs[b], metric))))
+    if not rows:
+        return []
+    lines = list(paired_head(runs[rows[0][1]])) if head else []
+    for s, _, mean, se in rows:
+        lines.append(md_row([f"{title}, seed {s}"] + [fmt(m, e) for m, e in zip(mean, se)]))
+    if len(rows) > 1:
+        means = np.stack([r[2] for r in rows])
+        cells = [fmt(m, e) for m, e in zip(means.mean(0), means.std(0, ddof=1) / np.sqrt(len(rows)))]
+        lines.append(md_row([f"{title}, mean over {len(rows)} seeds"] + cells))
+    return lines
 
 
 def seeds_of(runs, key):
@@ -210,27 +216,44 @@ def frechet_table(runs, names):
     return "\n".join(lines)
 
 
-# how each run of the routed comparison attends to history (the evaluations do not record it):
-# the routed runs use their last stage's top-4 routing, bb_resampling_s0_topk4 adds it at inference
+# how the runs of the routed comparison evaluated before eval --json recorded its history
+# attention attend to history: routed runs use their last stage's top-4 routing,
+# bb_resampling_s0_topk4 adds it at inference
 ROUTED_ATTENTION = {"bb_resampling_routed_s0": "top-4", "bb_resampling_routed_s0_ctx8": "top-4",
-                    "bb_resampling_s0_topk4": "top-4", "bb_resampling_s0": "dense"}
+                    "bb_resampling_s0_topk4": "top-4", "bb_resampling_s0": "dense", "bb_resampling_s1": "dense",
+                    "bb_resampling_s2": "dense"}
+
+
+def attention_of(runs, run) -> str:
+    """'dense', 'top-4', 'window 4': from the evaluation's own record (history_attention), else
+    (evaluations written before it was recorded) from ROUTED_ATTENTION."""
+    a = runs[run].get("history_attention")
+    if a is None:
+        return ROUTED_ATTENTION[run]
+    return {"dense": "dense", "topk": f"top-{a.get('topk')}", "window": f"window {a.get('window')}"}[a["mode"]]
 
 
 def routed_tables(runs):
     """The routed fine-tune stage (configs/bb_resampling_routed.yaml: 600 RF steps, then 200 on
     16-chunk clips with top-4 routing) against RF s = 0.6 (800 RF steps) routed only at
-    inference or dense; bb_resampling_routed_s0_ctx8 = the same model at context 8."""
+    inference or dense, per training seed N: bb_resampling_routed_sN (at its own context 16)
+    and bb_resampling_routed_sN_ctx8 (the same model at context 8)."""
     def label(run):
-        return f"{ROUTED_ATTENTION[run]}, context {runs[run].get('context_chunks', '?') or 'all'}"
+        return f"{attention_of(runs, run)}, context {runs[run].get('context_chunks', '?') or 'all'}"
 
-    pairs = [(a, b, f"routed fine-tune ({label(a)}) − RF ({label(b)})")
-             for a in ("bb_resampling_routed_s0", "bb_resampling_routed_s0_ctx8")
-             for b in ("bb_resampling_s0_topk4", "bb_resampling_s0") if a in runs and b in runs]
+    seeds = seeds_of(runs, "resampling_routed")
     out = []
     for metric in ("failure", "count_error"):
-        t = paired_table(runs, metric, pairs)
-        if t:
-            out.append(f"**Routed fine-tune stage vs routing only at inference** ({metric}, paired):\n\n{t}")
+        lines = []
+        for a, b in (("routed_s{}", "s{}_topk4"), ("routed_s{}", "s{}"),
+                     ("routed_s{}_ctx8", "s{}_topk4"), ("routed_s{}_ctx8", "s{}")):
+            named = [(s, f"bb_resampling_{a.format(s)}", f"bb_resampling_{b.format(s)}") for s in seeds]
+            present = [(x, y) for _, x, y in named if x in runs and y in runs]
+            if present:
+                title = f"routed fine-tune ({label(present[0][0])}) − RF ({label(present[0][1])})"
+                lines += seed_rows(runs, metric, title, named, head=not lines)
+        if lines:
+            out.append(f"**Routed fine-tune stage vs routing only at inference** ({metric}, paired):\n\n" + "\n".join(lines))
     return "\n\n".join(out)
 
 

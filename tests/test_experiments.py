@@ -137,7 +137,7 @@ def test_summarize_pairs_detached_history_per_seed_and_over_seeds(tmp_path, caps
 
 
 def test_summarize_routed_stage_and_shift_over_seeds(tmp_path, capsys, monkeypatch):
-    out = _summarize(tmp_path, capsys, monkeypatch, {
+    failures = {
         "bb_teacher_s0": [[0.5, 0.5], [0.5, 0.5]],
         "bb_resampling_s0": [[0.2, 0.4], [0.2, 0.4]],
         "bb_resampling_s1": [[0.2, 0.4], [0.2, 0.4]],
@@ -145,10 +145,23 @@ def test_summarize_routed_stage_and_shift_over_seeds(tmp_path, capsys, monkeypat
         "bb_resampling_shift0.1_s1": [[0.2, 0.2], [0.2, 0.2]],
         "bb_resampling_s0_topk4": [[0.3, 0.6], [0.3, 0.8]],
         "bb_resampling_routed_s0": [[0.2, 0.3], [0.2, 0.3]],
-    })
+        "bb_resampling_routed_s1": [[0.4, 0.7], [0.4, 0.7]],
+    }
+    for name, failure in failures.items():
+        _fake_eval(tmp_path / f"{name}.json", np.array(failure))
+    # an evaluation that records its attention is labelled from the file (top-3 here, where the
+    # hand-kept table of older evaluations says top-4)
+    f = tmp_path / "bb_resampling_routed_s0.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "history_attention": {"mode": "topk", "topk": 3}}))
+    out = _summarize(tmp_path, capsys, monkeypatch, {})
     # shift: per seed (-0.1, -0.3) and (0, -0.2); over 2 seeds the mean and its s.e. across seeds
     assert "| RF, s = 0.1 − s = 0.6, mean over 2 seeds | -0.050 ± 0.050 | -0.250 ± 0.050 |" in out
     routed = out[out.index("Routed fine-tune stage"):]
-    # routed − inference-only top-4: (-0.1, -0.3) and (-0.1, -0.5), paired over the 2 rollouts
-    assert "| routed fine-tune (top-4, context 4) − RF (top-4, context 4) | -0.100 ± 0.000 | -0.400 ± 0.100 |" in routed
-    assert "| routed fine-tune (top-4, context 4) − RF (dense, context 4) | 0.000 ± 0.000 | -0.100 ± 0.000 |" in routed
+    # routed − inference-only top-4 (seed 0 only): (-0.1, -0.3) and (-0.1, -0.5), paired over the 2 rollouts
+    assert "| routed fine-tune (top-3, context 4) − RF (top-4, context 4), seed 0 | -0.100 ± 0.000 | -0.400 ± 0.100 |" in routed
+    assert "− RF (top-4, context 4), mean" not in routed
+    # routed − dense: seed 0 (0, -0.1), seed 1 (+0.2, +0.3): mean (0.1, 0.1) ± (0.1, 0.2) across the 2 seeds
+    dense = "| routed fine-tune (top-3, context 4) − RF (dense, context 4)"
+    assert f"{dense}, seed 0 | 0.000 ± 0.000 | -0.100 ± 0.000 |" in routed
+    assert f"{dense}, seed 1 | 0.200 ± 0.000 | 0.300 ± 0.000 |" in routed
+    assert f"{dense}, mean over 2 seeds | 0.100 ± 0.100 | 0.100 ± 0.200 |" in routed
