@@ -1,7 +1,5 @@
 """Tests for resforce.metrics on synthetic bouncing-balls videos drawn by a tiny renderer."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -227,16 +225,13 @@ def test_connected_components():
     assert len(np.unique(c8[c8 >= 0])) == 1
 
 
-def test_speed_256_frames():
+def test_metrics_of_a_long_clip_have_one_value_per_frame():
+    # their speed: benchmarks/bench_metrics.py (timing asserts do not belong in unit tests)
     v, *_ = scene(frames=256)
-    M.evaluate_bouncing_balls(v[:, :8], PALETTE, BG)  # warm-up
-    t0 = time.perf_counter()
     r = M.evaluate_bouncing_balls(v, PALETTE, BG, radii=[[3.5, 4.0]])
     g = M.evaluate_generic(v)
-    M.frame_features(v)
-    dt = time.perf_counter() - t0
     assert r["failure"].shape == g["drift"].shape == (1, 256)
-    assert dt < 2.0, dt  # ~0.2 s on an idle core; slack for a shared machine
+    assert np.isfinite(r["failure"]).all() and np.isfinite(g["drift"]).all()
 
 
 # ----------------------------------------------------------------------------- Frechet

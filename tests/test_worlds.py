@@ -129,15 +129,13 @@ def test_antialias_gives_soft_edges_and_hard_mode_does_not():
     assert abs(area - np.pi * 4.2**2) < 2.0
 
 
-def test_render_is_fast():
-    import time
-
+def test_render_draws_every_frame():
+    # its speed: benchmarks/bench_metrics.py (timing asserts do not belong in unit tests)
     rng = np.random.default_rng(0)
     pos = rng.uniform(5, 27, size=(256, 2, 2))
-    start = time.perf_counter()
     out = render(pos, np.array([4.0, 3.0]), np.array([[1, 0, 0], [0, 1, 0]]), 32)
     assert out.shape == (256, 3, 32, 32)
-    assert time.perf_counter() - start < 0.5
+    assert ((out[:, 0] > 0).any(axis=(1, 2)) & (out[:, 1] > 0).any(axis=(1, 2))).all()  # both balls in every frame
 
 
 def test_state_dict_round_trip_resumes_exact_stream():
