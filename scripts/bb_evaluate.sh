@@ -6,8 +6,8 @@
 #   *_dense.json   16 of the same rollouts with dense attention over all history
 #                  (--context all): context extrapolation, not exposure bias;
 #   *_x128.json    8 rollouts of 1024 chunks (128x the training length), rolling context;
-#   bb_resampling_s0_{topk,window}*.json   history attention at inference within the context;
-#   bb_resampling_routed_s0_ctx8.json   the routed fine-tune (trained on 16-chunk clips) at context 8.
+#   bb_resampling_sN_{topk,window}*.json   history attention at inference within the context;
+#   bb_resampling_routed_sN_ctx8.json   the routed fine-tune (trained on 16-chunk clips) at context 8.
 # Seed 0 of teacher forcing and Resampling Forcing are the shipped demo models when their
 # runs are not in runs/ (the same recipe and seed, exported in float16).
 # Results: results/bb/*.json, summarised by scripts/bb_summarize.py into README's tables.
@@ -59,10 +59,16 @@ done
 for name in $names; do
   case $name in bb_teacher_s[0-9]|bb_resampling_s[0-9]) SAMPLES=16 ev "${name}_dense" "$(model_of "$name")" --context all ;; esac
 done
-# history attention at inference (claim 3), within the rolling context of 8 chunks
-for v in "topk 4" "topk 1" "window 1" "window 4"; do
-  set -- $v
-  ev "bb_resampling_s0_${1}$2" "$(model_of bb_resampling_s0)" --$1 $2
+# history attention at inference (claim 3), within the rolling context of 8 chunks, per RF seed
+for name in $names; do
+  case $name in bb_resampling_s[0-9])
+    for v in "topk 4" "topk 1" "window 1" "window 4"; do
+      set -- $v
+      ev "${name}_${1}$2" "$(model_of "$name")" --$1 $2
+    done ;;
+  esac
 done
 # the routed fine-tune stage at the context of the runs above (its own default: 16, its longest clips)
-ev bb_resampling_routed_s0_ctx8 "$RUNS/bb_resampling_routed_s0" --context 8
+for name in $names; do
+  case $name in bb_resampling_routed_s[0-9]) ev "${name}_ctx8" "$RUNS/$name" --context 8 ;; esac
+done

@@ -233,6 +233,19 @@ def attention_of(runs, run) -> str:
     return {"dense": "dense", "topk": f"top-{a.get('topk')}", "window": f"window {a.get('window')}"}[a["mode"]]
 
 
+def inference_attention_table(runs, metric="failure"):
+    """RF s = 0.6 with its history attention changed only at inference (bb_resampling_sN_<v>,
+    scripts/bb_evaluate.sh) against the same model's dense attention, per training seed N and,
+    with two or more seeds, their mean."""
+    comparisons = [(v, "", f"RF {v} − RF dense within the context") for v in ("topk4", "topk1", "window1", "window4")]
+    comparisons += [("topk1", "_window1", "RF top-1 − RF window-1")]
+    lines = []
+    for a, b, title in comparisons:
+        named = [(s, f"bb_resampling_s{s}_{a}", f"bb_resampling_s{s}{b}") for s in seeds_of(runs, "resampling")]
+        lines += seed_rows(runs, metric, title, named, head=not lines)
+    return "\n".join(lines)
+
+
 def routed_tables(runs):
     """The routed fine-tune stage (configs/bb_resampling_routed.yaml: 600 RF steps, then 200 on
     16-chunk clips with top-4 routing) against RF s = 0.6 (800 RF steps) routed only at
@@ -326,10 +339,7 @@ def main():
                                                  ("native32_resampling", "resampling", "RF 32-chunk − RF 8-chunk clips")])
             if t:
                 print(f"\n{t}")
-    att = [(f"bb_resampling_s0_{v}", "bb_resampling_s0", f"RF {v} − RF dense within the context")
-           for v in ("topk4", "topk1", "window1", "window4")]
-    att += [("bb_resampling_s0_topk1", "bb_resampling_s0_window1", "RF top-1 − RF window-1")]
-    t = paired_table(runs, "failure", att)
+    t = inference_attention_table(runs)
     if t:
         print(f"\n**History attention at inference, within the rolling context** (failure, paired):\n\n{t}")
     t = routed_tables(runs)

@@ -136,7 +136,7 @@ def test_summarize_pairs_detached_history_per_seed_and_over_seeds(tmp_path, caps
     assert "mean over" not in native.split("count_error")[0]  # one seed: no across-seed row
 
 
-def test_summarize_routed_stage_and_shift_over_seeds(tmp_path, capsys, monkeypatch):
+def test_summarize_routing_and_shift_over_seeds(tmp_path, capsys, monkeypatch):
     failures = {
         "bb_teacher_s0": [[0.5, 0.5], [0.5, 0.5]],
         "bb_resampling_s0": [[0.2, 0.4], [0.2, 0.4]],
@@ -144,6 +144,7 @@ def test_summarize_routed_stage_and_shift_over_seeds(tmp_path, capsys, monkeypat
         "bb_resampling_shift0.1_s0": [[0.1, 0.1], [0.1, 0.1]],
         "bb_resampling_shift0.1_s1": [[0.2, 0.2], [0.2, 0.2]],
         "bb_resampling_s0_topk4": [[0.3, 0.6], [0.3, 0.8]],
+        "bb_resampling_s1_topk4": [[0.4, 0.6], [0.4, 0.6]],
         "bb_resampling_routed_s0": [[0.2, 0.3], [0.2, 0.3]],
         "bb_resampling_routed_s1": [[0.4, 0.7], [0.4, 0.7]],
     }
@@ -159,7 +160,12 @@ def test_summarize_routed_stage_and_shift_over_seeds(tmp_path, capsys, monkeypat
     routed = out[out.index("Routed fine-tune stage"):]
     # routed − inference-only top-4 (seed 0 only): (-0.1, -0.3) and (-0.1, -0.5), paired over the 2 rollouts
     assert "| routed fine-tune (top-3, context 4) − RF (top-4, context 4), seed 0 | -0.100 ± 0.000 | -0.400 ± 0.100 |" in routed
-    assert "− RF (top-4, context 4), mean" not in routed
+    # seed 1: routed − top-4 (0, +0.1); mean over the 2 seeds (-0.05, -0.15) ± (0.05, 0.25)
+    assert "− RF (top-4, context 4), mean over 2 seeds | -0.050 ± 0.050 | -0.150 ± 0.250 |" in routed
+    # top-4 at inference only − dense, same model: seed 0 (0.1, 0.3), seed 1 (0.2, 0.2)
+    inference = out[out.index("History attention at inference"):out.index("Routed fine-tune stage")]
+    assert "| RF topk4 − RF dense within the context, seed 1 | 0.200 ± 0.000 | 0.200 ± 0.000 |" in inference
+    assert "| RF topk4 − RF dense within the context, mean over 2 seeds | 0.150 ± 0.050 | 0.250 ± 0.050 |" in inference
     # routed − dense: seed 0 (0, -0.1), seed 1 (+0.2, +0.3): mean (0.1, 0.1) ± (0.1, 0.2) across the 2 seeds
     dense = "| routed fine-tune (top-3, context 4) − RF (dense, context 4)"
     assert f"{dense}, seed 0 | 0.000 ± 0.000 | -0.100 ± 0.000 |" in routed
