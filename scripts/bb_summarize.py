@@ -242,8 +242,20 @@ def inference_attention_table(runs, metric="failure"):
     lines = []
     for a, b, title in comparisons:
         named = [(s, f"bb_resampling_s{s}_{a}", f"bb_resampling_s{s}{b}") for s in seeds_of(runs, "resampling")]
-        lines += seed_rows(runs, metric, title, named, head=not lines)
+        lines += seed_rows(runs, metric, title, [n for n in named if same_weights(runs, n[1], n[2])], head=not lines)
     return "\n".join(lines)
+
+
+def same_weights(runs, a, b) -> bool:
+    """False (with a warning) where both evaluations record their weights' SHA-256 and they
+    differ: an inference-only change must be paired with the same model (a retrained run is
+    not bit-identical; re-evaluate the stale one)."""
+    da, db = (runs[x].get("weights_sha256") if x in runs else None for x in (a, b))
+    if da and db and da != db:
+        print(f"warning: {a} and {b} evaluated different weights; left out (re-evaluate the older one)",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def routed_tables(runs):

@@ -158,7 +158,7 @@ def test_summarize_routing_and_shift_over_seeds(tmp_path, capsys, monkeypatch):
     # shift: per seed (-0.1, -0.3) and (0, -0.2); over 2 seeds the mean and its s.e. across seeds
     assert "| RF, s = 0.1 − s = 0.6, mean over 2 seeds | -0.050 ± 0.050 | -0.250 ± 0.050 |" in out
     routed = out[out.index("Routed fine-tune stage"):]
-    # routed − inference-only top-4 (seed 0 only): (-0.1, -0.3) and (-0.1, -0.5), paired over the 2 rollouts
+    # routed − inference-only top-4, seed 0: (-0.1, -0.3) and (-0.1, -0.5), paired over the 2 rollouts
     assert "| routed fine-tune (top-3, context 4) − RF (top-4, context 4), seed 0 | -0.100 ± 0.000 | -0.400 ± 0.100 |" in routed
     # seed 1: routed − top-4 (0, +0.1); mean over the 2 seeds (-0.05, -0.15) ± (0.05, 0.25)
     assert "− RF (top-4, context 4), mean over 2 seeds | -0.050 ± 0.050 | -0.150 ± 0.250 |" in routed
@@ -171,3 +171,20 @@ def test_summarize_routing_and_shift_over_seeds(tmp_path, capsys, monkeypatch):
     assert f"{dense}, seed 0 | 0.000 ± 0.000 | -0.100 ± 0.000 |" in routed
     assert f"{dense}, seed 1 | 0.200 ± 0.000 | 0.300 ± 0.000 |" in routed
     assert f"{dense}, mean over 2 seeds | 0.100 ± 0.100 | 0.100 ± 0.200 |" in routed
+
+
+def test_summarize_never_pairs_an_inference_change_with_other_weights(tmp_path, capsys, monkeypatch):
+    """RF top-4 at inference vs RF dense must be one model: evaluations that record different
+    weight digests (a retrained run beside a stale evaluation) are left out, with a warning."""
+    for name, digest in (("bb_resampling_s0", "a" * 64), ("bb_resampling_s0_topk4", "a" * 64),
+                         ("bb_resampling_s1", "b" * 64), ("bb_resampling_s1_topk4", "c" * 64)):
+        _fake_eval(tmp_path / f"{name}.json", np.array([[0.2, 0.4], [0.2, 0.4]]))
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps({**json.loads(f.read_text()), "weights_sha256": digest}))
+    monkeypatch.setattr("sys.argv", ["bb_summarize.py", str(tmp_path)])
+    _summarize_module().main()
+    out, err = capsys.readouterr()
+    inference = out[out.index("History attention at inference"):]
+    assert "RF topk4 − RF dense within the context, seed 0" in inference
+    assert "seed 1" not in inference and "mean over" not in inference
+    assert "bb_resampling_s1_topk4 and bb_resampling_s1 evaluated different weights" in err

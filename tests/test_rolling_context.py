@@ -110,6 +110,9 @@ def test_generation_defaults_to_the_runs_training_context(tmp_path, capsys):
     # the JSON names the attention each rollout used: the run's own (dense) or the flag's
     assert out["default"]["history_attention"] == out["all"]["history_attention"] == {"mode": "dense"}
     assert out["top2"]["history_attention"] == {"mode": "topk", "topk": 2}
+    # and which weights: the same run's evaluations name the same file digest
+    digests = {o["weights_sha256"] for o in out.values()}
+    assert len(digests) == 1 and len(digests.pop()) == 64
     main(["generate", str(run), "--chunks", "6", "--prefix-chunks", "1", "--out", str(tmp_path / "d.npy")])
     main(["generate", str(run), "--chunks", "6", "--prefix-chunks", "1", "--context", "all", "--out", str(tmp_path / "a.npy")])
     d, a = np.load(tmp_path / "d.npy"), np.load(tmp_path / "a.npy")

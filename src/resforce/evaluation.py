@@ -9,6 +9,7 @@ paper's 0-5 / 5-10 / 10-15 s.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class Evaluation:
     segment_len: int = 0
     frechet_reference: dict = field(default_factory=dict)
     """How the Frechet reference was drawn, and the floor per segment (empty: no Frechet)."""
+    weights_sha256: str | None = None
+    """SHA-256 of the weights file rolled out (None: videos scored, not generated here), so two
+    evaluations can be checked to be of the same model before they are paired as such."""
 
     @property
     def world(self) -> World:
@@ -65,6 +69,7 @@ class Evaluation:
                 "context_chunks": self.generated.context,
                 "sink_chunks": self.generated.sink,
                 "history_attention": _attention_summary(self.generated.attention),
+                "weights_sha256": self.weights_sha256,
                 "samples": int(self.generated.videos.shape[0]),
                 "frames": int(self.generated.videos.shape[2]),
                 "rows": _jsonable(self.rows),
@@ -145,6 +150,7 @@ def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOve
     sample = sample or SampleOverrides()
     if sample.seed is None:
         sample = dataclasses.replace(sample, seed=0)
+    digest = weights_sha256(path, options.get("prefer_ema", True))
     g = generate(path, sample, batch=samples, prefix_chunks=prefix_chunks, with_ground_truth=True,
                  progress=progress, **options)
     per_frame = score(g)
@@ -156,7 +162,18 @@ def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOve
     info = {}
     if g.ground_truth is not None and frechet_reference:
         info = add_frechet(rows, g.videos, g.config, seg, frechet_reference, floor=g.ground_truth)
-    return Evaluation(name or Path(str(path)).stem, g, per_frame, rows, seg, info)
+    return Evaluation(name or Path(str(path)).stem, g, per_frame, rows, seg, info, digest)
+
+
+def weights_sha256(path, prefer_ema: bool = True) -> str:
+    """SHA-256 of the weights file that `generate` loads from a run, checkpoint or file."""
+    from .checkpoint import resolve_weights
+
+    h = hashlib.sha256()
+    with open(resolve_weights(path, prefer_ema), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest needs Python 3.11
+            h.update(block)
+    return h.hexdigest()
 
 
 def _check_frechet_reference(n: int) -> None:
