@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The bouncing-balls experiments behind README's tables, resumable: re-run it and every run
 # continues from its last checkpoint. Two training processes with one thread each (the
-# fastest use of 2 cores, CPU-BUDGET.md). About 6.5-7.5 hours on 2 CPU cores for the 30 branches
+# fastest use of 2 cores, CPU-BUDGET.md). About 7-8 hours on 2 CPU cores for the 32 branches
 # of the default JOBS: an estimate from these measured times: 1500 warm-up steps at 0.75-1 s
 # on 2 threads, ~22 min; an 800-step branch 12-42 min at 0.9-2.4 s per step (the routed stage's
 # 16-chunk top-4 steps 6.4 s) with two processes running, depending on the method and on what
@@ -25,7 +25,7 @@ JOBS=${JOBS:-"teacher:0 resampling:0 noise_aug:0 parallel_resampling:0 teacher:1
   teacher_detached:0 resampling_detached:0 teacher_detached:1 resampling_detached:1
   native32_teacher:0 native32_resampling:0 resampling_routed:0 resampling_shift3.0:1
   diffusion_forcing:1 resampling_routed:1 native32_teacher:1 native32_resampling:1
-  diffusion_forcing:2 resampling_detached:2 teacher_detached:2"}
+  diffusion_forcing:2 resampling_detached:2 teacher_detached:2 parallel_resampling:2 noise_aug:2"}
 for job in $JOBS; do echo "$job"; done | xargs -P 2 -I{} bash -c '
   m=${1%%:*}; s=${1##*:}
   OMP_NUM_THREADS=1 '"$RF"' train configs/bb_$m.yaml run_dir='"$RUNS"'/bb_${m}_s$s seed=$s \
