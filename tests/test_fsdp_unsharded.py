@@ -110,6 +110,9 @@ def _rank(rank: int, world: int, port: int) -> None:
         assert resharded  # on exit (per call, fully_shard leaves the root gathered)
         assert torch.equal(h0, h1)
         assert torch.equal(loss0, loss1) and torch.equal(grad0, grad1)
+        # both ranks done before gloo is torn down: a rank that leaves while the other still
+        # talks to it can abort it (SIGABRT, "terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
