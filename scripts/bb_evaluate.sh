@@ -6,7 +6,8 @@
 #   *_dense.json   16 of the same rollouts with dense attention over all history
 #                  (--context all): context extrapolation, not exposure bias;
 #   *_x128.json    8 rollouts of 1024 chunks (128x the training length), rolling context;
-#   bb_resampling_sN_{topk,window}*.json   history attention at inference within the context;
+#   bb_resampling_sN_{topk,window}*.json   history attention at inference within the context
+#                  (also for bb_resampling_rerun_sN, RF retrained under another name);
 #   bb_resampling_routed_sN_ctx8.json   the routed fine-tune (trained on 16-chunk clips) at context 8.
 # Seed 0 of teacher forcing and Resampling Forcing are the shipped demo models when their
 # runs are not in runs/ (the same recipe and seed, exported in float16).
@@ -61,7 +62,7 @@ for name in $names; do
 done
 # history attention at inference (claim 3), within the rolling context of 8 chunks, per RF seed
 for name in $names; do
-  case $name in bb_resampling_s[0-9])
+  case $name in bb_resampling_s[0-9]|bb_resampling_rerun_s[0-9])
     for v in "topk 4" "topk 1" "window 1" "window 4"; do
       set -- $v
       ev "${name}_${1}$2" "$(model_of "$name")" --$1 $2

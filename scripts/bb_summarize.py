@@ -233,15 +233,34 @@ def attention_of(runs, run) -> str:
     return {"dense": "dense", "topk": f"top-{a.get('topk')}", "window": f"window {a.get('window')}"}[a["mode"]]
 
 
+INFERENCE_VARIANTS = ("topk4", "topk1", "window1", "window4")
+
+
+def inference_bases(runs):
+    """[(seed label, base run)] of RF s = 0.6 evaluated with inference-only attention changes:
+    per training seed N, bb_resampling_sN where its variants were evaluated, else
+    bb_resampling_rerun_sN (the same recipe and seed retrained from the re-run warm-up, with its
+    own dense evaluation, for seeds whose original weights are gone). One base per seed, so a
+    mean over seeds never counts a seed twice."""
+    bases = []
+    for s in sorted(set(seeds_of(runs, "resampling")) | set(seeds_of(runs, "resampling_rerun"))):
+        original, rerun = f"bb_resampling_s{s}", f"bb_resampling_rerun_s{s}"
+        if any(f"{original}_{v}" in runs for v in INFERENCE_VARIANTS):
+            bases.append((str(s), original))
+        elif rerun in runs:
+            bases.append((f"{s} (re-run)", rerun))
+    return bases
+
+
 def inference_attention_table(runs, metric="failure"):
-    """RF s = 0.6 with its history attention changed only at inference (bb_resampling_sN_<v>,
-    scripts/bb_evaluate.sh) against the same model's dense attention, per training seed N and,
+    """RF s = 0.6 with its history attention changed only at inference (<base>_<v>,
+    scripts/bb_evaluate.sh) against the same model's dense attention, per training seed and,
     with two or more seeds, their mean."""
-    comparisons = [(v, "", f"RF {v} − RF dense within the context") for v in ("topk4", "topk1", "window1", "window4")]
+    comparisons = [(v, "", f"RF {v} − RF dense within the context") for v in INFERENCE_VARIANTS]
     comparisons += [("topk1", "_window1", "RF top-1 − RF window-1")]
     lines = []
     for a, b, title in comparisons:
-        named = [(s, f"bb_resampling_s{s}_{a}", f"bb_resampling_s{s}{b}") for s in seeds_of(runs, "resampling")]
+        named = [(s, f"{base}_{a}", f"{base}{b}") for s, base in inference_bases(runs)]
         lines += seed_rows(runs, metric, title, [n for n in named if same_weights(runs, n[1], n[2])], head=not lines)
     return "\n".join(lines)
 

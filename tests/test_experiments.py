@@ -188,3 +188,41 @@ def test_summarize_never_pairs_an_inference_change_with_other_weights(tmp_path, 
     assert "RF topk4 − RF dense within the context, seed 0" in inference
     assert "seed 1" not in inference and "mean over" not in inference
     assert "bb_resampling_s1_topk4 and bb_resampling_s1 evaluated different weights" in err
+
+
+def test_summarize_takes_a_retrained_seed_for_inference_attention_with_its_own_dense_baseline(
+        tmp_path, capsys, monkeypatch):
+    """A seed whose original weights are gone is retrained as bb_resampling_rerun_sN and its
+    inference-only variants are paired with that run's own dense evaluation, never with the
+    original bb_resampling_sN (other weights); the re-run stays out of the method tables."""
+    failures = {
+        "bb_teacher_s0": [[0.5, 0.5], [0.5, 0.5]],
+        "bb_teacher_s1": [[0.5, 0.5], [0.5, 0.5]],
+        "bb_resampling_s0": [[0.2, 0.4], [0.2, 0.4]],
+        "bb_resampling_s0_topk4": [[0.3, 0.6], [0.3, 0.8]],
+        "bb_resampling_s1": [[0.0, 0.0], [0.0, 0.0]],        # original seed 1: no variants
+        "bb_resampling_rerun_s1": [[0.1, 0.2], [0.1, 0.2]],
+        "bb_resampling_rerun_s1_topk4": [[0.4, 0.4], [0.4, 0.4]],
+    }
+    for name, failure in failures.items():
+        _fake_eval(tmp_path / f"{name}.json", np.array(failure))
+    out = _summarize(tmp_path, capsys, monkeypatch, {})
+    inference = out[out.index("History attention at inference"):]
+    # seed 1 (re-run): (0.4 - 0.1, 0.4 - 0.2); paired with bb_resampling_s1 it would read (0.4, 0.4)
+    assert "| RF topk4 − RF dense within the context, seed 1 (re-run) | 0.300 ± 0.000 | 0.200 ± 0.000 |" in inference
+    # mean over seed 0 (0.1, 0.3) and seed 1 (0.3, 0.2): each seed once
+    assert "| RF topk4 − RF dense within the context, mean over 2 seeds | 0.200 ± 0.100 | 0.250 ± 0.050 |" in inference
+    assert "rerun" not in out[:out.index("History attention at inference")]
+
+
+def test_every_default_experiment_job_names_a_config():
+    """scripts/bb_experiments.sh trains configs/bb_<method>.yaml (<method>_rerun: the same config
+    under another run name) for each default method:seed; a misspelt method would only fail
+    hours into the queue."""
+    script = (ROOT / "scripts" / "bb_experiments.sh").read_text()
+    jobs = re.search(r'JOBS=\$\{JOBS:-"([^"]+)"\}', script).group(1).split()
+    assert len(jobs) >= 30
+    for job in jobs:
+        method, seed = job.split(":")
+        assert seed.isdigit(), job
+        assert (ROOT / "configs" / f"bb_{method.removesuffix('_rerun')}.yaml").is_file(), job
