@@ -236,20 +236,22 @@ def attention_of(runs, run) -> str:
 INFERENCE_VARIANTS = ("topk4", "topk1", "window1", "window4")
 
 
+def rf_base(runs, seed):
+    """(seed label, run) of RF s = 0.6 to pair inference-only attention changes and the routed
+    fine-tune with, for one training seed: bb_resampling_sN where its inference variants were
+    evaluated, else bb_resampling_rerun_sN where it exists (the same recipe and seed retrained
+    from the re-run warm-up, with its own dense evaluation, for seeds whose original weights are
+    gone; the routed fine-tunes branch from that warm-up too), else bb_resampling_sN."""
+    original, rerun = f"bb_resampling_s{seed}", f"bb_resampling_rerun_s{seed}"
+    if not any(f"{original}_{v}" in runs for v in INFERENCE_VARIANTS) and rerun in runs:
+        return f"{seed} (re-run)", rerun
+    return str(seed), original
+
+
 def inference_bases(runs):
-    """[(seed label, base run)] of RF s = 0.6 evaluated with inference-only attention changes:
-    per training seed N, bb_resampling_sN where its variants were evaluated, else
-    bb_resampling_rerun_sN (the same recipe and seed retrained from the re-run warm-up, with its
-    own dense evaluation, for seeds whose original weights are gone). One base per seed, so a
-    mean over seeds never counts a seed twice."""
-    bases = []
-    for s in sorted(set(seeds_of(runs, "resampling")) | set(seeds_of(runs, "resampling_rerun"))):
-        original, rerun = f"bb_resampling_s{s}", f"bb_resampling_rerun_s{s}"
-        if any(f"{original}_{v}" in runs for v in INFERENCE_VARIANTS):
-            bases.append((str(s), original))
-        elif rerun in runs:
-            bases.append((f"{s} (re-run)", rerun))
-    return bases
+    """[(seed label, base run)] per training seed of RF s = 0.6 (rf_base): one base per seed,
+    so a mean over seeds never counts a seed twice."""
+    return [rf_base(runs, s) for s in sorted(set(seeds_of(runs, "resampling")) | set(seeds_of(runs, "resampling_rerun")))]
 
 
 def inference_attention_table(runs, metric="failure"):
@@ -280,18 +282,17 @@ def same_weights(runs, a, b) -> bool:
 def routed_tables(runs):
     """The routed fine-tune stage (configs/bb_resampling_routed.yaml: 600 RF steps, then 200 on
     16-chunk clips with top-4 routing) against RF s = 0.6 (800 RF steps) routed only at
-    inference or dense, per training seed N: bb_resampling_routed_sN (at its own context 16)
-    and bb_resampling_routed_sN_ctx8 (the same model at context 8)."""
+    inference or dense (the run of rf_base), per training seed N: bb_resampling_routed_sN (at its
+    own context 16) and bb_resampling_routed_sN_ctx8 (the same model at context 8)."""
     def label(run):
         return f"{attention_of(runs, run)}, context {runs[run].get('context_chunks', '?') or 'all'}"
 
-    seeds = seeds_of(runs, "resampling_routed")
+    bases = {s: rf_base(runs, s) for s in seeds_of(runs, "resampling_routed")}
     out = []
     for metric in ("failure", "count_error"):
         lines = []
-        for a, b in (("routed_s{}", "s{}_topk4"), ("routed_s{}", "s{}"),
-                     ("routed_s{}_ctx8", "s{}_topk4"), ("routed_s{}_ctx8", "s{}")):
-            named = [(s, f"bb_resampling_{a.format(s)}", f"bb_resampling_{b.format(s)}") for s in seeds]
+        for a, b in (("", "_topk4"), ("", ""), ("_ctx8", "_topk4"), ("_ctx8", "")):
+            named = [(tag, f"bb_resampling_routed_s{s}{a}", f"{base}{b}") for s, (tag, base) in bases.items()]
             present = [(x, y) for _, x, y in named if x in runs and y in runs]
             if present:
                 title = f"routed fine-tune ({label(present[0][0])}) − RF ({label(present[0][1])})"

@@ -203,9 +203,15 @@ def test_summarize_takes_a_retrained_seed_for_inference_attention_with_its_own_d
         "bb_resampling_s1": [[0.0, 0.0], [0.0, 0.0]],        # original seed 1: no variants
         "bb_resampling_rerun_s1": [[0.1, 0.2], [0.1, 0.2]],
         "bb_resampling_rerun_s1_topk4": [[0.4, 0.4], [0.4, 0.4]],
+        "bb_resampling_routed_s1": [[0.3, 0.3], [0.3, 0.3]],
     }
     for name, failure in failures.items():
         _fake_eval(tmp_path / f"{name}.json", np.array(failure))
+    for name, attention in (("bb_resampling_routed_s1", {"mode": "topk", "topk": 4}),
+                            ("bb_resampling_rerun_s1", {"mode": "dense"}),
+                            ("bb_resampling_rerun_s1_topk4", {"mode": "topk", "topk": 4})):
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps({**json.loads(f.read_text()), "history_attention": attention}))
     out = _summarize(tmp_path, capsys, monkeypatch, {})
     inference = out[out.index("History attention at inference"):]
     # seed 1 (re-run): (0.4 - 0.1, 0.4 - 0.2); paired with bb_resampling_s1 it would read (0.4, 0.4)
@@ -213,6 +219,10 @@ def test_summarize_takes_a_retrained_seed_for_inference_attention_with_its_own_d
     # mean over seed 0 (0.1, 0.3) and seed 1 (0.3, 0.2): each seed once
     assert "| RF topk4 − RF dense within the context, mean over 2 seeds | 0.200 ± 0.100 | 0.250 ± 0.050 |" in inference
     assert "rerun" not in out[:out.index("History attention at inference")]
+    # the routed fine-tune of seed 1 is paired with the same re-run: routed − re-run dense (0.2, 0.1)
+    routed = out[out.index("Routed fine-tune stage"):]
+    assert "− RF (dense, context 4), seed 1 (re-run) | 0.200 ± 0.000 | 0.100 ± 0.000 |" in routed
+    assert "− RF (top-4, context 4), seed 1 (re-run) | -0.100 ± 0.000 | -0.100 ± 0.000 |" in routed
 
 
 def test_every_default_experiment_job_names_a_config():
