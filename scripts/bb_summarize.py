@@ -371,9 +371,16 @@ def main():
                                                  ("native32_resampling", "resampling", "RF 32-chunk − RF 8-chunk clips")])
             if t:
                 print(f"\n{t}")
-    t = inference_attention_table(runs)
-    if t:
-        print(f"\n**History attention at inference, within the rolling context** (failure, paired):\n\n{t}")
+    for metric in ("failure", "count_error"):
+        t = inference_attention_table(runs, metric)
+        if t:
+            print(f"\n**History attention at inference, within the rolling context** ({metric}, paired):\n\n{t}")
+    # control: the same RF recipe and seed retrained from the re-run warm-up (bb_resampling_rerun_sN)
+    # against the run of the tables: how far a retrain moves the numbers (training noise)
+    for metric in ("failure", "count_error"):
+        t = seed_paired_table(runs, metric, [("resampling_rerun", "resampling", "control: RF re-run − RF of the tables")])
+        if t:
+            print(f"\n**Control: RF s = 0.6 retrained from the re-run warm-up** ({metric}, paired):\n\n{t}")
     t = routed_tables(runs)
     if t:
         print(f"\n{t}")

@@ -219,6 +219,8 @@ def test_summarize_takes_a_retrained_seed_for_inference_attention_with_its_own_d
     # mean over seed 0 (0.1, 0.3) and seed 1 (0.3, 0.2): each seed once
     assert "| RF topk4 − RF dense within the context, mean over 2 seeds | 0.200 ± 0.100 | 0.250 ± 0.050 |" in inference
     assert "rerun" not in out[:out.index("History attention at inference")]
+    # the control: re-run − original of the same seed (training noise), (0.1, 0.2)
+    assert "| control: RF re-run − RF of the tables, seed 1 | 0.100 ± 0.000 | 0.200 ± 0.000 |" in out
     # the routed fine-tune of seed 1 is paired with the same re-run: routed − re-run dense (0.2, 0.1)
     routed = out[out.index("Routed fine-tune stage"):]
     assert "− RF (dense, context 4), seed 1 (re-run) | 0.200 ± 0.000 | 0.100 ± 0.000 |" in routed
