@@ -279,6 +279,14 @@ def same_weights(runs, a, b) -> bool:
     return True
 
 
+def rf_tf_pairs(runs):
+    """(RF, TF, title) per training seed of the shipped recipes, then per seed of their re-runs
+    (bb_{resampling,teacher}_rerun_sN: both retrained from the re-run warm-up)."""
+    return ([(f"bb_resampling_s{s}", f"bb_teacher_s{s}", f"RF − TF, seed {s}") for s in seeds_of(runs, "teacher")]
+            + [(f"bb_resampling_rerun_s{s}", f"bb_teacher_rerun_s{s}", f"RF − TF, seed {s} (re-runs)")
+               for s in seeds_of(runs, "teacher_rerun")])
+
+
 def routed_tables(runs):
     """The routed fine-tune stage (configs/bb_resampling_routed.yaml: 600 RF steps, then 200 on
     16-chunk clips with top-4 routing) against RF s = 0.6 (800 RF steps) routed only at
@@ -318,6 +326,7 @@ def main():
         if t:
             print(f"\n**{what}**, by frame segment:\n\n{t}")
     comparisons = [("resampling", "teacher", "RF − TF"),
+                   ("resampling_rerun", "teacher_rerun", "RF − TF, both retrained from the re-run warm-up"),
                    ("resampling", "parallel_resampling", "AR − parallel resampling"),
                    ("parallel_resampling", "noise_aug", "parallel resampling − noise aug"),
                    ("noise_aug", "teacher", "noise aug − TF"),
@@ -390,8 +399,7 @@ def main():
         for metric, what in METRICS[:3]:
             print(f"\n**{what}**, 1024 generated chunks:\n\n{method_table(long, metric)}")
         for metric in ("failure", "count_error", "lost"):
-            t = paired_table(long, metric, [(f"bb_resampling_s{s}", f"bb_teacher_s{s}", f"RF − TF, seed {s}")
-                                            for s in seeds_of(long, "teacher")])
+            t = paired_table(long, metric, rf_tf_pairs(long))
             if t:
                 print(f"\n**Paired {metric} differences**, 1024 generated chunks:\n\n{t}")
     dense = variant(every, "_dense")
@@ -402,8 +410,7 @@ def main():
             t = method_table(dense, metric)
             if t:
                 print(f"\n**{what}**, dense history:\n\n{t}")
-        t = paired_table(dense, "failure", [(f"bb_resampling_s{s}", f"bb_teacher_s{s}", f"RF − TF, seed {s}")
-                                            for s in seeds_of(dense, "teacher")])
+        t = paired_table(dense, "failure", rf_tf_pairs(dense))
         if t:
             print(f"\n{t}")
 

@@ -204,6 +204,9 @@ def test_summarize_takes_a_retrained_seed_for_inference_attention_with_its_own_d
         "bb_resampling_rerun_s1": [[0.1, 0.2], [0.1, 0.2]],
         "bb_resampling_rerun_s1_topk4": [[0.4, 0.4], [0.4, 0.4]],
         "bb_resampling_routed_s1": [[0.3, 0.3], [0.3, 0.3]],
+        "bb_teacher_rerun_s1": [[0.5, 0.5], [0.5, 0.5]],
+        "bb_teacher_rerun_s1_x128": [[0.9, 0.9], [0.9, 0.9]],
+        "bb_resampling_rerun_s1_x128": [[0.3, 0.4], [0.3, 0.4]],
     }
     for name, failure in failures.items():
         _fake_eval(tmp_path / f"{name}.json", np.array(failure))
@@ -219,6 +222,10 @@ def test_summarize_takes_a_retrained_seed_for_inference_attention_with_its_own_d
     # mean over seed 0 (0.1, 0.3) and seed 1 (0.3, 0.2): each seed once
     assert "| RF topk4 − RF dense within the context, mean over 2 seeds | 0.200 ± 0.100 | 0.250 ± 0.050 |" in inference
     assert "rerun" not in out[:out.index("History attention at inference")]
+    # the re-runs pair with each other (both from the re-run warm-up), at 16x and at 128x
+    assert "| RF − TF, both retrained from the re-run warm-up, seed 1 | -0.400 ± 0.000 | -0.300 ± 0.000 |" in out
+    long = out[out.index("1024 generated chunks"):]
+    assert "| RF − TF, seed 1 (re-runs) | -0.600 ± 0.000 | -0.500 ± 0.000 |" in long
     # the control: re-run − original of the same seed (training noise), (0.1, 0.2)
     assert "| control: RF re-run − RF of the tables, seed 1 | 0.100 ± 0.000 | 0.200 ± 0.000 |" in out
     # the routed fine-tune of seed 1 is paired with the same re-run: routed − re-run dense (0.2, 0.1)
