@@ -23,6 +23,9 @@ ORDER = ["warmup", "teacher", "noise_aug", "diffusion_forcing", "parallel_resamp
 LABEL = {"warmup": "TF warm-up (step 1500)", "teacher": "teacher forcing", "noise_aug": "noise augmentation",
          "diffusion_forcing": "diffusion forcing", "parallel_resampling": "parallel resampling",
          "resampling": "Resampling Forcing (AR)"}
+# 128x and dense: the shipped pair (seed 0) and TF/RF retrained from the re-run warm-up (bb_*_rerun_sN)
+RERUN_ORDER = ["teacher", "teacher_rerun", "resampling", "resampling_rerun"]
+RERUN_LABEL = {**LABEL, "teacher_rerun": "teacher forcing, re-runs", "resampling_rerun": "Resampling Forcing (AR), re-runs"}
 # the resampling-shift ablation: s = 0.6 is the main recipe (bb_resampling)
 SHIFT_ORDER = ["resampling_shift0.1", "resampling", "resampling_shift3.0"]
 # training length: 800 vs 3000 steps after the warm-up (configs/bb_long_*.yaml)
@@ -397,7 +400,7 @@ def main():
     if long:
         print("\n" + protocol_line(next(iter(long.values())), "128x the training length, rolling context"))
         for metric, what in METRICS[:3]:
-            print(f"\n**{what}**, 1024 generated chunks:\n\n{method_table(long, metric)}")
+            print(f"\n**{what}**, 1024 generated chunks:\n\n{method_table(long, metric, RERUN_ORDER, RERUN_LABEL)}")
         for metric in ("failure", "count_error", "lost"):
             t = paired_table(long, metric, rf_tf_pairs(long))
             if t:
@@ -407,7 +410,7 @@ def main():
         print("\n### Context extrapolation (a different question: dense attention over all history)\n")
         print(protocol_line(next(iter(dense.values())), "Dense attention over every chunk, given frames always in view"))
         for metric, what in METRICS[:3]:
-            t = method_table(dense, metric)
+            t = method_table(dense, metric, RERUN_ORDER, RERUN_LABEL)
             if t:
                 print(f"\n**{what}**, dense history:\n\n{t}")
         t = paired_table(dense, "failure", rf_tf_pairs(dense))

@@ -226,6 +226,7 @@ def test_summarize_takes_a_retrained_seed_for_inference_attention_with_its_own_d
     assert "| RF − TF, both retrained from the re-run warm-up, seed 1 | -0.400 ± 0.000 | -0.300 ± 0.000 |" in out
     long = out[out.index("1024 generated chunks"):]
     assert "| RF − TF, seed 1 (re-runs) | -0.600 ± 0.000 | -0.500 ± 0.000 |" in long
+    assert "| teacher forcing, re-runs | 1 | 0.900 ± 0.000† | 0.900 ± 0.000† |" in long
     # the control: re-run − original of the same seed (training noise), (0.1, 0.2)
     assert "| control: RF re-run − RF of the tables, seed 1 | 0.100 ± 0.000 | 0.200 ± 0.000 |" in out
     # the routed fine-tune of seed 1 is paired with the same re-run: routed − re-run dense (0.2, 0.1)
