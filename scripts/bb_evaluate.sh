@@ -51,15 +51,16 @@ model_of() {  # bb_<method>_s<seed> -> its run directory, or the shipped model f
 names=$(for d in bb_teacher_s0 bb_resampling_s0 "$RUNS"/bb_*_s[0-9]; do [ "$d" = "$RUNS/bb_*_s[0-9]" ] || basename "$d"; done | sort -u)
 for name in $names; do ev "$name" "$(model_of "$name")"; done
 # 1024 chunks = 128x the training length (8 rollouts), teacher forcing vs Resampling Forcing
+tf_or_rf() {  # name -> 0 for TF and RF s = 0.6, original or re-run (bb_{teacher,resampling}[_rerun]_sN)
+  case $1 in bb_teacher_s[0-9]|bb_resampling_s[0-9]|bb_teacher_rerun_s[0-9]|bb_resampling_rerun_s[0-9]) return 0 ;; esac
+  return 1
+}
 for name in $names; do
-  case $name in bb_teacher_s[0-9]|bb_resampling_s[0-9]|bb_teacher_rerun_s[0-9]|bb_resampling_rerun_s[0-9])
-    CHUNKS=1024 SAMPLES=8 ev "${name}_x128" "$(model_of "$name")" --segment 128 ;;
-  esac
+  tf_or_rf "$name" && CHUNKS=1024 SAMPLES=8 ev "${name}_x128" "$(model_of "$name")" --segment 128
 done
 # dense attention over all history (context extrapolation; 16 rollouts, the old protocol's count)
 for name in $names; do
-  case $name in bb_teacher_s[0-9]|bb_resampling_s[0-9]|bb_teacher_rerun_s[0-9]|bb_resampling_rerun_s[0-9])
-    SAMPLES=16 ev "${name}_dense" "$(model_of "$name")" --context all ;; esac
+  tf_or_rf "$name" && SAMPLES=16 ev "${name}_dense" "$(model_of "$name")" --context all
 done
 # history attention at inference (claim 3), within the rolling context of 8 chunks, per RF seed
 for name in $names; do

@@ -40,8 +40,9 @@ def _summarize_module():
     return mod
 
 
-def _fake_eval(path: Path, failure_per_sample: np.ndarray, frames: int = 12):
-    """An eval JSON like `resforce eval --json`: 2 segments of 6 frames, per-sample failure."""
+def _fake_eval(path: Path, failure_per_sample: np.ndarray, frames: int = 12, **fields):
+    """An eval JSON like `resforce eval --json`: 2 segments of 6 frames, per-sample failure;
+    fields: more top-level entries (history_attention, weights_sha256, ...)."""
     rows = [{"start": 0, "end": 6, "beyond_train": False}, {"start": 6, "end": 12, "beyond_train": True}]
     per_sample = {"failure": failure_per_sample.tolist(), "count_error": (failure_per_sample * 2).tolist(),
                   "lost": (failure_per_sample * 3).tolist(),
@@ -49,13 +50,18 @@ def _fake_eval(path: Path, failure_per_sample: np.ndarray, frames: int = 12):
     per_frame = {k: np.repeat(np.mean(v, 0), 6).tolist() for k, v in per_sample.items()}
     path.write_text(json.dumps({"name": path.stem, "segment_len": 6, "train_frames": 4, "prefix_frames": 1,
                                 "samples": len(failure_per_sample), "frames": frames, "rows": rows, "context_chunks": 4,
-                                "per_sample_segments": per_sample, "per_frame_mean": per_frame}))
+                                "per_sample_segments": per_sample, "per_frame_mean": per_frame, **fields}))
 
 
-def _summarize(tmp_path, capsys, monkeypatch, failures: dict) -> str:
-    """Write a fake eval JSON per {name: per-sample failure} and return bb_summarize's output."""
+def _write_evals(root: Path, failures: dict, fields: dict | None = None):
+    """A fake eval JSON per {name: per-sample failure}, with fields[name] added to its file."""
     for name, failure in failures.items():
-        _fake_eval(tmp_path / f"{name}.json", np.array(failure))
+        _fake_eval(root / f"{name}.json", np.array(failure), **(fields or {}).get(name, {}))
+
+
+def _summarize(tmp_path, capsys, monkeypatch, failures: dict, fields: dict | None = None) -> str:
+    """Write the fake evals (_write_evals) and return bb_summarize's output."""
+    _write_evals(tmp_path, failures, fields)
     monkeypatch.setattr("sys.argv", ["bb_summarize.py", str(tmp_path)])
     _summarize_module().main()
     return capsys.readouterr().out
@@ -148,13 +154,10 @@ def test_summarize_routing_and_shift_over_seeds(tmp_path, capsys, monkeypatch):
         "bb_resampling_routed_s0": [[0.2, 0.3], [0.2, 0.3]],
         "bb_resampling_routed_s1": [[0.4, 0.7], [0.4, 0.7]],
     }
-    for name, failure in failures.items():
-        _fake_eval(tmp_path / f"{name}.json", np.array(failure))
     # an evaluation that records its attention is labelled from the file (top-3 here, where the
     # hand-kept table of older evaluations says top-4)
-    f = tmp_path / "bb_resampling_routed_s0.json"
-    f.write_text(json.dumps({**json.loads(f.read_text()), "history_attention": {"mode": "topk", "topk": 3}}))
-    out = _summarize(tmp_path, capsys, monkeypatch, {})
+    out = _summarize(tmp_path, capsys, monkeypatch, failures,
+                     {"bb_resampling_routed_s0": {"history_attention": {"mode": "topk", "topk": 3}}})
     # shift: per seed (-0.1, -0.3) and (0, -0.2); over 2 seeds the mean and its s.e. across seeds
     assert "| RF, s = 0.1 − s = 0.6, mean over 2 seeds | -0.050 ± 0.050 | -0.250 ± 0.050 |" in out
     routed = out[out.index("Routed fine-tune stage"):]
@@ -176,11 +179,10 @@ def test_summarize_routing_and_shift_over_seeds(tmp_path, capsys, monkeypatch):
 def test_summarize_never_pairs_an_inference_change_with_other_weights(tmp_path, capsys, monkeypatch):
     """RF top-4 at inference vs RF dense must be one model: evaluations that record different
     weight digests (a retrained run beside a stale evaluation) are left out, with a warning."""
-    for name, digest in (("bb_resampling_s0", "a" * 64), ("bb_resampling_s0_topk4", "a" * 64),
-                         ("bb_resampling_s1", "b" * 64), ("bb_resampling_s1_topk4", "c" * 64)):
-        _fake_eval(tmp_path / f"{name}.json", np.array([[0.2, 0.4], [0.2, 0.4]]))
-        f = tmp_path / f"{name}.json"
-        f.write_text(json.dumps({**json.loads(f.read_text()), "weights_sha256": digest}))
+    digests = {"bb_resampling_s0": "a" * 64, "bb_resampling_s0_topk4": "a" * 64,
+               "bb_resampling_s1": "b" * 64, "bb_resampling_s1_topk4": "c" * 64}
+    _write_evals(tmp_path, {name: [[0.2, 0.4], [0.2, 0.4]] for name in digests},
+                 {name: {"weights_sha256": d} for name, d in digests.items()})
     monkeypatch.setattr("sys.argv", ["bb_summarize.py", str(tmp_path)])
     _summarize_module().main()
     out, err = capsys.readouterr()
@@ -208,14 +210,10 @@ def test_summarize_takes_a_retrained_seed_for_inference_attention_with_its_own_d
         "bb_teacher_rerun_s1_x128": [[0.9, 0.9], [0.9, 0.9]],
         "bb_resampling_rerun_s1_x128": [[0.3, 0.4], [0.3, 0.4]],
     }
-    for name, failure in failures.items():
-        _fake_eval(tmp_path / f"{name}.json", np.array(failure))
-    for name, attention in (("bb_resampling_routed_s1", {"mode": "topk", "topk": 4}),
-                            ("bb_resampling_rerun_s1", {"mode": "dense"}),
-                            ("bb_resampling_rerun_s1_topk4", {"mode": "topk", "topk": 4})):
-        f = tmp_path / f"{name}.json"
-        f.write_text(json.dumps({**json.loads(f.read_text()), "history_attention": attention}))
-    out = _summarize(tmp_path, capsys, monkeypatch, {})
+    topk4 = {"history_attention": {"mode": "topk", "topk": 4}}
+    out = _summarize(tmp_path, capsys, monkeypatch, failures, {
+        "bb_resampling_routed_s1": topk4, "bb_resampling_rerun_s1_topk4": topk4,
+        "bb_resampling_rerun_s1": {"history_attention": {"mode": "dense"}}})
     inference = out[out.index("History attention at inference"):]
     # seed 1 (re-run): (0.4 - 0.1, 0.4 - 0.2); paired with bb_resampling_s1 it would read (0.4, 0.4)
     assert "| RF topk4 − RF dense within the context, seed 1 (re-run) | 0.300 ± 0.000 | 0.200 ± 0.000 |" in inference
