@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from resforce.model.attention import MaskedLayout, two_stream_chunk_mask
+from resforce.model.attention.layouts import MaskedLayout, two_stream_chunk_mask
 
 
 def sync(device: torch.device) -> None:

@@ -20,7 +20,7 @@ import time
 import torch
 
 from resforce.config import load_config
-from resforce.detached_history import history_kv
+from resforce.training.detached_history import history_kv
 from resforce.history import HistoryConfig, build_history_and_cache
 from resforce.loss import flow_matching_loss
 from resforce.model.dit import CausalVideoDiT

@@ -1,10 +1,10 @@
 """Wan2.1-14B: what one training step costs, before renting GPUs.
 
-By default (instant) it prints the closed-form arithmetic of resforce.step_arithmetic for the
+By default (instant) it prints the closed-form arithmetic of resforce.training.step_arithmetic for the
 14B preset: tokens, training state per GPU (fp32 weights, gradients, AdamW, EMA) on 1, 8 and
 64 GPUs under FSDP, and the FLOPs and step time of a teacher-forcing and a Resampling Forcing
 step at 5 s and 15 s. With --measure it also measures the peak memory per GPU of one step
-with fake tensors (resforce.memory_estimate, the same as `resforce memory --preset
+with fake tensors (resforce.training.memory_estimate, the same as `resforce memory --preset
 wan2.1-14b`): each measurement takes a few CPU minutes, so it is opt-in. --preset prints the
 same for another preset (docs/wan.md's 1.3B numbers come from it).
 
@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from resforce.memory_estimate import MemoryPlan, estimate_memory
+from resforce.training.memory_estimate import MemoryPlan, estimate_memory
 from resforce.model.dit import PRESETS, DiTConfig
-from resforce.step_arithmetic import (GIB, chunks_for_seconds, clip_geometry, parameter_count, state_bytes,
+from resforce.training.step_arithmetic import (GIB, chunks_for_seconds, clip_geometry, parameter_count, state_bytes,
                                       step_flops, step_seconds)
 
 

@@ -1,8 +1,8 @@
 """How long the bouncing-balls world's renderer and metrics take on a 256-frame clip.
 
 Two balls of 4-3.5 px on the 32x32 canvas, 256 frames: the world's renderer
-(resforce.data.worlds.render), then the per-frame ball metrics, the generic metrics and the
-Frechet frame features of one rollout (resforce.metrics). Median of --repeats runs after a
+(resforce.worlds.bouncing_balls.simulator.render), then the per-frame ball metrics, the generic metrics and the
+Frechet frame features of one rollout (resforce.metrics.facade). Median of --repeats runs after a
 warm-up. Speed targets live here, not in the unit tests (tests/test_metrics.py,
 tests/test_worlds.py check what these functions return).
 
@@ -17,8 +17,10 @@ import time
 
 import numpy as np
 
-from resforce import metrics as M
-from resforce.data.worlds import render
+from resforce.metrics.frechet import frame_features
+from resforce.metrics.video import evaluate_generic
+from resforce.worlds.bouncing_balls.metrics import evaluate_bouncing_balls
+from resforce.worlds.bouncing_balls.simulator import render
 
 PALETTE = [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.4, 1.0), (1.0, 1.0, 0.0)]
 BG = (0.0, 0.0, 0.0)
@@ -45,9 +47,9 @@ def main() -> None:
     clip = render(pos, radii, colors, 32).transpose(1, 0, 2, 3)[None]  # (1, 3, F, H, W) in [-1, 1]
     rows = [("render (world renderer)", timed(lambda: render(pos, radii, colors, 32), a.repeats)),
             ("ball metrics (evaluate_bouncing_balls)",
-             timed(lambda: M.evaluate_bouncing_balls(clip, PALETTE, BG, radii=[[4.0, 3.5]]), a.repeats)),
-            ("generic metrics (evaluate_generic)", timed(lambda: M.evaluate_generic(clip), a.repeats)),
-            ("Frechet frame features (frame_features)", timed(lambda: M.frame_features(clip), a.repeats))]
+             timed(lambda: evaluate_bouncing_balls(clip, PALETTE, BG, radii=[[4.0, 3.5]]), a.repeats)),
+            ("generic metrics (evaluate_generic)", timed(lambda: evaluate_generic(clip), a.repeats)),
+            ("Frechet frame features (frame_features)", timed(lambda: frame_features(clip), a.repeats))]
     print(f"{a.frames} frames of 32x32, 2 balls, median of {a.repeats} runs:")
     for name, t in rows:
         print(f"  {name:42s} {t * 1000:8.1f} ms")

@@ -46,7 +46,7 @@ def shipped_model() -> Path | None:
 
 def load(model_path: str | None):
     """(model, cfg, what it is)."""
-    from resforce.checkpoint import load_model
+    from resforce.training.checkpoint import load_model
     from resforce.config import load_config
     from resforce.model.dit import CausalVideoDiT
 
@@ -115,8 +115,8 @@ def instrument(model) -> Stopwatch:
 
 def encode(frames) -> bytes:
     """What the server does to a frame before sending it."""
-    from resforce.frame_source import display_frames
-    from resforce.play_server import HEADER
+    from resforce.play.sources import display_frames
+    from resforce.play.server import HEADER
 
     return b"".join(HEADER.pack(0, i, 0, 0, 1.0) + f.tobytes() for i, f in enumerate(display_frames(frames)))
 
@@ -125,9 +125,9 @@ def play(model, cfg, steps: int, frames: int, memo: bool = True, cfg_scale: floa
     """Frames/s of one session at `steps` and the per-frame milliseconds of each part.
     memo: skip the condition embedder for repeated (t, action) inputs, as `resforce play` does.
     cfg_scale != 1: guidance over actions, both branches in one batch of 2."""
-    from resforce.condition_memo import memoize_conditioning
-    from resforce.frame_source import display_frames
-    from resforce.interactive import InteractiveSession
+    from resforce.play.condition_memo import memoize_conditioning
+    from resforce.play.sources import display_frames
+    from resforce.generation.interactive import InteractiveSession
 
     memo = memoize_conditioning(model) if memo else None
     session = InteractiveSession(model, cfg, steps=steps, seed=0, cfg_scale=cfg_scale)
@@ -167,9 +167,9 @@ def served_fps(model, cfg, steps: int, seconds: float) -> float:
     """Frames/s a WebSocket client receives from the real server (uncapped) on 127.0.0.1."""
     from websockets.sync.client import connect
 
-    from resforce.frame_source import ModelSource
-    from resforce.interactive import InteractiveSession
-    from resforce.play_server import PlayServer, serving
+    from resforce.play.sources import ModelSource
+    from resforce.generation.interactive import InteractiveSession
+    from resforce.play.server import PlayServer, serving
 
     source = ModelSource(InteractiveSession(model, cfg, steps=steps, seed=0))  # the model already loaded
     try:
@@ -192,9 +192,9 @@ def following(model, cfg, steps: int, episodes: int, frames: int = 32, shift: fl
     (agent world only)."""
     import numpy as np
 
-    from resforce.agent_metrics import follow_score, locate_agent
-    from resforce.data.agent_balls import sticky_actions
-    from resforce.interactive import InteractiveSession
+    from resforce.worlds.agent_balls.metrics import follow_score, locate_agent
+    from resforce.worlds.agent_balls.simulator import sticky_actions
+    from resforce.generation.interactive import InteractiveSession
 
     world = cfg.data.agent_balls
     session, scores = InteractiveSession(model, cfg, steps=steps, shift=shift), []

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from resforce.data import videos
-from resforce.video_io import save_video
+from resforce.worlds.video_folder import reader as videos
+from resforce.io.video_io import save_video
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ import sys
 
 CHILD = """
 import dataclasses, json, resource, sys, torch
-from resforce.checkpoint import load_model
+from resforce.training.checkpoint import load_model
 from resforce.rollout import rollout
-from resforce.sampling import training_context
+from resforce.generation.generate import training_context
 path, chunks, batch, context = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 model, cfg = load_model(path)
 res = cfg.data.bouncing_balls.resolution
@@ -42,7 +42,7 @@ def peak(model: str, chunks: int, batch: int, context: str) -> dict:
 
 
 def main() -> None:
-    from resforce.demo import shipped_models
+    from resforce.evaluation.demo import shipped_models
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(shipped_models()["teacher forcing"]))

@@ -20,7 +20,7 @@ import time
 import torch
 
 from resforce.model import build_model
-from resforce.model.routing import AttentionPolicy, HistoryAttentionConfig
+from resforce.model.attention import AttentionPolicy, HistoryAttentionConfig
 
 LENGTHS = (16, 32, 64, 128, 256)
 

@@ -24,7 +24,7 @@ import time
 import torch
 
 from resforce.model.cache import KVCache
-from resforce.model.routing import (HistoryAttentionConfig, RoutedCachedLayout, naive_two_stream_layout,
+from resforce.model.attention import (HistoryAttentionConfig, RoutedCachedLayout, naive_two_stream_layout,
                                     routed_reference, routed_two_stream_layout)
 
 TOP2 = HistoryAttentionConfig(mode="topk", topk=2)

@@ -26,10 +26,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from resforce.model.cache import KVCache
-from resforce.model.routing import (HistoryAttentionConfig, RoutedCachedLayout, naive_two_stream_layout,
+from resforce.model.attention import (HistoryAttentionConfig, RoutedCachedLayout, naive_two_stream_layout,
                                     routed_reference, routed_two_stream_layout)
-from resforce.model.routing_grouped import merge_routes
-from resforce.model.varlen_attention import attention_lse
+from resforce.model.attention.routing_grouped import merge_routes
+from resforce.model.attention.varlen import attention_lse
 
 HEADS, DIM = 4, 32
 TRAIN_SIZES = ((8, 32), (16, 32), (32, 32))  # (chunks N, tokens per chunk L): S = 512 .. 2048

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from resforce.latents.vae import StreamingDecoder, decode
+from resforce.wan.vae import StreamingDecoder, decode
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ Rows (the model of configs/bb_base.yaml: 6 blocks, width 192, 16 tokens per 16x1
    count (best of a few large square matmuls).
 2. Our forward+backward vs diffusers' WanTransformer3DModel: the same config (bb_base's
    shape plus the text cross-attention every Wan has, over a short context) and the same
-   weights (resforce.wan.load_wan), one chunk holding every frame at one timestep per clip,
+   weights (resforce.wan.transformer.load_wan), one chunk holding every frame at one timestep per clip,
    which is the same math as Wan's bidirectional pass. Diffusers is timed with a per-clip
    timestep (B,) and with per-token timesteps (B, seq_len) (Wan2.2's way of giving frames
    their own t). Prints the time ratios and the max |ours - diffusers| of the outputs.
@@ -70,7 +70,7 @@ from resforce.config import load_config  # noqa: E402
 from resforce.history import HistoryConfig  # noqa: E402
 from resforce.model.dit import CausalVideoDiT, DiTConfig  # noqa: E402
 from resforce.rollout import SampleConfig, rollout  # noqa: E402
-from resforce.sampling import training_context  # noqa: E402
+from resforce.generation.generate import training_context  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_detached_history as detached  # noqa: E402  (reused, not copied: the brief's rule)
@@ -203,7 +203,7 @@ def vs_diffusers(mc: DiTConfig, sz: Sizes) -> dict:
         wan = _random_wan(mc, sz.wan_text_dim)
     except ImportError:
         return {"skipped": "diffusers is not installed (pip install -e '.[wan]')"}
-    from resforce.wan import load_wan
+    from resforce.wan.transformer import load_wan
 
     ours = load_wan(wan, frames_per_chunk=sz.wan_frames)
     g = torch.Generator().manual_seed(1)

@@ -53,7 +53,7 @@ def _build(args, device):
     torch.manual_seed(0)
     with torch.device(device):
         model = CausalVideoDiT(cfg)
-    from resforce import parallel
+    from resforce.training import distributed as parallel
 
     mode = args.checkpointing
     if mode != "none":

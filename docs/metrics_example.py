@@ -9,9 +9,9 @@ frames, the first 2 given; each column is the mean over frames 2-63 of all clips
 import numpy as np
 
 from resforce.config import load_config
-from resforce.data.worlds import render
-from resforce.evaluation import score_videos
-from resforce.sampling import world_clips
+from resforce.worlds.bouncing_balls.simulator import render
+from resforce.evaluation.evaluate import score_videos
+from resforce.generation.generate import world_clips
 
 cfg = load_config("configs/bb_base.yaml")
 video, states = world_clips(cfg, 16, 64, seed=0)

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from resforce.stats import paired_difference
+from resforce.metrics.stats import paired_difference
 
 DEFAULT = ("follow", "follow_chance", "agent_found", "lost", "identity_error", "count_error")
 

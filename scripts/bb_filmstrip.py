@@ -10,8 +10,8 @@ import sys
 import numpy as np
 from PIL import Image
 
-from resforce.cli_eval import shipped_models
-from resforce.sampling import generate
+from resforce.cli.eval import shipped_models
+from resforce.generation.generate import generate
 
 FRAMES = [0, 1, 4, 8, 16, 32, 48, 64, 96, 127]
 

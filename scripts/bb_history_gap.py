@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resforce.checkpoint import load_model
-from resforce.evaluation import score_videos
-from resforce.fileio import write_text_atomic
+from resforce.training.checkpoint import load_model
+from resforce.evaluation.evaluate import score_videos
+from resforce.io.fileio import write_text_atomic
 from resforce.history import HistoryConfig, build_history
-from resforce.metrics import mean_se
-from resforce.sampling import world_clips
+from resforce.metrics.stats import mean_se
+from resforce.generation.generate import world_clips
 
 KEYS = ("failure", "count_error", "identity_error", "background_noise", "size_error", "position_error")
 

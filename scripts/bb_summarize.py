@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resforce.stats import paired_difference
+from resforce.metrics.stats import paired_difference
 
 ORDER = ["warmup", "teacher", "noise_aug", "diffusion_forcing", "parallel_resampling", "resampling"]
 LABEL = {"warmup": "TF warm-up (step 1500)", "teacher": "teacher forcing", "noise_aug": "noise augmentation",
@@ -166,7 +166,7 @@ def seed_curves(runs, key, metric):
 
 def write_plots(runs, root: Path):
     """Per-frame metric vs horizon, mean ± s.e. over training seeds (n = seeds), 9-frame smoothing."""
-    from resforce.report import plot_metric_vs_horizon
+    from resforce.evaluation.report import plot_metric_vs_horizon
 
     any_d = next(iter(runs.values()))
     for order, label, tag in ((ORDER[1:], LABEL, "methods"), (SHIFT_ORDER, SHIFT_LABEL, "shift")):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from resforce.config import load_config  # noqa: E402
 from resforce.model import build_model  # noqa: E402
 from resforce.rollout import SampleConfig, rollout  # noqa: E402
-from resforce.train import Trainer  # noqa: E402
+from resforce.training.loop import Trainer  # noqa: E402
 from tiny import tiny  # noqa: E402
 
 H = W = 32

@@ -22,8 +22,8 @@ import argparse
 import numpy as np
 
 from resforce.config import load_config
-from resforce.frechet import frame_features, frechet_distance
-from resforce.sampling import world_clips
+from resforce.metrics.frechet import frame_features, frechet_distance
+from resforce.generation.generate import world_clips
 
 
 def features(cfg, clips: int, frames: int, seed: int) -> np.ndarray:

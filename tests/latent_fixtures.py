@@ -47,7 +47,7 @@ def make_text_encoder_folder(path: Path, seed: int = 0) -> Path:
 
 def make_video(path: Path, frames: int, size: int = 32, seed: int = 0, caption: str | None = None) -> Path:
     """A moving square on a gradient, H.264 mp4, with its caption sidecar."""
-    from resforce.video_io import save_video
+    from resforce.io.video_io import save_video
 
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size]

@@ -18,7 +18,7 @@ def play_process(args: list[str], timeout: float = 90.0):
     """Run `resforce play ARGS --port 0`; once it listens, yield (http://127.0.0.1:PORT/, the process)."""
     src = str(Path(resforce.__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "resforce.cli", "play", *args, "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "resforce.cli.main", "play", *args, "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: queue.Queue = queue.Queue()
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from resforce.config import ConfigError, load_config
-from resforce.data.videos import VideoFileError, VideoFolder, VideoFolderConfig
-from resforce.train import train
-from resforce.video_io import save_video
+from resforce.worlds.video_folder.reader import VideoFileError, VideoFolder, VideoFolderConfig
+from resforce.training.loop import train
+from resforce.io.video_io import save_video
 from test_videos import counter_video, frame_indices
 from tiny import tiny
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from resforce.actions import NULL_ACTION, drop_actions
-from resforce.detached_history import history_kv
+from resforce.training.detached_history import history_kv
 from resforce.flow import TimestepSampler
 from resforce.history import HistoryConfig, build_history_and_cache
 from resforce.loss import flow_matching_loss
@@ -164,7 +164,7 @@ def test_training_history_and_loss_carry_actions(randomize, strategy):
 def test_wan_weights_start_an_action_model_unchanged(randomize):
     """An action model from Wan's weights (which have no action embedder) gets zero action
     weights: whatever the actions, it computes what the Wan model computes."""
-    from resforce.wan import convert_state_dict
+    from resforce.wan.transformer import convert_state_dict
 
     wan = randomize(build_model(preset="test", frames_per_chunk=FPC, patch_size=(1, 4, 4)))
     action_model = build_model(preset="test", frames_per_chunk=FPC, patch_size=(1, 4, 4), action_kind="discrete",

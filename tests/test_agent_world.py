@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from resforce.agent_metrics import evaluate_agent_world, locate_agent
+from resforce.worlds.agent_balls.metrics import evaluate_agent_world, locate_agent
 from resforce.config import ConfigError, load_config
-from resforce.data.agent_balls import AgentBalls, AgentBallsConfig, AgentSimulator, simulate, to_uint8
+from resforce.worlds.agent_balls.simulator import AgentBalls, AgentBallsConfig, AgentSimulator, simulate, to_uint8
 from resforce.worlds import world_of
 
 

@@ -6,8 +6,8 @@ Videos are drawn by the tiny renderer of test_metrics; the first 2 frames are th
 import numpy as np
 import pytest
 
-from resforce import ball_identity as ID
-from resforce import metrics as M
+from resforce.worlds.bouncing_balls import identity as ID
+from resforce.worlds.bouncing_balls.metrics import evaluate_bouncing_balls
 from test_metrics import BG, PALETTE, add_noise, far_apart, render, scene, trajectory
 
 F = 24
@@ -37,8 +37,8 @@ def old_drift(r):
 def test_empty_frames_fail_and_healthy_frames_pass():
     healthy, _ = one_ball()
     empty = blank(healthy, 2)  # the ball vanishes after the 2 given frames
-    rh = M.evaluate_bouncing_balls(healthy, PALETTE, BG)
-    re = M.evaluate_bouncing_balls(empty, PALETTE, BG)
+    rh = evaluate_bouncing_balls(healthy, PALETTE, BG)
+    re = evaluate_bouncing_balls(empty, PALETTE, BG)
     # every per-ball term is undefined in an empty frame, and every one is now a failure
     assert np.all(np.isnan(re["size_error"][0, 2:])) and np.all(np.isnan(re["accel_error"][0, 2:]))
     assert np.all(re["lost"][0, 2:] == 1) and np.all(re["spawned"] == 0)
@@ -56,8 +56,8 @@ def test_old_drift_ranked_an_empty_rollout_above_a_degraded_one():
     empty = blank(healthy, 2)
     # alive but degraded: a squashed ball in background noise
     degraded = add_noise(render(p, [4.0], [PALETTE[0]], scale_xy=(1.3, 0.8)), 0.12, seed=3)
-    re = M.evaluate_bouncing_balls(empty, PALETTE, BG)
-    rd = M.evaluate_bouncing_balls(degraded, PALETTE, BG)
+    re = evaluate_bouncing_balls(empty, PALETTE, BG)
+    rd = evaluate_bouncing_balls(degraded, PALETTE, BG)
     assert np.all(rd["ball_count"][0, :8] == 1)
     # the old score passed the empty frames (1 failed term of 7) and ranked them better ...
     assert old_drift(re)[0, 2:].mean() == pytest.approx(1 / 7)
@@ -71,7 +71,7 @@ def test_colour_swap_is_one_lost_and_one_spawned():
     red, p = one_ball()
     swapped = red.copy()
     swapped[:, 10:] = render(p[10:], [4.0], [PALETTE[2]])  # red -> blue at frame 10, same motion
-    r = M.evaluate_bouncing_balls(swapped, PALETTE, BG)
+    r = evaluate_bouncing_balls(swapped, PALETTE, BG)
     # the old checks cannot see it: one ball, all pixels on the palette
     assert np.all(r["count_error"] == 0) and np.all(r["color_integrity"] == 1.0)
     assert np.all(r["lost"][0, 10:] == 1) and np.all(r["spawned"][0, 10:] == 1)
@@ -83,7 +83,7 @@ def test_colour_swap_is_one_lost_and_one_spawned():
     video, pos, radii, colors = scene(frames=F)
     v2 = video.copy()
     v2[:, 12:] = render(pos[12:], radii, [colors[0], PALETTE[1]])  # blue -> green
-    r2 = M.evaluate_bouncing_balls(v2, PALETTE, BG, reference_balls=[[0, 2]])
+    r2 = evaluate_bouncing_balls(v2, PALETTE, BG, reference_balls=[[0, 2]])
     apart = far_apart(pos, radii)
     assert np.all(r2["identity_error"][0, 12:][apart[12:]] == 1.0)  # (1 lost + 1 spawned) / 2
     assert np.all(r2["size_term"][0, 12:][apart[12:]] >= 2 / 3)
@@ -94,8 +94,8 @@ def test_painted_over_ball_is_lost_and_fails_every_per_ball_term():
     painted = render(np.where(np.arange(40)[:, None, None] >= 20, [[np.nan, np.nan], [0, 0]], 0) + pos,
                      radii, colors)  # ball 0 painted over with background from frame 20 on
     assert np.abs(painted[:, :20] - video[:, :20]).max() == 0
-    r = M.evaluate_bouncing_balls(painted, PALETTE, BG, radii=[radii], reference_balls=[[0, 2]])
-    g = M.evaluate_bouncing_balls(video, PALETTE, BG, radii=[radii], reference_balls=[[0, 2]])
+    r = evaluate_bouncing_balls(painted, PALETTE, BG, radii=[radii], reference_balls=[[0, 2]])
+    g = evaluate_bouncing_balls(video, PALETTE, BG, radii=[radii], reference_balls=[[0, 2]])
     assert np.all(r["lost"][0, 20:] == 1) and np.all(r["spawned"][0, 20:] == 0)
     assert np.all(r["count_error"][0, 20:] == 1) and np.all(r["identity_error"][0, 20:] == 0.5)
     for k in TERMS:
@@ -112,20 +112,20 @@ def test_reference_from_states_and_count_error_against_the_given_frames():
     video, pos, radii, colors = scene(frames=F)
     # the states say 2 balls (red, blue); the video shows only the blue one from frame 0 on
     only_blue = render(pos[:, 1:], radii[1:], colors[1:])
-    r = M.evaluate_bouncing_balls(only_blue, PALETTE, BG, reference_balls=[[0, 2]])
+    r = evaluate_bouncing_balls(only_blue, PALETTE, BG, reference_balls=[[0, 2]])
     assert np.all(r["count_error"] == 1) and np.all(r["lost"] == 1)
     # without states, the reference is read off the first given frames: nothing lost
-    ri = M.evaluate_bouncing_balls(only_blue, PALETTE, BG)
+    ri = evaluate_bouncing_balls(only_blue, PALETTE, BG)
     assert np.all(ri["count_error"] == 0) and np.all(ri["lost"] == 0)
     # per colour, the most balls seen in any given frame: a ball hidden in frame 0 still counts
     late = video.copy()
     late[:, 0] = only_blue[:, 0]
-    rl = M.evaluate_bouncing_balls(late, PALETTE, BG, ref_frames=2)
+    rl = evaluate_bouncing_balls(late, PALETTE, BG, ref_frames=2)
     apart = far_apart(pos, radii)
     assert np.all(rl["count_error"][0, 1:][apart[1:]] == 0) and rl["count_error"][0, 0] == 1
     assert ID.palette_indices([[0.9, 0.1, 0.0], [0.0, 0.3, 0.9]], PALETTE).tolist() == [0, 2]
     with pytest.raises(ValueError, match="reference_balls"):
-        M.evaluate_bouncing_balls(video, PALETTE, BG, reference_balls=[[0], [1]])
+        evaluate_bouncing_balls(video, PALETTE, BG, reference_balls=[[0], [1]])
 
 
 def test_surplus_balls_of_a_colour_the_largest_is_matched():
@@ -135,8 +135,8 @@ def test_surplus_balls_of_a_colour_the_largest_is_matched():
     one = render(p_big[:, None], [4.0], [PALETTE[3]])
     two = render(np.stack([p_big, np.where(np.arange(frames)[:, None] >= 6, p_small, np.nan)], 1),
                  [4.0, 2.5], [PALETTE[3], PALETTE[3]])
-    r = M.evaluate_bouncing_balls(two, PALETTE, BG, radii=[[4.0]], reference_balls=[[3]])
-    r1 = M.evaluate_bouncing_balls(one, PALETTE, BG, radii=[[4.0]], reference_balls=[[3]])
+    r = evaluate_bouncing_balls(two, PALETTE, BG, radii=[[4.0]], reference_balls=[[3]])
+    r1 = evaluate_bouncing_balls(one, PALETTE, BG, radii=[[4.0]], reference_balls=[[3]])
     assert np.all(r["spawned"][0, 6:] == 1) and np.all(r["lost"] == 0)
     # slots: the big ball (its own small size error) + the spawned small one (1)
     assert np.allclose(r["size_term"][0, 6:], (r1["size_term"][0, 6:] + 1) / 2)

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from resforce import checkpoint as ck
-from resforce import fileio
-from resforce.checkpoint import (CheckpointDamaged, CheckpointMismatch, CheckpointWriteError,
+from resforce.training import checkpoint as ck
+from resforce.io import fileio
+from resforce.training.checkpoint import (CheckpointDamaged, CheckpointMismatch, CheckpointWriteError,
                                  NonFiniteCheckpoint, checkpoint_dirs, latest_checkpoint,
                                  load_checkpoint, save_checkpoint)
 from resforce.config import load_config
-from resforce.statefile import load_state, save_state
-from resforce.train import Trainer, train
+from resforce.training.statefile import load_state, save_state
+from resforce.training.loop import Trainer, train
 from tiny import tiny
 
 RECIPE = "configs/bb_resampling.yaml"

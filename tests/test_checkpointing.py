@@ -10,7 +10,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from resforce import parallel
+from resforce.training import distributed as parallel
 from resforce.config import ConfigError, load_config
 from resforce.model import build_model
 

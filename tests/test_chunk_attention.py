@@ -1,4 +1,4 @@
-"""Chunk-structured attention (model/chunk_attention.py) equals the dense-mask reference,
+"""Chunk-structured attention (model/attention/chunked.py) equals the dense-mask reference,
 forward and backward, and never allocates an S x S tensor (S = tokens)."""
 
 import pytest
@@ -8,9 +8,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from largest_output import LargestOutput
 from resforce.model import build_model
-from resforce.model.attention import (MaskedLayout, block_causal_chunk_mask, expand_chunk_mask,
+from resforce.model.attention.layouts import (MaskedLayout, block_causal_chunk_mask, expand_chunk_mask,
                                       two_stream_chunk_mask)
-from resforce.model.chunk_attention import (KERNELS, as_one_op, chunk_attention, host_chunk_mask,
+from resforce.model.attention.chunked import (KERNELS, as_one_op, chunk_attention, host_chunk_mask,
                                             pick_kernel, plan_tiles)
 from resforce.model.dit import DiTConfig
 
@@ -258,7 +258,7 @@ def test_old_sdpa_checkpoint_loads_and_agrees():
     the chunked backend gives it the same velocities."""
     from pathlib import Path
 
-    from resforce.checkpoint import load_model
+    from resforce.training.checkpoint import load_model
 
     demo = Path(__file__).parents[1] / "src/resforce/assets/demo/teacher_forcing.safetensors"
     model, cfg = load_model(demo)
@@ -418,8 +418,8 @@ def test_cuda_tiny_model_loss_and_gradients_equal_between_backends(randomize):
 def test_planning_refuses_a_mask_off_the_host():
     """plan_tiles reads its chunk mask on the host; it refuses any tensor that is not a real
     CPU tensor, which is why reading it can never wait for a device (tests/host_syncs.py)."""
-    from resforce.model.attention import two_stream_chunk_mask
-    from resforce.model.chunk_attention import plan_tiles
+    from resforce.model.attention.layouts import two_stream_chunk_mask
+    from resforce.model.attention.chunked import plan_tiles
 
     with pytest.raises(ValueError, match="real CPU tensor"):
         plan_tiles(two_stream_chunk_mask(3, device="meta"))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from resforce.cli import main
+from resforce.cli.main import main
 from browser import NO_BROWSER, body_attrs, dump_dom, find_browser, serve
 from tiny import tiny
 
@@ -76,7 +76,7 @@ def test_compare_writes_page_with_every_asset(runs, tmp_path):
 
 
 def test_demo_runs_from_the_shipped_models(tmp_path, capsys):
-    from resforce.demo import shipped_models
+    from resforce.evaluation.demo import shipped_models
 
     assert all(p.is_file() for p in shipped_models().values())  # no retraining in make demo
     main(["demo", "--out", str(tmp_path), "--samples", "1", "--chunks", "3", "--segment", "2"])
@@ -89,8 +89,8 @@ def test_verdict_is_computed_from_paired_numbers():
     """Clear winner, no clear difference, and unpaired inputs: the sentence follows the numbers."""
     from types import SimpleNamespace
 
-    from resforce.verdict import paired_verdict as verdict
-    from resforce.worlds.bouncing_balls import BouncingBallsWorld
+    from resforce.evaluation.verdict import paired_verdict as verdict
+    from resforce.worlds.bouncing_balls.world import BouncingBallsWorld
 
     def paired_verdict(evs):
         return verdict(evs, BouncingBallsWorld.verdict_metrics)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from resforce.condition_memo import memoize_conditioning
+from resforce.play.condition_memo import memoize_conditioning
 from resforce.config import load_config
-from resforce.interactive import InteractiveSession
+from resforce.generation.interactive import InteractiveSession
 from resforce.model.dit import CausalVideoDiT
 from tiny import tiny
 

@@ -37,9 +37,9 @@ def overrides(run_dir):
 
 # ----------------------------------------------------------------------------- the driver
 def _driver(run_dir: str) -> None:
-    import resforce.checkpoint as ck
-    from resforce.cli import main
-    from resforce.train import Trainer
+    import resforce.training.checkpoint as ck
+    from resforce.cli.main import main
+    from resforce.training.loop import Trainer
 
     pause = int(os.environ.get("PAUSE_IN_SAVE", "0"))
     real_save_state, real_step = ck.save_state, Trainer.train_step
@@ -82,7 +82,7 @@ def _kill(p: subprocess.Popen) -> None:
 
 
 def _everything(run_dir: Path):
-    from resforce.checkpoint import latest_checkpoint, load_checkpoint
+    from resforce.training.checkpoint import latest_checkpoint, load_checkpoint
     return load_checkpoint(latest_checkpoint(run_dir))
 
 
@@ -101,7 +101,7 @@ def _assert_identical(a: Path, b: Path, note: str = "") -> None:
 # ----------------------------------------------------------------------------- tests
 def _reference(tmp_path: Path) -> Path:
     from resforce.config import load_config
-    from resforce.train import train
+    from resforce.training.loop import train
 
     train(load_config(RECIPE, overrides(tmp_path / "reference")), progress=False)
     return tmp_path / "reference"
@@ -163,8 +163,8 @@ def small_disk(tmp_path):
 
 
 def test_a_checkpoint_write_that_fills_the_disk_fails_cleanly(small_disk, tmp_path, capsys):
-    from resforce.checkpoint import checkpoint_dirs, load_checkpoint
-    from resforce.cli import main
+    from resforce.training.checkpoint import checkpoint_dirs, load_checkpoint
+    from resforce.cli.main import main
 
     run = small_disk / "run"
     args = ["train", RECIPE, *overrides(run)]

@@ -6,17 +6,17 @@ import pytest
 import torch
 
 from resforce.config import ConfigError, load_config
-from resforce.detached_history import history_kv
+from resforce.training.detached_history import history_kv
 from resforce.flow import TimestepSampler
 from resforce.history import STRATEGIES, HistoryConfig, build_history_and_cache
 from resforce.loss import flow_matching_loss
 from resforce.model import build_model
-from resforce.model.attention_policy import AttentionPolicy
+from resforce.model.attention.policy import AttentionPolicy
 from resforce.model.cache import KVCache
-from resforce.model.detached_layout import (DetachedLayout, HistoryDetachedPolicy, detached_attention,
+from resforce.model.attention.detached import (DetachedLayout, HistoryDetachedPolicy, detached_attention,
                                             detached_attention_reference)
-from resforce.model.history_attention_config import HistoryAttentionConfig
-from resforce.train import Trainer
+from resforce.model.attention.config import HistoryAttentionConfig
+from resforce.training.loop import Trainer
 from tiny import tiny
 
 B, N, FPC, H, W = 3, 5, 2, 8, 8
@@ -161,7 +161,7 @@ def test_detached_pass_under_activation_checkpointing(model):
     cache: the same gradients."""
     import copy
 
-    from resforce import parallel
+    from resforce.training import distributed as parallel
 
     hist, t_hist, kv, gen = history_and_kv(model, "resampling", None)
     ckpt = parallel.apply_activation_checkpointing(copy.deepcopy(model))

@@ -1,4 +1,4 @@
-"""Multi-process training (resforce.parallel): 2 CPU ranks with Gloo under torchrun, DDP and FSDP2.
+"""Multi-process training (resforce.training.distributed): 2 CPU ranks with Gloo under torchrun, DDP and FSDP2.
 
 One torchrun launch per mode runs this file as its script (`_driver` below): an uninterrupted
 tiny Resampling Forcing run (3 teacher steps, 3 resampling steps, 2 gradient-accumulation
@@ -43,11 +43,11 @@ def _overrides(run_dir, mode, *extra):
 def _driver(mode: str, out: str) -> None:
     from torch.distributed.tensor import DTensor
 
-    from resforce import parallel
-    from resforce.checkpoint import load_model
+    from resforce.training import distributed as parallel
+    from resforce.training.checkpoint import load_model
     from resforce.config import load_config
     from resforce.history import autoregressive_resample
-    from resforce.train import Trainer
+    from resforce.training.loop import Trainer
 
     out = Path(out)
     t = Trainer(load_config(RECIPE, _overrides(out / "full", mode)), progress=False)
@@ -139,7 +139,7 @@ def _check_run(out: Path, mode: str) -> None:
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_torchrun_two_ranks(tmp_path, mode):
     from resforce.config import load_config
-    from resforce.train import train
+    from resforce.training.loop import train
 
     train(load_config(RECIPE, _overrides(tmp_path / "single", "none")), stop_at=3, progress=False)
     _torchrun(mode, tmp_path)  # speed is not a unit test's business (benchmarks/)
@@ -168,7 +168,7 @@ def one_rank_group(monkeypatch):
                  "MASTER_PORT": str(_free_port())}.items():
         monkeypatch.setenv(k, v)
     yield
-    from resforce import parallel
+    from resforce.training import distributed as parallel
     parallel.shutdown()
 
 
@@ -178,7 +178,7 @@ def test_one_rank_group_matches_single_process(tmp_path, one_rank_group, mode):
     same weights, bit for bit, as plain single-process training - the wrapping, the full
     state-dict round trips and the resampling on the raw / sharded model change nothing."""
     from resforce.config import load_config
-    from resforce.train import Trainer, train
+    from resforce.training.loop import Trainer, train
 
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny import tiny
@@ -188,7 +188,7 @@ def test_one_rank_group_matches_single_process(tmp_path, one_rank_group, mode):
                                         f"parallel={m}", "device=cpu", *extra))
 
     t = Trainer(cfg("dist", mode), progress=False)
-    from resforce import parallel
+    from resforce.training import distributed as parallel
     assert t.parallel == mode and parallel.is_distributed() and parallel.world_size() == 1
     t.run(stop_at=2)
     Trainer(cfg("dist", mode), progress=False).run()  # resume inside the resampling stage
@@ -201,7 +201,7 @@ def test_one_rank_group_matches_single_process(tmp_path, one_rank_group, mode):
 
 
 def load_checkpoint_at(run_dir, step):
-    from resforce.checkpoint import latest_checkpoint, load_checkpoint
+    from resforce.training.checkpoint import latest_checkpoint, load_checkpoint
     ckpt = latest_checkpoint(run_dir)
     assert ckpt.name == f"step_{step:08d}", ckpt
     return load_checkpoint(ckpt)
@@ -212,9 +212,9 @@ def _ckpt_step(run_dir, step):
 
 
 def test_global_batch_must_split_across_ranks(tmp_path, monkeypatch):
-    from resforce import parallel
+    from resforce.training import distributed as parallel
     from resforce.config import load_config
-    from resforce.train import Trainer
+    from resforce.training.loop import Trainer
 
     monkeypatch.setattr(parallel, "world_size", lambda: 3)
     c = load_config(RECIPE, _overrides(tmp_path / "x", "none"))  # batch 4, grad_accum 2
@@ -223,7 +223,7 @@ def test_global_batch_must_split_across_ranks(tmp_path, monkeypatch):
 
 
 def test_parallel_mode_errors(monkeypatch):
-    from resforce import parallel
+    from resforce.training import distributed as parallel
 
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)

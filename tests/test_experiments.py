@@ -101,7 +101,7 @@ def test_summarize_seed_statistics_shift_table_and_plots(tmp_path, capsys, monke
 
 def test_history_gap_scores_degraded_histories(tmp_path, capsys):
     """A tiny run's self-resampled histories get scored; stronger shift -> further from the truth."""
-    from resforce.cli import main
+    from resforce.cli.main import main
 
     run = tmp_path / "rf"  # velocity prediction: one Euler step from a tiny t_s barely moves the clip
     main(["train", "configs/bb_resampling.yaml", *tiny(run, "stages.0.steps=2", "stages.1.steps=1",

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from resforce import evaluation as E
+from resforce.evaluation import evaluate as E
 from resforce.config import load_config
-from resforce.frechet import frame_features, frechet_distance
-from resforce.sampling import world_clips
+from resforce.metrics.frechet import frame_features, frechet_distance
+from resforce.generation.generate import world_clips
 
 
 @pytest.fixture(scope="module")

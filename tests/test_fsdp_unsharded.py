@@ -53,7 +53,7 @@ class AllGatherCount:
 
 
 def _sharded_model():
-    from resforce import parallel
+    from resforce.training import distributed as parallel
     from resforce.model import build_model
 
     torch.manual_seed(0)  # the same weights on every rank before sharding

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resforce import sampling, train as train_module
-from resforce.cli import main
-from resforce.runlock import RunLock
-from resforce.video_io import save_video
+from resforce.generation import generate as sampling
+
+from resforce.training import loop as train_module
+from resforce.cli.main import main
+from resforce.training.runlock import RunLock
+from resforce.io.video_io import save_video
 from tiny import tiny
 
 TEACHER = "configs/bb_teacher.yaml"

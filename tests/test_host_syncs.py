@@ -12,10 +12,10 @@ import torch
 from host_syncs import HostSyncs
 from resforce.config import load_config
 from resforce.model import build_model
-from resforce.model.attention_policy import AttentionPolicy
-from resforce.model.history_attention_config import HistoryAttentionConfig
+from resforce.model.attention.policy import AttentionPolicy
+from resforce.model.attention.config import HistoryAttentionConfig
 from resforce.rollout import SampleConfig, rollout
-from resforce.train import Trainer
+from resforce.training.loop import Trainer
 from tiny import tiny
 
 FPC, H, W = 2, 8, 8

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from resforce.config import load_config
-from resforce.interactive import InteractiveSession, frames_to_uint8
+from resforce.generation.interactive import InteractiveSession, frames_to_uint8
 from resforce.model.dit import CausalVideoDiT
 from resforce.rollout import SampleConfig, rollout
-from resforce.train import train
+from resforce.training.loop import train
 from tiny import tiny
 
 AGENT = ["data.kind=agent_balls", "data.agent_balls.balls.resolution=8", "data.agent_balls.balls.radius_min=1.5",

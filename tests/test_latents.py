@@ -54,7 +54,7 @@ def prepare_args(parts, out, *extra):
 @pytest.fixture(scope="module")
 def trained(parts, tmp_path_factory):
     """prepare -> train (TF 2 steps at 2 chunks, then RF 2 steps at 3 chunks), through the CLI."""
-    from resforce.cli import main
+    from resforce.cli.main import main
 
     d = tmp_path_factory.mktemp("latents_run")
     main(prepare_args(parts, d / "ds"))
@@ -63,8 +63,8 @@ def trained(parts, tmp_path_factory):
 
 
 def test_prepare_train_generate_end_to_end_through_the_cli(trained, parts, tmp_path, capsys):
-    from resforce.cli import main
-    from resforce.video_io import load_video
+    from resforce.cli.main import main
+    from resforce.io.video_io import load_video
 
     index = json.loads((trained / "ds" / "index.json").read_text())
     assert index["complete"] and index["latent_shape"] == [Z_DIM, 9, 4, 4]
@@ -90,7 +90,7 @@ def test_prepare_train_generate_end_to_end_through_the_cli(trained, parts, tmp_p
 
 
 def generated(run, prompt=None, negative=None, cfg=5.0):
-    from resforce.sampling import SampleOverrides, generate
+    from resforce.generation.generate import SampleOverrides, generate
     from resforce.text_context import PromptOptions
 
     g = generate(run, SampleOverrides(chunks=2, steps=2, cfg_scale=cfg), device="cpu", progress=False,
@@ -111,8 +111,8 @@ def test_guidance_uses_the_prompt_and_the_negative_prompt(trained):
 
 def test_caption_dropout_gives_the_stored_empty_prompt(trained):
     from resforce.config import load_config
-    from resforce.latents.dataset import LatentDataset
-    from resforce.latents.text_encoder import TextEncoder
+    from resforce.worlds.latents.dataset import LatentDataset
+    from resforce.wan.text_encoder import TextEncoder
     from resforce.text_context import TextConfig, training_context
     from resforce.worlds import world_of
 
@@ -131,8 +131,8 @@ def test_caption_dropout_gives_the_stored_empty_prompt(trained):
 
 
 def test_a_killed_prepare_resumes_where_it_stopped(parts, tmp_path):
-    from resforce.latents.dataset import LatentDataset
-    from resforce.latents.prepare import PrepareOptions, prepare
+    from resforce.worlds.latents.dataset import LatentDataset
+    from resforce.worlds.latents.prepare import PrepareOptions, prepare
 
     def opts(out, chunks=3):
         return PrepareOptions(str(parts / "videos"), str(parts / "vae"), str(parts / "wan"), str(out), chunks=chunks,
@@ -166,12 +166,12 @@ def test_a_killed_prepare_resumes_where_it_stopped(parts, tmp_path):
 
 
 def tiny_vae(parts):
-    from resforce.latents.vae import load_vae
+    from resforce.wan.vae import load_vae
     return load_vae(parts / "vae")
 
 
 def test_encode_decode_shapes_and_normalisation(parts):
-    from resforce.latents.vae import decode, denormalise, encode, normalise
+    from resforce.wan.vae import decode, denormalise, encode, normalise
 
     vae = tiny_vae(parts)
     video = torch.rand(2, 3, 13, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -190,7 +190,7 @@ def test_encode_decode_shapes_and_normalisation(parts):
 
 
 def test_streaming_decode_equals_the_full_decode(parts):
-    from resforce.latents.vae import StreamingDecoder, decode
+    from resforce.wan.vae import StreamingDecoder, decode
 
     vae = tiny_vae(parts)
     latents = torch.randn(2, Z_DIM, 9, 4, 4, generator=torch.Generator().manual_seed(1))
@@ -208,8 +208,8 @@ def test_streaming_decode_equals_the_full_decode(parts):
 
 
 def test_missing_weights_and_bad_flags_are_named(parts, tmp_path, capsys):
-    from resforce.cli import main
-    from resforce.latents.vae import load_vae
+    from resforce.cli.main import main
+    from resforce.wan.vae import load_vae
 
     with pytest.raises(FileNotFoundError, match="--vae .*nowhere.*AutoencoderKLWan"):
         load_vae(tmp_path / "nowhere")
@@ -268,7 +268,7 @@ def test_the_paper_recipe_loads_and_validates(tmp_path):
 
 
 def test_caption_manifests_json_and_csv(tmp_path):
-    from resforce.latents.captions import Captions
+    from resforce.worlds.latents.captions import Captions
 
     root = tmp_path / "videos"
     (root / "sub").mkdir(parents=True)

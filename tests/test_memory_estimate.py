@@ -1,4 +1,4 @@
-"""The fake-tensor memory estimate (resforce.memory_estimate) against independent counts:
+"""The fake-tensor memory estimate (resforce.training.memory_estimate) against independent counts:
 - the CPU allocator's own record of a real run of the same step (torch.profiler), the way
   torchtitan checks FSDPMemTracker against torch.cuda.memory_stats;
 - the training state in closed form (step_arithmetic.parameter_count: fp32 weights, AdamW's
@@ -11,11 +11,11 @@ import math
 import pytest
 import torch
 
-from resforce.cli import main
-from resforce.memory_estimate import MemoryPlan, estimate_memory
+from resforce.cli.main import main
+from resforce.training.memory_estimate import MemoryPlan, estimate_memory
 from resforce.model import build_model
 from resforce.model.dit import PRESETS, DiTConfig
-from resforce.step_arithmetic import GIB, parameter_count
+from resforce.training.step_arithmetic import GIB, parameter_count
 
 SHAPES = dict(num_layers=3, text_dim=8, ffn_dim=64)
 TINY = dict(preset="test", chunks=3, height=128, width=128, text_tokens=16, precision="fp32",

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from resforce.model import build_model
-from resforce.model.attention import expand_chunk_mask, two_stream_chunk_mask
+from resforce.model.attention.layouts import expand_chunk_mask, two_stream_chunk_mask
 from resforce.model.rope import apply_rope, grid_positions, rope_cos_sin
 from resforce.rollout import SampleConfig, reference_rollout, rollout
 
@@ -69,7 +69,7 @@ def test_parity_with_cross_attention(randomize):
 
 def test_parity_breaks_if_mask_is_wrong(randomize, monkeypatch):
     """The parity test is real: a mask that lets noisy chunk i see history i breaks it."""
-    from resforce.model import attention
+    from resforce.model.attention import layouts as attention
 
     def leaky(n, device=None):
         m = two_stream_chunk_mask(n, device)

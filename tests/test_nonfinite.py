@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from resforce.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, read_weights, save_weights
-from resforce.cli import main
+from resforce.training.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, read_weights, save_weights
+from resforce.cli.main import main
 from resforce.config import load_config
-from resforce.data.worlds import BouncingBalls
-from resforce.train import NonFiniteError, Trainer, train
+from resforce.worlds.bouncing_balls.simulator import BouncingBalls
+from resforce.training.loop import NonFiniteError, Trainer, train
 from tiny import tiny
 
 RECIPE = "configs/bb_teacher.yaml"

@@ -20,9 +20,9 @@ websockets = pytest.importorskip("websockets", reason="the test client needs web
 from websockets.sync.client import connect  # noqa: E402
 
 from resforce.actions import ActionSpace  # noqa: E402
-from resforce.cli import build_parser, main  # noqa: E402
-from resforce.frame_source import WorldSource, display_frames  # noqa: E402
-from resforce.play_server import (HEADER, MAX_QUEUED_INPUTS, Controls, PlayServer, parse_message,  # noqa: E402
+from resforce.cli.main import build_parser, main  # noqa: E402
+from resforce.play.sources import WorldSource, display_frames  # noqa: E402
+from resforce.play.server import (HEADER, MAX_QUEUED_INPUTS, Controls, PlayServer, parse_message,  # noqa: E402
                                   serving)
 
 SPACE = ActionSpace(kind="discrete", n=3, names=["noop", "left", "right"], keys={"ArrowLeft": "left"}, default=0)
@@ -262,10 +262,10 @@ def test_cli_errors(tmp_path, capsys):
 
 
 def test_a_model_is_played_as_an_interactive_session_would(tmp_path, randomize):
-    from resforce.checkpoint import save_weights
+    from resforce.training.checkpoint import save_weights
     from resforce.config import load_config, to_yaml
-    from resforce.frame_source import ModelSource
-    from resforce.interactive import InteractiveSession
+    from resforce.play.sources import ModelSource
+    from resforce.generation.interactive import InteractiveSession
     from resforce.model.dit import CausalVideoDiT
     from tiny import tiny
 

@@ -18,8 +18,8 @@ import pytest
 from browser import NO_BROWSER, find_browser
 
 import resforce
-from resforce.agent_metrics import locate_agent
-from resforce.data.agent_balls import AgentBallsConfig, direction
+from resforce.worlds.agent_balls.metrics import locate_agent
+from resforce.worlds.agent_balls.simulator import AgentBallsConfig, direction
 
 pytest.importorskip("starlette", reason="resforce play needs starlette (pip install 'resforce[play]')")
 pytest.importorskip("uvicorn", reason="resforce play needs uvicorn (pip install 'resforce[play]')")

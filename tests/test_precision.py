@@ -13,17 +13,17 @@ import torch
 pytest.importorskip("diffusers", reason="diffusers is not installed (pip install -e '.[wan]')")
 from diffusers import WanTransformer3DModel  # noqa: E402
 
-from resforce import precision  # noqa: E402
+from resforce import device as precision
 from resforce.config import ConfigError, load_config  # noqa: E402
 from resforce.flow import TimestepSampler  # noqa: E402
 from resforce.history import HistoryConfig, build_history  # noqa: E402
 from resforce.loss import flow_matching_loss  # noqa: E402
 from resforce.model import build_model  # noqa: E402
 from resforce.model.cache import KVCache  # noqa: E402
-from resforce.model.history_attention_config import HistoryAttentionConfig  # noqa: E402
-from resforce.model.routing_fast import RoutedCachedLayout  # noqa: E402
+from resforce.model.attention.config import HistoryAttentionConfig  # noqa: E402
+from resforce.model.attention.routing_fast import RoutedCachedLayout  # noqa: E402
 from resforce.rollout import SampleConfig, rollout  # noqa: E402
-from resforce.wan import KEEP_IN_FP32, load_wan  # noqa: E402
+from resforce.wan.transformer import KEEP_IN_FP32, load_wan  # noqa: E402
 from test_wan import H, W, inputs, tiny_wan, wan_forward  # noqa: E402
 from tiny import tiny  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Tests for resforce.report: the static comparison page, its plots and videos.
+"""Tests for resforce.evaluation.report: the static comparison page, its plots and videos.
 
 The browser test loads the page in headless Chromium (served over HTTP on 127.0.0.1) and
 checks from the dumped DOM that every <img> and <video> really loaded and decoded.
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resforce import metrics as M
-from resforce import report as R
+from resforce.metrics.stats import segment_table, to_markdown
+from resforce.evaluation import report as R
 
 from browser import NO_BROWSER, body_attrs, dump_dom, find_browser, serve
 
@@ -49,12 +49,12 @@ def build_page(out: Path, video_ext=".mp4"):
         R.plot_metric_vs_horizon(res, metric, out / rel, train_len=16, smooth=3)
         plots.append(rel)
     methods = [
-        {"name": name, "video_path": vids[i], "rows": M.segment_table(res[name], 10, train_len=16), "caption": "seed 0"}
+        {"name": name, "video_path": vids[i], "rows": segment_table(res[name], 10, train_len=16), "caption": "seed 0"}
         for i, name in enumerate(res)
     ]
-    rows = [dict(r, method=n) for n in res for r in M.segment_table(res[n], 20, train_len=16, metrics=["drift"])]
+    rows = [dict(r, method=n) for n in res for r in segment_table(res[n], 20, train_len=16, metrics=["drift"])]
     page = R.write_compare_page(
-        out, methods, plots, M.to_markdown(rows, ["drift"]), title="Drift <test>", notes="line one\n\nline & two"
+        out, methods, plots, to_markdown(rows, ["drift"]), title="Drift <test>", notes="line one\n\nline & two"
     )
     return page, vids, plots
 

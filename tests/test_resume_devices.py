@@ -26,9 +26,9 @@ def _cfg(run_dir):
 
 
 def _one_step_run(run_dir):
-    from resforce.checkpoint import latest_checkpoint
-    from resforce.statefile import load_state
-    from resforce.train import train
+    from resforce.training.checkpoint import latest_checkpoint
+    from resforce.training.statefile import load_state
+    from resforce.training.loop import train
 
     train(_cfg(run_dir), stop_at=1, progress=False)
     ckpt = latest_checkpoint(run_dir)
@@ -37,8 +37,8 @@ def _one_step_run(run_dir):
 
 @pytest.mark.parametrize("saved", ["cuda_state_tagged", "wrong_size_untagged"])
 def test_a_generator_state_of_another_device_reseeds_with_a_warning(tmp_path, saved):
-    from resforce.statefile import save_state
-    from resforce.train import Trainer
+    from resforce.training.statefile import save_state
+    from resforce.training.loop import Trainer
 
     ckpt, state = _one_step_run(tmp_path / "r")
     assert state["generator_device"] == "cpu"  # recorded with every checkpoint
@@ -61,7 +61,7 @@ def test_a_generator_state_of_another_device_reseeds_with_a_warning(tmp_path, sa
 
 
 def test_a_generator_state_of_this_device_resumes_exactly_without_a_warning(tmp_path, recwarn):
-    from resforce.train import Trainer
+    from resforce.training.loop import Trainer
 
     ckpt, state = _one_step_run(tmp_path / "r")
     t = Trainer(_cfg(tmp_path / "r"), progress=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from resforce.model import build_model
-from resforce.model.routing import AttentionPolicy, HistoryAttentionConfig
+from resforce.model.attention import AttentionPolicy, HistoryAttentionConfig
 from resforce.rollout import SampleConfig, reference_rollout, rollout
 
 FPC, H, W = 1, 8, 8
@@ -94,7 +94,7 @@ def test_generation_defaults_to_the_runs_training_context(tmp_path, capsys):
 
     import numpy as np
 
-    from resforce.cli import main
+    from resforce.cli.main import main
     from tiny import tiny
 
     run = tmp_path / "tf"
@@ -126,8 +126,8 @@ def test_generation_defaults_to_the_runs_training_context(tmp_path, capsys):
 def test_generation_defaults_to_the_last_stage_attention(tmp_path):
     """A routed recipe generates with its routing (no flag needed); a window+sink recipe keeps
     its sink when the context rolls; dense recipes keep no sink."""
-    from resforce.sampling import SampleOverrides, generate
-    from resforce.cli import main
+    from resforce.generation.generate import SampleOverrides, generate
+    from resforce.cli.main import main
     from tiny import tiny
 
     run = tmp_path / "routed"

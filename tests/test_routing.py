@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from resforce.model import build_model
-from resforce.model.attention import CachedLayout, two_stream_chunk_mask
+from resforce.model.attention.layouts import CachedLayout, two_stream_chunk_mask
 from resforce.model.cache import KVCache
-from resforce.model.routing import (AttentionPolicy, HistoryAttentionConfig, RoutedCachedLayout,
+from resforce.model.attention import (AttentionPolicy, HistoryAttentionConfig, RoutedCachedLayout,
                                     RouterRecorder, merge_routes, naive_block_causal_layout,
                                     naive_two_stream_layout, routed_reference)
 from resforce.rollout import SampleConfig, rollout
-from resforce.router_plot import plot_router_selections
+from resforce.evaluation.router_plot import plot_router_selections
 
 N, FPC, H, W = 4, 2, 8, 8
 
@@ -280,7 +280,7 @@ def test_routed_two_stream_equals_routed_kv_cache(randomize, cfg):
 
 def test_routed_parity_breaks_if_selection_is_wrong(randomize, monkeypatch):
     """The parity is real: if training picked the k *lowest*-scoring chunks, it would differ."""
-    from resforce.model.routing_grouped import GroupedRoutedLayout
+    from resforce.model.attention.routing_grouped import GroupedRoutedLayout
 
     cfg = topk(1)
     model = make(randomize)

@@ -10,10 +10,10 @@ from largest_output import LargestOutput
 from resforce.flow import TimestepSampler
 from resforce.loss import flow_matching_loss
 from resforce.model import build_model
-from resforce.model.routing import (AttentionPolicy, HistoryAttentionConfig, RoutedCachedLayout,
+from resforce.model.attention import (AttentionPolicy, HistoryAttentionConfig, RoutedCachedLayout,
                                     naive_block_causal_layout, naive_two_stream_layout, routed_block_causal_layout,
                                     routed_reference, routed_two_stream_layout)
-from resforce.model.varlen_attention import block_attention_lse, varlen_attention_lse
+from resforce.model.attention.varlen import block_attention_lse, varlen_attention_lse
 
 CFGS = {"top1": HistoryAttentionConfig(mode="topk", topk=1), "top2": HistoryAttentionConfig(mode="topk", topk=2),
         "window2_sink1": HistoryAttentionConfig(mode="window", window=2, sink=1)}

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from resforce.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint
-from resforce.cli import main
+from resforce.training.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint
+from resforce.cli.main import main
 from resforce.config import load_config
-from resforce.runlock import RunLock, RunLocked
-from resforce.train import Trainer, train
+from resforce.training.runlock import RunLock, RunLocked
+from resforce.training.loop import Trainer, train
 from tiny import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def cfg(run, *extra):
 
 def holder(lock_dir: Path):
     """Another process holding the run lock (it prints its PID once it holds it)."""
-    code = ("import sys, time; from resforce.runlock import RunLock; "
+    code = ("import sys, time; from resforce.training.runlock import RunLock; "
             f"lk = RunLock({str(lock_dir)!r}).acquire(); print('held', flush=True); time.sleep(60)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                          env={"PYTHONPATH": str(ROOT / "src")})

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from resforce.cli import main
-from resforce.data.worlds import BouncingBalls, BouncingBallsConfig
-from resforce.video_io import save_video
+from resforce.cli.main import main
+from resforce.worlds.bouncing_balls.simulator import BouncingBalls, BouncingBallsConfig
+from resforce.io.video_io import save_video
 
 FRAMES, PREFIX = 24, 2
 

@@ -1,4 +1,4 @@
-"""The closed-form step arithmetic (resforce.step_arithmetic, the numbers of docs/wan.md)
+"""The closed-form step arithmetic (resforce.training.step_arithmetic, the numbers of docs/wan.md)
 against the model itself: its parameter count, the two-stream mask, and torch's FLOP counter
 on a real two-stream forward and a real self-resampling pass."""
 
@@ -9,9 +9,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from resforce.history import autoregressive_resample
 from resforce.model import build_model
-from resforce.model.attention import expand_chunk_mask, two_stream_chunk_mask
+from resforce.model.attention.layouts import expand_chunk_mask, two_stream_chunk_mask
 from resforce.model.dit import PRESETS, DiTConfig
-from resforce.step_arithmetic import (chunks_for_seconds, clip_geometry, parameter_count, resampling_flops,
+from resforce.training.step_arithmetic import (chunks_for_seconds, clip_geometry, parameter_count, resampling_flops,
                                       state_bytes, step_flops, training_forward_flops, two_stream_pairs)
 
 SHAPES = dict(num_layers=2, text_dim=8, ffn_dim=40)

@@ -59,13 +59,13 @@ class TextStream:
 def test_a_text_model_trains_two_steps_on_a_world_without_text(tmp_path, strategy):
     """TF then RF (self- or parallel resampling): no error, the empty-prompt warning once,
     finite losses, cross-attention weights that moved; generation uses the same stand-in."""
-    from resforce.checkpoint import latest_checkpoint, load_checkpoint, load_model
-    from resforce.model.attention_policy import AttentionPolicy
+    from resforce.training.checkpoint import latest_checkpoint, load_checkpoint, load_model
+    from resforce.model.attention.policy import AttentionPolicy
     from resforce.model.dit import build_model
     from resforce.rollout import rollout
-    from resforce.sampling import SampleOverrides, generate
+    from resforce.generation.generate import SampleOverrides, generate
     from resforce.text_context import empty_prompt
-    from resforce.train import train
+    from resforce.training.loop import train
 
     cfg = text_cfg(tmp_path / "r", f"stages.1.history.strategy={strategy}")
     with pytest.warns(UserWarning, match=r"empty-prompt stand-in, zeros of \(text.text_len=3, 8\)") as w:
@@ -89,8 +89,8 @@ def test_the_data_context_reaches_the_history_and_the_loss(tmp_path, monkeypatch
     """A stream whose batches carry a context: build_history gets exactly that tensor; another
     context changes the loss (teacher forcing: through the loss's own pass alone, the history
     being the clean clip) and the resampled history; the same context changes nothing."""
-    import resforce.train as train_mod
-    from resforce.train import Trainer
+    import resforce.training.loop as train_mod
+    from resforce.training.loop import Trainer
 
     seen = []
     real = train_mod.build_history

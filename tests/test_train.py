@@ -4,9 +4,9 @@ import json
 
 import torch
 
-from resforce.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint
+from resforce.training.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint
 from resforce.config import load_config
-from resforce.train import Trainer, learning_rate, stage_at, train
+from resforce.training.loop import Trainer, learning_rate, stage_at, train
 from tiny import tiny
 
 RECIPE = "configs/bb_resampling.yaml"
@@ -101,7 +101,7 @@ def test_activation_checkpointing_applied_from_outside(tmp_path, randomize):
     trains to the same weights."""
     import copy
 
-    from resforce import parallel
+    from resforce.training import distributed as parallel
     from resforce.model import build_model
 
     plain = randomize(build_model(preset="test", patch_size=(1, 4, 4))).train()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import resforce.video_io as video_io
-from resforce.video_io import load_video, make_grid, save_grid_video, save_video
+import resforce.io.video_io as video_io
+from resforce.io.video_io import load_video, make_grid, save_grid_video, save_video
 
 
 def smooth_video(frames=10, height=32, width=32, hold=None):
@@ -174,7 +174,7 @@ def test_save_grid_video(tmp_path):
 def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     import os
 
-    from resforce.fileio import write_text_atomic
+    from resforce.io.fileio import write_text_atomic
 
     mask = os.umask(0o022)
     try:

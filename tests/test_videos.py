@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from resforce.data.videos import VideoFileError, VideoFolder, VideoFolderConfig
-from resforce.video_io import save_video
+from resforce.worlds.video_folder.reader import VideoFileError, VideoFolder, VideoFolderConfig
+from resforce.io.video_io import save_video
 
 
 def counter_video(frames, height=32, width=32):

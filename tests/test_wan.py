@@ -10,9 +10,9 @@ diffusers = pytest.importorskip(
 from diffusers import WanTransformer3DModel  # noqa: E402
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor  # noqa: E402
 
-from resforce.model.attention import block_causal_chunk_mask, expand_chunk_mask  # noqa: E402
+from resforce.model.attention.layouts import block_causal_chunk_mask, expand_chunk_mask  # noqa: E402
 from resforce.model.cache import KVCache  # noqa: E402
-from resforce.wan import (WanConversionError, config_from_diffusers,  # noqa: E402
+from resforce.wan.transformer import (WanConversionError, config_from_diffusers,  # noqa: E402
                           convert_state_dict, load_wan)
 
 B, C, F, H, W = 2, 4, 4, 8, 8

@@ -46,7 +46,7 @@ def wan_config(tmp: Path, wan: Path, run: str, *extra):
 
 
 def converted(wan: Path, cfg) -> dict:
-    from resforce.wan import read_wan_state_dict
+    from resforce.wan.transformer import read_wan_state_dict
     return read_wan_state_dict(wan, cfg.model)
 
 
@@ -82,7 +82,7 @@ def test_trainer_starts_from_wan_weights_without_building_a_random_model(tmp_pat
     """Step-0 model and EMA are the converted Wan weights, exactly; every CausalVideoDiT the
     trainer builds is on the meta device (no random init, nothing held twice); a step trains."""
     from resforce.model.dit import CausalVideoDiT
-    from resforce.train import Trainer
+    from resforce.training.loop import Trainer
 
     wan = write_wan(tmp_path / "wan")
     cfg = wan_config(tmp_path, wan, "r")
@@ -112,8 +112,8 @@ def test_init_from_a_wan_folder_in_the_cli_then_resume_without_its_weights(tmp_p
     """`resforce train --init-from WAN_DIR` starts from Wan (as init.wan); the same command
     again resumes from the run's own checkpoint: only the folder's config.json is read (the
     model's shape), not its weights."""
-    from resforce.checkpoint import latest_checkpoint, load_checkpoint
-    from resforce.cli import main
+    from resforce.training.checkpoint import latest_checkpoint, load_checkpoint
+    from resforce.cli.main import main
     from resforce.config import config_from_yaml
 
     wan = write_wan(tmp_path / "wan")
@@ -134,7 +134,7 @@ def test_init_from_a_wan_folder_in_the_cli_then_resume_without_its_weights(tmp_p
 
 
 def test_two_starting_points_are_refused(tmp_path):
-    from resforce.train import Trainer
+    from resforce.training.loop import Trainer
 
     wan = write_wan(tmp_path / "wan")
     with pytest.raises(ValueError, match="set init.wan="):
@@ -151,7 +151,13 @@ def _driver(out: str) -> None:
     save, resume; spies count who reads the Wan folder and the checkpoint."""
     from torch.distributed.tensor import DTensor
 
-    from resforce import checkpoint, parallel, train, wan as wan_mod
+    from resforce.training import checkpoint
+
+    from resforce.training import distributed as parallel
+
+    from resforce.training import loop as train
+
+    from resforce.wan import transformer as wan_mod
     from resforce.config import config_from_yaml
 
     out = Path(out)
@@ -201,7 +207,7 @@ def test_fsdp_starts_sharded_from_wan_and_resumes_from_rank0(tmp_path):
     """2 ranks, fsdp: the model and EMA are sharded from the start and equal the Wan weights
     when gathered; only rank 0 reads the Wan folder and, on resume, the checkpoint; the
     optimizer moments come back as each rank's shards, equal to the checkpoint's."""
-    from resforce.checkpoint import latest_checkpoint, load_checkpoint
+    from resforce.training.checkpoint import latest_checkpoint, load_checkpoint
     from resforce.config import to_yaml
 
     wan = write_wan(tmp_path / "wan")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from resforce.data.worlds import (
+from resforce.worlds.bouncing_balls.simulator import (
     BouncingBalls,
     BouncingBallsConfig,
     reflect,
@@ -202,8 +202,8 @@ def test_a_new_world_is_one_class_and_one_registry_entry(tmp_path, monkeypatch):
 
     from resforce import worlds
     from resforce.config import ConfigError, load_config
-    from resforce.evaluation import score_videos
-    from resforce.train import train
+    from resforce.evaluation.evaluate import score_videos
+    from resforce.training.loop import train
     from tiny import tiny
 
     class Stripes(worlds.World):

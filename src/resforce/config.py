@@ -14,19 +14,19 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .data.agent_balls import AgentBallsConfig
-from .data.videos import VideoFolderConfig
-from .data.worlds import BouncingBallsConfig
-from .flow import TimestepSampler
-from .history import HistoryConfig
-from .model.dit import PRESETS, DiTConfig
-from .model.history_attention_config import HistoryAttentionConfig
-from .precision import PRECISIONS
-from .parallel import checkpoint_mode
-from .rollout import SampleConfig
-from .text_context import TextConfig
-from .worlds import WORLDS, known_kinds, world_of
-from .worlds.latents import LatentsConfig
+from resforce.worlds.agent_balls.simulator import AgentBallsConfig
+from resforce.worlds.video_folder.reader import VideoFolderConfig
+from resforce.worlds.bouncing_balls.simulator import BouncingBallsConfig
+from resforce.flow import TimestepSampler
+from resforce.history import HistoryConfig
+from resforce.model.dit import PRESETS, DiTConfig
+from resforce.model.attention.config import HistoryAttentionConfig
+from resforce.device import PRECISIONS
+from resforce.training.distributed import checkpoint_mode
+from resforce.rollout import SampleConfig
+from resforce.text_context import TextConfig
+from resforce.worlds import WORLDS, known_kinds, world_of
+from resforce.worlds.latents.world import LatentsConfig
 
 
 class ConfigError(ValueError):
@@ -95,7 +95,7 @@ class StageConfig:
     stream. false: detached history: the noisy stream attends to history keys/values computed
     without gradient (self-resampling's own KV cache, or one no-grad block-causal pass for the
     other strategies) and only the noisy stream runs with autograd; same loss value, about
-    half the trained tokens (resforce.detached_history)."""
+    half the trained tokens (resforce.training.detached_history)."""
 
 
 @dataclass
@@ -143,10 +143,10 @@ class TrainConfig:
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."""
     precision: str = "fp32"
     """'fp32', or 'bf16': the model's forward passes (training, self-resampling, generation on
-    CUDA) run under bf16 autocast with float32 master weights and optimizer (resforce.precision).
+    CUDA) run under bf16 autocast with float32 master weights and optimizer (resforce.device).
     For CUDA: on the CPU bf16 autocast measured ~29x slower (a warning says so)."""
     parallel: str = "auto"
-    """Multi-process data parallelism (resforce.parallel): 'auto' (ddp when launched by
+    """Multi-process data parallelism (resforce.training.distributed): 'auto' (ddp when launched by
     torchrun with WORLD_SIZE > 1, else none), 'none', 'ddp' or 'fsdp' (FSDP2, per block).
     optim.batch_size is the global batch, split evenly across the ranks."""
     log_every: int = 10
@@ -315,7 +315,7 @@ def _wan_fields(wan: str) -> dict:
     """The model fields of a Wan folder's config.json (ConfigError naming init.wan if unreadable)."""
     import dataclasses
 
-    from .wan import WanConversionError, config_from_diffusers, read_wan_config
+    from resforce.wan.transformer import WanConversionError, config_from_diffusers, read_wan_config
     try:
         folder, cfg_dict = read_wan_config(wan)
         fields = dataclasses.asdict(config_from_diffusers(cfg_dict))

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import parallel
-from .flow import add_noise, euler_integrate, shift_timesteps, truncated_schedule
-from .rollout import chunk_step
+from resforce.training import distributed as parallel
+from resforce.flow import add_noise, euler_integrate, shift_timesteps, truncated_schedule
+from resforce.rollout import chunk_step
 
 STRATEGIES = ("teacher", "noise_aug", "diffusion_forcing", "parallel_resampling", "resampling")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .flow import TimestepSampler, add_noise, per_frame, velocity_target
+from resforce.flow import TimestepSampler, add_noise, per_frame, velocity_target
 
 
 def flow_matching_loss(model, clean: torch.Tensor, history: torch.Tensor, t_history: torch.Tensor,

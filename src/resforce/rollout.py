@@ -20,15 +20,15 @@ from typing import Callable, Optional
 
 import torch
 
-from .flow import (EulerSchedule, add_noise, euler_grid, euler_integrate, euler_sample, grid_schedule,
+from resforce.flow import (EulerSchedule, add_noise, euler_grid, euler_integrate, euler_sample, grid_schedule,
                    guided)
-from .precision import autocast
-from .model.attention_policy import AttentionPolicy, cached_layout
-from .model.history_attention_config import HistoryAttentionConfig
-from .model.dit import CausalVideoDiT
-from .actions import null_actions
-from .model.action_embedding import null_actions_for
-from .text_context import check_context
+from resforce.device import autocast
+from resforce.model.attention.policy import AttentionPolicy, cached_layout
+from resforce.model.attention.config import HistoryAttentionConfig
+from resforce.model.dit import CausalVideoDiT
+from resforce.actions import null_actions
+from resforce.model.action_embedding import null_actions_for
+from resforce.text_context import check_context
 
 
 

@@ -31,11 +31,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .action_embedding import ACTION_KINDS, ActionEmbedder, null_actions_for
-from .attention import CachedLayout, Layout, block_causal_layout, check_backend, two_stream_layout
-from .cache import KVCache
-from .detached_layout import CacheWritingLayout, DetachedLayout
-from .rope import RopeTables, apply_rope
+from resforce.model.action_embedding import ACTION_KINDS, ActionEmbedder, null_actions_for
+from resforce.model.attention.layouts import CachedLayout, Layout, block_causal_layout, check_backend, two_stream_layout
+from resforce.model.cache import KVCache
+from resforce.model.attention.detached import CacheWritingLayout, DetachedLayout
+from resforce.model.rope import RopeTables, apply_rope
 
 
 @dataclass

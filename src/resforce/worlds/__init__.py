@@ -5,11 +5,11 @@ A new world is one module with a World subclass plus one entry in WORLDS.
 
 from __future__ import annotations
 
-from .base import EVAL_SEED_OFFSET, DataStream, World
-from .agent_balls import AgentBallsWorld
-from .bouncing_balls import BouncingBallsWorld
-from .latents import LatentsWorld
-from .video_folder import VideoFolderWorld
+from resforce.worlds.base import EVAL_SEED_OFFSET, DataStream, World
+from resforce.worlds.agent_balls.world import AgentBallsWorld
+from resforce.worlds.bouncing_balls.world import BouncingBallsWorld
+from resforce.worlds.latents.world import LatentsWorld
+from resforce.worlds.video_folder.world import VideoFolderWorld
 
 WORLDS: dict[str, type[World]] = {w.kind: w for w in (BouncingBallsWorld, VideoFolderWorld, LatentsWorld,
                                                           AgentBallsWorld)}

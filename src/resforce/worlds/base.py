@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..video_metrics import DRIFT_DEFINITION, evaluate_generic
+from resforce.metrics.video import DRIFT_DEFINITION, evaluate_generic
 
 EVAL_SEED_OFFSET = 1_000_003
 """Evaluation clips come from a world seed far from the training stream's."""
@@ -48,7 +48,7 @@ class World:
     """What the summary score of the tables means (printed under them)."""
     verdict_metrics: dict[str, tuple[str, str]] = {}
     """metric -> (what the better method does, what the number is): the paired verdict of
-    a comparison (resforce.verdict) uses the first one both runs have; none: no verdict."""
+    a comparison (resforce.evaluation.verdict) uses the first one both runs have; none: no verdict."""
     title: str = "videos"
     """What the world's clips are, in messages."""
     scores_files: bool = False
@@ -58,7 +58,7 @@ class World:
     @property
     def action_space(self):
         """What actions the world's clips carry (resforce.actions.ActionSpace; kind 'none': none)."""
-        from ..actions import NO_ACTIONS
+        from resforce.actions import NO_ACTIONS
 
         return NO_ACTIONS
 

@@ -1,0 +1,180 @@
+"""`resforce score`: score any video files with a world's metrics, on the scale of `resforce eval`.
+
+Other tools' outputs (or videos from elsewhere) get the same per-frame metrics, segment table
+and JSON as a run's rollouts. Without world states, the world's reference (what must be
+conserved) is read off the first ``--prefix-frames`` frames (the given frames of a rollout).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from resforce.cli.args import add_frechet_arg
+from resforce.worlds import scoring_worlds, world_of
+
+
+def load_video_array(path: Path) -> np.ndarray:
+    """A video file as float32 (M, C, F, H, W) in [-1, 1].
+
+    .npy: (C,F,H,W) / (F,H,W,C) or a batch (M,C,F,H,W) / (M,F,H,W,C), float in [-1, 1] or
+    uint8; other formats are decoded by :func:`resforce.io.video_io.load_video`.
+    """
+    from resforce.io.video_io import load_video
+
+    if path.suffix.lower() != ".npy":
+        return load_video(path).numpy()[None]
+    a = np.load(path, allow_pickle=False)  # never unpickle what a user hands us
+    if a.ndim not in (4, 5):
+        raise ValueError(f"{path}: expected a video (C,F,H,W) or (F,H,W,C), or a batch of them; got shape {a.shape}")
+    if a.ndim == 4:
+        a = a[None]
+    if a.shape[1] not in (1, 3) and a.shape[-1] in (1, 3):
+        a = np.moveaxis(a, -1, 1)  # (M,F,H,W,C) -> (M,C,F,H,W)
+    if a.shape[1] not in (1, 3):
+        raise ValueError(f"{path}: no channel axis of size 1 or 3 first or last in shape {a.shape}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 127.5 - 1.0
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{path}: expected float values in [-1, 1] or uint8, got dtype {a.dtype}")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all() or a.min() < -1.01 or a.max() > 1.01:
+        raise ValueError(f"{path}: float videos must hold values in [-1, 1], got [{np.nanmin(a):.3g}, {np.nanmax(a):.3g}]")
+    return np.clip(a, -1.0, 1.0)
+
+
+def to_world_resolution(v: np.ndarray, resolution: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """Undo an integer nearest-neighbour upscale (how `resforce generate` writes .mp4/.gif):
+    frames k times the world's (H, W) are block-averaged back to it, so sizes and speeds in px
+    mean what they mean in the world. Returns the video and a note (empty if unchanged)."""
+    (h, w), (rh, rw) = v.shape[-2:], resolution
+    if (h, w) == (rh, rw) or h % rh or w % rw or h // rh != w // rw:
+        return v, ""
+    k = h // rh
+    small = v.reshape(*v.shape[:-2], rh, k, rw, k).mean(axis=(-3, -1))
+    return small, f"frames of {h}x{w} px = {k} x the world's {_px(resolution)} px: block-averaged to {rh}x{rw}"
+
+
+def _px(resolution: tuple[int, int]) -> str:
+    rh, rw = resolution
+    return str(rh) if rh == rw else f"{rh}x{rw}"
+
+
+def _world_config(args):
+    from resforce.config import TrainConfig, load_config
+
+    if args.world not in scoring_worlds():
+        raise ValueError(f"--world {args.world!r} is not a known world; known: {', '.join(scoring_worlds())}")
+    if args.config is None:
+        cfg = TrainConfig()
+        cfg.data.kind = args.world
+        return cfg, False
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f"--config {args.config}: no such file (give a run's config.yaml)")
+    cfg = load_config(args.config)
+    if cfg.data.kind != args.world:
+        raise ValueError(f"--config {args.config}: data.kind is {cfg.data.kind!r}, not --world {args.world!r}")
+    return cfg, True
+
+
+def score_files(paths: list[Path], cfg, prefix_frames: int = 2, segment_len: int | None = None,
+                train_frames: int | None = None, frechet_reference: int | None = None, name: str | None = None):
+    """Score video files as the samples of one evaluation (:class:`resforce.evaluation.evaluate.Evaluation`).
+
+    Every file must have the same frames and size once at the world's resolution. Returns the
+    evaluation and notes on what was done to the input.
+    """
+    import torch
+
+    from resforce.evaluation import evaluate as E
+    from resforce.generation.generate import Generated
+    from resforce.metrics.stats import segment_table
+
+    world = world_of(cfg.data)
+    res = world.resolution
+    frechet_reference = E.FRECHET_REFERENCE_CLIPS if frechet_reference is None else frechet_reference
+    E._check_frechet_reference(frechet_reference)
+    if prefix_frames < 1:
+        raise ValueError(f"--prefix-frames must be >= 1 (the given frames: the reference of the world's metrics), "
+                         f"got {prefix_frames}")
+    for p in paths:  # every file checked before any is decoded
+        if not p.is_file():
+            raise FileNotFoundError(f"video file not found: {p}")
+    videos, notes = [], []
+    for p in paths:
+        v, note = to_world_resolution(load_video_array(p), res)
+        if v.shape[1] != world.channels:
+            raise ValueError(f"{p}: {world.title} are scored with {world.channels} channels; got {v.shape[1]} channel(s)")
+        if videos and v.shape[1:] != videos[0][1].shape[1:]:
+            raise ValueError(f"{p} has (C,F,H,W) = {v.shape[1:]} but {videos[0][0]} has {videos[0][1].shape[1:]}: "
+                             "score videos of the same length and size together")
+        videos.append((p, v))
+        if note:
+            notes.append(f"{p.name}: {note}")
+    batch = np.concatenate([v for _, v in videos])
+    frames = batch.shape[2]
+    if prefix_frames >= frames:
+        raise ValueError(f"--prefix-frames {prefix_frames} must be fewer than the video's {frames} frames")
+    if segment_len is not None and segment_len > frames:
+        raise ValueError(f"--segment {segment_len} is longer than the video ({frames} frames)")
+    seg = segment_len or min(train_frames or frames, frames)
+    per_frame = E.score_videos(batch, cfg, ref_frames=prefix_frames)
+    rows = segment_table(per_frame, seg, train_len=train_frames)
+    info = {}
+    if frechet_reference and batch.shape[-2:] == res:
+        # floor: as many independent ground-truth clips as videos scored, of the same length
+        floor, _ = _floor_clips(cfg, batch.shape[0], frames)
+        info = E.add_frechet(rows, batch, cfg, seg, frechet_reference, floor=floor)
+    elif frechet_reference:
+        notes.append(f"no Frechet distance: frames are {_px(batch.shape[-2:])} px, the world's are {_px(res)} px")
+    g = Generated(torch.from_numpy(batch), prefix_frames, train_frames, None, None, cfg)
+    ev = E.Evaluation(name or paths[0].stem, g, per_frame, rows, seg, info)
+    return ev, notes
+
+
+FLOOR_SEED = 7_654_322
+"""World seed of the ground-truth clips that stand in for the scored videos in the floor."""
+
+
+def _floor_clips(cfg, clips: int, frames: int):
+    from resforce.generation.generate import world_clips
+
+    return world_clips(cfg, clips, frames, FLOOR_SEED)
+
+
+def cmd_score(args) -> None:
+    from resforce.evaluation.evaluate import frechet_line, save_json, table_metrics
+    from resforce.metrics.stats import format_table
+
+    cfg, from_run = _world_config(args)
+    train = max(s.clip_chunks for s in cfg.stages) * cfg.model.frames_per_chunk if from_run else None
+    paths = [Path(p) for p in args.videos]
+    ev, notes = score_files(paths, cfg, args.prefix_frames, args.segment, train, args.frechet_reference)
+    s = ev.summary()
+    print(f"scored {s['samples']} video(s) of {s['frames']} frames with the {args.world} metrics "
+          f"({'world of ' + args.config if from_run else 'default world config'}); "
+          f"{ev.world.reference_note(args.prefix_frames)}" + ("; * = beyond the run's training length" if train else ""))
+    for note in notes:
+        print(f"note: {note}")
+    print(format_table(ev.rows, table_metrics(ev)))
+    if frechet_line(ev):
+        print(frechet_line(ev))
+    print(ev.world.summary_definition.split(". ")[0] + ".")
+    if args.json:
+        print(f"wrote {save_json(ev, args.json, extra={'files': [str(p) for p in paths], 'world': args.world, 'notes': notes})}")
+
+
+def add_command(sub) -> None:
+    s = sub.add_parser("score", help="score video files (.npy/.mp4/.gif) with a world's metrics, like eval")
+    s.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, scored as the samples of one table")
+    s.add_argument("--world", required=True, help=f"the world whose metrics apply: {', '.join(scoring_worlds())}")
+    s.add_argument("--prefix-frames", type=int, default=2,
+                   help="the first K frames are the given ones: the reference of the world's metrics (default 2)")
+    s.add_argument("--config", default=None,
+                   help="a run's config.yaml: its world (data.<kind>: e.g. palette, background, resolution) "
+                        "and training length; default: the default world config")
+    s.add_argument("--segment", type=int, default=None, help="frames per table segment (default: training length)")
+    s.add_argument("--json", default=None, help="also write the metrics here (like eval --json)")
+    add_frechet_arg(s)
+    s.set_defaults(func=cmd_score)

@@ -1,0 +1,169 @@
+"""Generation from a trained run: load the model, pick the prefix, roll out, with progress.
+
+Shared by `resforce generate`, `eval`, `compare` and `demo`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+from tqdm import tqdm
+
+from resforce.actions import actions_of
+from resforce.training.checkpoint import load_model
+from resforce.io.checks import check_counts, check_finite_output, check_prefix_fits, check_video_values
+from resforce.model.attention.policy import AttentionPolicy
+from resforce.model.attention.config import HistoryAttentionConfig
+from resforce.model.attention.router_stats import RouterRecorder
+from resforce.training.distributed import resolve_device
+from resforce.device import enable_tf32
+from resforce.rollout import SampleConfig, rollout
+from resforce.text_context import PromptOptions, empty_prompt
+from resforce.worlds import world_of
+
+@dataclass
+class Generated:
+    videos: torch.Tensor
+    """(B, C, F, H, W) in [-1, 1]: prefix frames followed by generated ones."""
+    prefix_frames: int
+    train_frames: int
+    """Frames of the longest training clip of the run (to mark the training length)."""
+    ground_truth: torch.Tensor | None
+    """(B, C, F, H, W) ground truth of the world for the same clips, or None (a world
+    without ground truth)."""
+    states: object | None
+    """World states of the ground truth clips (whatever the world keeps), or None."""
+    config: object
+    recorder: RouterRecorder | None = None
+    context: int = 0
+    """Chunks the model saw at once (own chunk included); 0 = all history (dense)."""
+    sink: int = 0
+    """First chunks kept in view for good when the context rolls (runs trained with a sink)."""
+    attention: HistoryAttentionConfig | None = None
+    """Which history chunks each query attended to in the rollout (dense, top-k, window)."""
+
+
+def world_clips(cfg, batch: int, frames: int, seed: int):
+    """(videos, states): ground-truth clips of the run's world from evaluation seed `seed` (not
+    the training stream), or (None, None) where the world has no ground truth."""
+    return world_of(cfg.data).clips(batch, frames, seed)
+
+
+def training_context(cfg) -> int:
+    """Chunks a run's model saw at once in training: its longest training clip."""
+    return max(st.clip_chunks for st in cfg.stages)
+
+
+@dataclass
+class SampleOverrides:
+    """Changes to a run's `sample` config (rollout.SampleConfig) for one generation; None keeps
+    the run's value."""
+
+    chunks: int | None = None
+    """Chunks to generate after the prefix."""
+    seed: int | None = None
+    """Seed of the initial noise (and of the world's evaluation clips)."""
+    steps: int | None = None
+    """Euler steps per chunk."""
+    shift: float | None = None
+    """Shift of the Euler grid."""
+    cfg_scale: float | None = None
+    """Classifier-free guidance scale."""
+    history_noise: float | None = None
+    """Re-noise cached history to this level."""
+    context: int | None = None
+    """Chunks seen at once (own chunk included; the KV cache rolls past it); None = the run's
+    `sample.context`, which defaults to its training context; 0 = all history (dense,
+    context extrapolation)."""
+
+    def apply(self, s: SampleConfig) -> SampleConfig:
+        """The run's sample config with these overrides."""
+        return dataclasses.replace(s, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+
+
+def generate(path, sample: SampleOverrides | None = None, attention: HistoryAttentionConfig | None = None, *,
+             batch: int = 1, prefix: torch.Tensor | None = None, prefix_chunks: int = 0,
+             device: str = "auto", prefer_ema: bool = True, record_router: bool = False,
+             progress: bool = True, with_ground_truth: bool = False,
+             context: torch.Tensor | None = None, uncond_context: torch.Tensor | None = None,
+             prompt: PromptOptions | None = None, vae: str | None = None,
+             actions: torch.Tensor | None = None) -> Generated:
+    """Roll out a run's model with its `sample` config changed by `sample`. attention: None =
+    the history attention of the run's last training stage (dense, top-k routing or a window).
+    context / uncond_context: text embeddings (batch or 1, tokens, text_dim) of the prompt and
+    of the unconditional branch (guidance) for a model with cross-attention; None: the
+    empty-prompt stand-in the trainer uses (text_context.empty_prompt). prompt: prompts the
+    run's world encodes (a world with a text encoder; its empty prompt when not given). A world
+    whose model makes latents decodes each chunk to pixels as it is finished (its streaming
+    decoder; `vae` overrides its weights folder): `videos` are pixels either way. actions: per-frame
+    actions of the whole video (prefix included) for an action model; None: the actions of
+    the world's ground-truth clips where it has them (so rollouts are scored against what
+    they were commanded), else the null action."""
+    sample = sample or SampleOverrides()
+    check_counts(SimpleNamespace(batch=batch, chunks=sample.chunks, steps=sample.steps, prefix_chunks=prefix_chunks))
+    dev = resolve_device(device)
+    model, cfg = load_model(path, dev, prefer_ema)
+    s = sample.apply(cfg.sample)
+    trained = cfg.stages[-1].attention
+    if s.context is None:
+        s = dataclasses.replace(s, context=training_context(cfg))
+    if s.context and s.sink == 0 and trained.mode == "window" and trained.sink > 0:
+        s = dataclasses.replace(s, sink=trained.sink)  # a sink only where training had one
+    s.cache_chunks()  # validates context and sink before any work
+    fpc = model.config.frames_per_chunk
+    world = world_of(cfg.data)
+    res = world.resolution
+    decoder = world.pixel_decoder(vae, dev)
+    if decoder is not None and (prefix is not None or prefix_chunks):
+        raise ValueError(f"--prefix / --prefix-chunks: a data.kind={cfg.data.kind} run generates from its prompt "
+                         f"only (a pixel prefix would need encoding to latents: not supported)")
+    texts = world.text_contexts(prompt or PromptOptions(), dev)
+    if texts is not None and context is None:
+        context, uncond_context = texts[0], texts[1] if uncond_context is None else uncond_context
+    gt = states = None
+    if prefix is None and (prefix_chunks or with_ground_truth):
+        gt, states = world_clips(cfg, batch, (prefix_chunks + s.chunks) * fpc, s.seed)
+        if gt is None and prefix_chunks:
+            raise ValueError("--prefix-chunks needs a run trained on the built-in world; pass --prefix FILE")
+        prefix = gt[:, :, :prefix_chunks * fpc] if prefix_chunks else None
+    if prefix is not None:
+        check_video_values(prefix, "prefix")
+        check_prefix_fits(prefix, model.config.in_channels, res)
+        if prefix.ndim == 4:
+            prefix = prefix[None].expand(batch, -1, -1, -1, -1)
+    recorder = RouterRecorder() if record_router else None
+    attention = attention or trained  # default: what the run's last stage trained with
+    policy = AttentionPolicy(attention, recorder)
+    if model.config.text_dim > 0:  # no prompt: what training used without text
+        empty = empty_prompt(model.config.text_dim, cfg.text.text_len, 1, dev)
+        context = empty if context is None else context
+        uncond_context = empty if uncond_context is None else uncond_context
+    bar = tqdm(total=s.chunks, desc="generate", disable=not progress, dynamic_ncols=True)
+    enable_tf32(dev)
+    # the run's precision on CUDA; on the CPU fp32 (bf16 autocast is ~29x slower there, and the
+    # checkpoint holds the fp32 master weights)
+    prec = cfg.precision if dev.type == "cuda" else "fp32"
+    if actions is None and model.config.action_kind != "none" and states is not None:
+        actions = actions_of(states)[:, :(prefix_chunks + s.chunks) * fpc]
+    pixels = []
+
+    def finished(i, chunk):  # a latent world's chunks become pixels as they come: nothing re-decoded
+        if decoder is not None:
+            pixels.append(decoder.decode(chunk).cpu())
+        bar.update(1)
+
+    videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, attention=policy, context=context,
+                     uncond_context=uncond_context, callback=finished, device=dev,
+                     precision=prec, return_video=decoder is None, actions=actions)
+    bar.close()
+    videos = videos if decoder is None else torch.cat(pixels, dim=2)
+    check_finite_output(videos, path)
+    train_frames = training_context(cfg) * fpc
+    if decoder is not None:
+        train_frames = decoder.video_frames(train_frames)
+    n_prefix = 0 if prefix is None else prefix.shape[2]
+    return Generated(videos.clamp(-1, 1).cpu(), n_prefix, train_frames, gt, states, cfg, recorder,
+                     context=s.context, sink=s.sink, attention=attention)

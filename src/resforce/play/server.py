@@ -1,0 +1,296 @@
+"""`resforce play`'s web server: a page on 127.0.0.1 that streams frames while keys steer.
+
+Starlette (routing, static files, WebSockets) on uvicorn: a well-kept ASGI stack, so the
+server is a page, a script and one WebSocket handler, with no HTTP or WebSocket framing of
+our own. The page (assets/play/) sends what the player does as small JSON messages; the
+server sends each frame as one binary message: HEADER (episode, frame index, the action the
+frame was made with (-1: a reset frame), the last input it reflects, the step's milliseconds)
+followed by H * W * 3 RGB bytes. At 16 x 16 px that is 788 bytes a frame: no image codec.
+
+One source, one player at a time. A model on two CPU cores makes frames as fast as it can
+for one player; a second session would halve both players' frame rates, and one shared
+episode steered from two tabs makes no sense. So a new connection takes over (a reloaded
+tab reconnects while the old socket lingers): the previous player is stopped after its
+current step and the new one starts from a reset. An asyncio.Lock makes the hand-over
+exact: the source is stepped by one player only, and memory stays that of one session.
+
+Model steps run in one worker thread, never on the event loop, so the page's key messages
+are read (and the socket kept alive) while a frame is being made; one thread, because a
+rollout's KV cache is state that must be stepped in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from resforce.play.sources import FrameSource, display_frames
+
+HEADER = struct.Struct("<IIiIf")
+"""episode, frame index in the episode, action (-1: reset frame), input seq, step ms."""
+RESET_ACTION = -1
+MAX_QUEUED_INPUTS = 8
+"""Inputs waiting for a frame; beyond this the oldest are dropped (bounded latency and memory)."""
+PAGE_DIR = Path(__file__).parent.parent / "assets" / "play"
+HOST = "127.0.0.1"
+
+
+class Controls:
+    """What the page asked for, read by the frame loop of one connection.
+
+    Every press is applied to at least one frame, in order (a tap shorter than a frame is not
+    lost); a held key keeps being applied until the page sends its release."""
+
+    def __init__(self, default_action: int) -> None:
+        self.held = default_action
+        self.inputs: deque[tuple[int, int]] = deque(maxlen=MAX_QUEUED_INPUTS)
+        self.seq = 0
+        """The last input the frames reflect (echoed in the header: the page measures latency)."""
+        self.reset_seed: int | None = None
+        self.paused = False
+        self.stopped = False
+        self.taken_over = False
+        self.wake = asyncio.Event()
+
+    def next_action(self) -> tuple[int, int]:
+        if self.inputs:
+            self.held, self.seq = self.inputs.popleft()
+        return self.held, self.seq
+
+    def stop(self, taken_over: bool = False) -> None:
+        self.stopped, self.taken_over = True, self.taken_over or taken_over
+        self.wake.set()
+
+
+def parse_message(text: str, space) -> dict:
+    """One message of the page, checked: {"type": "action", "action": name or index, "seq": n},
+    {"type": "reset", "seed": n} or {"type": "pause", "paused": bool}. ValueError otherwise."""
+    try:
+        msg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON: {e}") from None
+    kind = msg.get("type") if isinstance(msg, dict) else None
+    if kind == "action":
+        seq = msg.get("seq", 0)
+        if not isinstance(seq, int) or seq < 0:
+            raise ValueError(f"action message: seq must be an integer >= 0, got {seq!r}")
+        a = msg.get("action")
+        if not isinstance(a, (str, int)) or isinstance(a, bool) or (isinstance(a, int) and not 0 <= a < space.n):
+            raise ValueError(f"action message: action must be a name of {space.names} or an index in [0, {space.n}), got {a!r}")
+        return {"type": "action", "action": space.index(a), "seq": seq}
+    if kind == "reset":
+        seed = msg.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 32:
+            raise ValueError(f"reset message: seed must be an integer in [0, 2^32), got {seed!r}")
+        return {"type": "reset", "seed": seed}
+    if kind == "pause":
+        return {"type": "pause", "paused": bool(msg.get("paused"))}
+    raise ValueError(f"unknown message type {kind!r} (expected action, reset or pause)")
+
+
+class PlayServer:
+    """The shared source, its worker thread, and who is playing it."""
+
+    def __init__(self, source: FrameSource, seed: int = 0, fps: float = 15.0) -> None:
+        if fps < 0:
+            raise ValueError(f"--fps must be >= 0 (0: as fast as the source goes), got {fps}")
+        self.source, self.seed, self.fps = source, seed, fps
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resforce-play-step")
+        self.lock = asyncio.Lock()
+        self.current: Controls | None = None
+
+    async def _in_worker(self, fn, *args):
+        """fn(*args) in the worker thread -> (display frames, milliseconds it took)."""
+        def timed():
+            t0 = time.perf_counter()
+            frames = display_frames(fn(*args))
+            return frames, (time.perf_counter() - t0) * 1e3
+        return await asyncio.get_running_loop().run_in_executor(self.worker, timed)
+
+    def hello(self, frame) -> dict:
+        space = self.source.action_space
+        return {"type": "hello", "source": self.source.description, "height": int(frame.shape[0]),
+                "width": int(frame.shape[1]), "actions": list(space.names), "keys": dict(space.keys),
+                "default": int(space.default), "seed": self.seed, "fps": self.fps, "header": HEADER.format}
+
+    async def websocket(self, ws) -> None:
+        await ws.accept()
+        controls = Controls(self.source.action_space.default)
+        if self.current is not None:  # take over: the old player stops after its current step
+            self.current.stop(taken_over=True)
+        self.current = controls
+        async with self.lock:
+            if controls.stopped:  # a newer connection came while this one waited
+                await _close(ws, "another tab took over")
+                return
+            reader = asyncio.create_task(self._read(ws, controls))
+            try:
+                await self._play(ws, controls)
+            except _Gone:
+                pass
+            except Exception as e:  # the source failed (a model error): tell the page, log it, go on serving
+                traceback.print_exc()
+                await _close(ws, f"the frame source failed: {type(e).__name__}: {e}", code=1011)
+            finally:
+                reader.cancel()
+                if self.current is controls:
+                    self.current = None
+            if controls.taken_over:
+                await _close(ws, "another tab took over")
+
+    async def _read(self, ws, controls: Controls) -> None:
+        from starlette.websockets import WebSocketDisconnect
+
+        space = self.source.action_space
+        try:
+            while True:
+                try:
+                    msg = parse_message(await ws.receive_text(), space)
+                except ValueError as e:
+                    await ws.send_json({"type": "error", "message": str(e)})
+                    continue
+                if msg["type"] == "action":
+                    controls.inputs.append((msg["action"], msg["seq"]))
+                elif msg["type"] == "reset":
+                    controls.reset_seed = msg["seed"]
+                else:
+                    controls.paused = msg["paused"]
+                controls.wake.set()
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            controls.stop()  # the page is gone: the frame loop ends
+
+    async def _play(self, ws, controls: Controls) -> None:
+        loop = asyncio.get_running_loop()
+        episode, index, tick = 0, 0, loop.time()
+        frames, ms = await self._in_worker(self.source.reset, self.seed)
+        await _send(ws.send_json, self.hello(frames[0]))
+        action, seq = RESET_ACTION, 0
+        while True:
+            for f in frames:
+                await _send(ws.send_bytes, HEADER.pack(episode, index, action, seq, ms) + f.tobytes())
+                index += 1
+            tick = await self._pace(loop, tick)
+            while controls.paused and not controls.stopped and controls.reset_seed is None:
+                controls.wake.clear()
+                await controls.wake.wait()
+                tick = loop.time()
+            if controls.stopped:
+                return
+            if controls.reset_seed is not None:
+                self.seed, controls.reset_seed = controls.reset_seed, None
+                frames, ms = await self._in_worker(self.source.reset, self.seed)
+                episode, index, action, seq = episode + 1, 0, RESET_ACTION, controls.seq
+            else:
+                action, seq = controls.next_action()
+                frames, ms = await self._in_worker(self.source.step, action)
+
+    async def _pace(self, loop, tick: float) -> float:
+        """Sleep to the next tick of --fps (0: no cap); a late frame does not build up debt."""
+        if not self.fps:
+            await asyncio.sleep(0)
+            return tick
+        tick += 1.0 / self.fps
+        delay = tick - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+            return tick
+        return loop.time()
+
+    def app(self):
+        from starlette.applications import Starlette
+        from starlette.responses import FileResponse
+        from starlette.routing import Mount, Route, WebSocketRoute
+        from starlette.staticfiles import StaticFiles
+
+        async def index(request):
+            return FileResponse(PAGE_DIR / "index.html")
+
+        return Starlette(routes=[Route("/", index), Mount("/static", StaticFiles(directory=PAGE_DIR)),
+                                 WebSocketRoute("/ws", self.websocket)])
+
+
+class _Gone(Exception):
+    """The page closed its socket."""
+
+
+async def _send(send, payload) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    try:
+        await send(payload)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        raise _Gone from None
+
+
+async def _close(ws, reason: str, code: int = 1000) -> None:
+    try:
+        await ws.send_json({"type": "closed", "message": reason})
+        await ws.close(code=code, reason=reason[:120])  # a close frame's reason is at most 123 bytes
+    except Exception:  # noqa: BLE001 - the page may already be gone; nothing left to tell it
+        pass
+
+
+def bind(port: int) -> socket.socket:
+    """A listening socket on 127.0.0.1:port (0: a free port): a clear error if it is taken."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be in [0, 65535] (0: any free port), got {port}")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((HOST, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"--port {port}: cannot listen on {HOST}:{port} ({e.strerror}); another program (or "
+                      f"resforce play) uses it: pass another --port, or --port 0 for a free one") from None
+    sock.listen(16)
+    return sock
+
+
+def uvicorn_server(server: PlayServer):
+    """The uvicorn server of a PlayServer's app (run it with `.run(sockets=[bind(port)])`)."""
+    import uvicorn
+
+    # players stream until their tab closes: on Ctrl-C, uvicorn cancels them after a second
+    return uvicorn.Server(uvicorn.Config(server.app(), log_level="warning", lifespan="off", ws="auto",
+                                         timeout_graceful_shutdown=1))
+
+
+@contextlib.contextmanager
+def serving(server: PlayServer):
+    """Run `server` on a free port of 127.0.0.1 in a background thread (tests, benchmarks);
+    yields its WebSocket URL and stops it on exit."""
+    sock, uv = bind(0), uvicorn_server(server)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.01)
+    try:
+        yield f"ws://{HOST}:{sock.getsockname()[1]}/ws"
+    finally:
+        uv.should_exit = True
+        thread.join(10)
+        server.worker.shutdown()
+        sock.close()
+
+
+def serve(source: FrameSource, port: int = 8765, seed: int = 0, fps: float = 15.0) -> None:
+    """Serve the page for `source` on 127.0.0.1:port until interrupted (Ctrl-C)."""
+    server = PlayServer(source, seed, fps)
+    sock = bind(port)
+    url = f"http://{HOST}:{sock.getsockname()[1]}/"
+    print(f"resforce play: {url}  ({source.description}; Ctrl-C to stop)", flush=True)
+    try:
+        uvicorn_server(server).run(sockets=[sock])
+    finally:
+        server.worker.shutdown(wait=False, cancel_futures=True)
+        sock.close()
+        sys.stdout.flush()

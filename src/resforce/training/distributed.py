@@ -1,0 +1,477 @@
+"""Multi-process data-parallel training under torchrun: DDP or FSDP2, applied from outside.
+
+The model code (model/dit.py) knows nothing of this module; the trainer asks it to
+
+1. `setup(mode, device)`: detect torchrun (WORLD_SIZE / RANK / LOCAL_RANK in the
+   environment), initialise the default process group - NCCL when the device is CUDA (each
+   rank takes the GPU of its LOCAL_RANK), Gloo on the CPU - and resolve the mode;
+2. `apply_activation_checkpointing(model, mode)` (model.gradient_checkpointing: full or
+   selective) and
+   `wrap_model(model, mode, device)`: "none" returns the model; "ddp" wraps it in
+   `DistributedDataParallel`; "fsdp" applies FSDP2 `fully_shard` to every transformer block
+   and then to the root, in place;
+   A model built on the meta device (weights to be loaded) is allocated by `wrap_model`
+   after sharding (`allocate`), so each rank only ever allocates its shards;
+3. save and load *full* (unsharded) state dicts, so a checkpoint of a 2-rank FSDP run is the
+   same file a single-process run writes (`full_state_dict`, `load_full_state_dict`,
+   `full_optim_state_dict`, `load_full_optim_state_dict`). Under fsdp only rank 0 holds the
+   full state, on the CPU: saving gathers to it (cpu_offload), loading broadcasts from it
+   tensor by tensor (broadcast_from_rank0), each rank keeping its shard on its own device.
+
+Non-forward calls. The history strategies call `model.forward_chunk(...)` and
+`model.write_cache(...)` (and `model(...)`) on the *raw* model under no_grad, and read
+`model.config`. The trainer therefore keeps two handles:
+- `raw`: the CausalVideoDiT itself. For DDP it is `ddp.module` (plain parameters, identical on
+  every rank, nothing to synchronise in a no-grad pass). For FSDP2 it is the model after
+  `fully_shard`, which mutates the module in place; `wrap_model` registers forward_chunk and
+  write_cache with `register_fsdp_forward_method`, so they run FSDP's pre/post-forward hooks
+  like `forward` does: the root's parameters (patch embedding, condition embedder, head) are
+  all-gathered before the call, each block all-gathers its own as it is entered (its own
+  hooks) and reshards after it. Without this the root-level layers would see sharded
+  DTensor parameters and fail.
+- the wrapped module, for the training forward (loss) only. The DDP wrapper here forwards
+  unknown attributes to the wrapped module, so `wrapped.config` works as on the raw model.
+
+Gradient averaging: DDP all-reduces and FSDP2 reduce-scatters the *mean* gradient over ranks;
+with the same local batch on every rank that is the gradient of the mean loss over the global
+batch, as a single process with the whole batch would compute (up to float summation order).
+
+CUDA / NCCL: the code paths exist (backend choice, `torch.cuda.set_device(LOCAL_RANK)`,
+`device_ids` for DDP, a CUDA device mesh for FSDP2) but are UNTESTED here; the tests run
+2 CPU processes with Gloo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+MODES = ("auto", "none", "ddp", "fsdp")
+RANK_SEED_STRIDE = 1_000_000_007
+"""Rank r draws its data and noise from seed + r * RANK_SEED_STRIDE (rank 0: the single-process
+streams)."""
+
+
+# ----------------------------------------------------------------------------- environment
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available, else cpu; any other name as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def launched_by_torchrun() -> bool:
+    return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1")) if launched_by_torchrun() else 1
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def resolve_mode(mode: str) -> str:
+    """'auto' -> 'ddp' when torchrun launched more than one process, else 'none'."""
+    if mode not in MODES:
+        raise ValueError(f"parallel must be one of {MODES}, got {mode!r}")
+    n = env_world_size()
+    if mode == "auto":
+        return "ddp" if n > 1 else "none"
+    if mode == "none" and n > 1:
+        raise ValueError(f"parallel=none but torchrun started {n} processes: they would train "
+                         f"separate copies into one run directory; use parallel=ddp or fsdp")
+    if mode in ("ddp", "fsdp") and not launched_by_torchrun():
+        raise ValueError(f"parallel={mode} needs a torchrun launch (WORLD_SIZE, RANK and "
+                         f"LOCAL_RANK unset); e.g. torchrun --nproc_per_node=2 -m resforce.cli.main train ...")
+    return mode
+
+
+def setup(mode: str, device: torch.device) -> tuple[str, torch.device]:
+    """(resolved mode, this rank's device). For ddp/fsdp: initialise the default process group
+    once (NCCL for CUDA - untested here -, Gloo otherwise); on CUDA the device becomes
+    cuda:LOCAL_RANK and is made current."""
+    mode = resolve_mode(mode)
+    if mode == "none":
+        return mode, device
+    if device.type == "cuda":  # UNTESTED here (CPU-only machine)
+        device = torch.device("cuda", local_rank())
+        torch.cuda.set_device(device)
+    if not is_distributed():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return mode, device
+
+
+def shutdown() -> None:
+    """Destroy the default process group (if any); call once at the end of a torchrun job."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- collectives
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over ranks, on its device (no host sync); x itself without a group."""
+    if not is_distributed():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / world_size()
+
+
+def gather_objects(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s obj on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def to_floats(*xs) -> list[float]:
+    """Python floats of scalar tensors (DTensors too), read with ONE device-to-host copy."""
+    xs = [x.full_tensor() if hasattr(x, "full_tensor") else x for x in xs]
+    return torch.stack([x.detach().reshape(()).to(torch.float64) for x in xs]).tolist()
+
+
+# ----------------------------------------------------------------------------- wrapping
+class _DDP(nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel whose unknown attributes (e.g. `.config`) come from the module."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+FORWARD_METHODS = ("forward_chunk", "write_cache", "write_history")
+"""Methods other than forward that run the model; FSDP2 must unshard around them."""
+
+
+CHECKPOINT_MODES = ("none", "full", "selective")
+
+
+def checkpoint_mode(value) -> str:
+    """model.gradient_checkpointing -> 'none' | 'full' | 'selective'. Booleans (and their YAML
+    spellings, which a str field receives as 'True'/'False') keep their old meaning:
+    true = full, false = none."""
+    text = str(value).strip().lower()
+    mode = {"true": "full", "false": "none", "off": "none", "": "none"}.get(text, text)
+    if mode not in CHECKPOINT_MODES:
+        raise ValueError(f"model.gradient_checkpointing must be one of {CHECKPOINT_MODES} (or true = full, "
+                         f"false = none), got {value!r}")
+    return mode
+
+
+def attention_kernel_ops() -> set:
+    """The aten kernels that compute attention (output and log-sum-exp) on any backend: what
+    selective checkpointing keeps. Recomputing them is most of the FLOPs of a long-clip
+    step; their outputs are small (O(tokens), never O(tokens^2))."""
+    aten = torch.ops.aten
+    names = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
+             "_scaled_dot_product_fused_attention_overrideable", "_flash_attention_forward",
+             "_efficient_attention_forward")
+    ops = {getattr(aten, n).default for n in names if hasattr(aten, n)}
+    flex = getattr(torch.ops.higher_order, "flex_attention", None)
+    from resforce.model.attention import chunked as chunk_attention
+
+    return ops | ({flex} if flex is not None else set()) | {torch.ops.resforce.chunk_attention_forward.default}
+
+
+@contextlib.contextmanager
+def _uncached_autocast(ctx):
+    """`ctx` with autocast's cast cache off. SAC replays the forward's ops one by one in the
+    recomputation and fails on any op it did not see; an autocast region that also covered an
+    earlier pass (the no-grad resampling pass) serves the forward's weight casts from its cache
+    while the recomputation dispatches them. Without the cache both cast every weight: a block
+    uses each weight once per call, so nothing is cast twice."""
+    enabled = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    try:
+        with ctx:
+            yield
+    finally:
+        torch.set_autocast_cache_enabled(enabled)
+
+
+class _CrossAttentionDepth:
+    """How deep the running code is inside a block's cross-attention (attn2), set by hooks
+    that apply_activation_checkpointing adds: selective checkpointing keeps self-attention
+    outputs only; cross-attention to the text (a few hundred keys) is cheap to recompute and
+    its output is as large as self-attention's (0.56 GiB per block for 1.3B at 15 s)."""
+
+    def __init__(self):
+        self.depth = 0
+
+    def enter(self, module, args):
+        self.depth += 1
+
+    def leave(self, module, args, output):
+        self.depth -= 1
+
+
+def _selective_context(cross: _CrossAttentionDepth):
+    """torchtitan's op-level SAC policy, narrowed to self-attention: keep the attention
+    kernels' outputs (and LSE) outside cross-attention, recompute everything else (linears,
+    norms, modulation, RoPE, cross-attention)."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    keep = attention_kernel_ops()
+
+    def policy(ctx, func, *args, **kwargs):
+        save = func in keep and cross.depth == 0
+        return CheckpointPolicy.MUST_SAVE if save else CheckpointPolicy.PREFER_RECOMPUTE
+
+    forward, recompute = create_selective_checkpoint_contexts(policy)
+    return _one_op_attention(_uncached_autocast(forward)), _one_op_attention(_uncached_autocast(recompute))
+
+
+@contextlib.contextmanager
+def _one_op_attention(ctx):
+    """`ctx` with the chunked attention's forward as one op (chunk_attention.as_one_op), so the
+    policy keeps its merged output and LSE, not every tile's."""
+    from resforce.model.attention.chunked import as_one_op
+
+    with as_one_op(), ctx:
+        yield
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str = "full") -> nn.Module:
+    """Recompute every transformer block (`model.blocks`) in the backward pass instead of
+    keeping its activations, applied from outside the model like torchtitan does, before
+    wrapping. torch's composable `checkpoint` works by forward hooks, so parameter names (and
+    checkpoints) stay as they are and FSDP2 composes with it. In place; returns the model.
+
+    mode: 'full' recomputes the whole block; 'selective' keeps the self-attention kernels'
+    outputs (see attention_kernel_ops) and recomputes the rest, cross-attention included, so
+    the backward never re-runs self-attention; 'none' leaves the model as it is."""
+    from functools import partial
+
+    from torch.distributed._composable import checkpoint
+
+    mode = checkpoint_mode(mode)
+    if mode == "none":
+        return model
+    kwargs = {}
+    if mode == "selective":
+        cross = _CrossAttentionDepth()
+        for block in model.blocks:
+            if getattr(block, "attn2", None) is not None:
+                block.attn2.register_forward_pre_hook(cross.enter)
+                block.attn2.register_forward_hook(cross.leave, always_call=True)
+        kwargs = {"context_fn": partial(_selective_context, cross)}
+    for block in model.blocks:
+        checkpoint(block, **kwargs)
+    return model
+
+
+def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None,
+               forward_methods=FORWARD_METHODS, mesh=None) -> nn.Module:
+    """The module to run the training forward on.
+
+    none: `model`. ddp: DistributedDataParallel(model) (the raw model stays `model`; parameters
+    are broadcast from rank 0 at construction). fsdp: FSDP2 on a 1-D mesh of all ranks,
+    `fully_shard` per block of `model.blocks`, then the root, in place (so the return value IS
+    `model`); `forward_methods` are registered as FSDP forward methods. Build the optimizer
+    AFTER wrapping: fully_shard replaces the parameters by sharded DTensors. `mesh`: a device
+    mesh built beforehand (memory_estimate builds it outside FakeTensorMode); default: all ranks."""
+    if mode not in ("none", "ddp", "fsdp"):
+        raise ValueError(f"wrap_model mode must be none, ddp or fsdp, got {mode!r}")
+    device = device or next(model.parameters()).device
+    if mode == "none":
+        return allocate(model, device)
+    if mode == "ddp":
+        ids = [device.index] if device.type == "cuda" else None  # cuda: untested here
+        return _DDP(allocate(model, device), device_ids=ids)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    mesh = mesh if mesh is not None else init_device_mesh(device.type, (world_size(),))
+    for block in getattr(model, "blocks", []):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    allocate(model, device)  # after sharding: a meta model takes only this rank's shards
+    for name in forward_methods:
+        if hasattr(model, name):
+            register_fsdp_forward_method(model, name)
+    return model
+
+
+def allocate(module: nn.Module, device: torch.device) -> nn.Module:
+    """A module built on the meta device gets (uninitialised) storage on `device`, in its
+    current layout (its shards, once fully_shard has run); a real module is left as it is.
+    Load its values next. In place; returns the module."""
+    if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
+        module.to_empty(device=device)
+    return module
+
+
+
+
+def shard_like_model(module: nn.Module, mode: str, device: torch.device | None = None, mesh=None) -> nn.Module:
+    """Lay out a copy of the model (the EMA) like the trained one: sharded the same way under
+    fsdp (so `ema_p.lerp_(p)` is a local, shard-by-shard update and costs no communication),
+    full otherwise (DDP / none: every rank holds the full, identical EMA). A module on the
+    meta device is allocated after sharding, so under fsdp no rank ever holds it in full."""
+    if mode == "fsdp":
+        return wrap_model(module, "fsdp", device, forward_methods=(), mesh=mesh)
+    return allocate(module, device or next(module.parameters()).device)
+
+
+@contextlib.contextmanager
+def unsharded(model: nn.Module):
+    """FSDP2: all-gather the model's parameters ONCE for everything inside, instead of once per
+    call and module. For passes without gradient that call the model many times: the
+    self-resampling pass makes 2N - 1 calls (N = 21 chunks at 15 s: 41), and FSDP2 otherwise
+    gathers the root and every block on each (41 x 31 all-gathers for Wan2.1-1.3B, each
+    block's weights crossing the network 41 times). Costs the unsharded model on every rank
+    meanwhile (its fp32 weights: 5.3 GiB for Wan2.1-1.3B; 53 GiB for 14B, too many there).
+
+    Every FSDP module is unsharded up front and told not to reshard after its forward; on
+    exit all are resharded and get back fully_shard's default as wrap_model applies it
+    (reshard_after_forward=None: the root keeps its parameters after forward, every block
+    reshards). The gathered values are the ones each call would gather, so outputs are
+    bitwise those of the per-call gathers. Any other model (none / ddp): nothing happens."""
+    from torch.distributed.fsdp import FSDPModule
+
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not modules:
+        yield
+        return
+    for m in modules:
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        for m in modules:
+            m.unshard()
+        yield
+    finally:
+        for m in modules:
+            m.reshard()
+            m.set_reshard_after_forward(m is not model, recurse=False)
+
+
+@contextlib.contextmanager
+def no_grad_sync(wrapped: nn.Module, skip: bool):
+    """Skip the gradient all-reduce / reduce-scatter inside (gradient-accumulation micro-batches
+    but the last); the gradients still accumulate locally and sync on the last one."""
+    if not skip:
+        yield
+    elif isinstance(wrapped, nn.parallel.DistributedDataParallel):
+        with wrapped.no_sync():
+            yield
+    elif hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
+        wrapped.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            wrapped.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+# ----------------------------------------------------------------------------- state dicts
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state_dict(module: nn.Module, mode: str) -> dict:
+    """The full state dict of the raw module. fsdp: a collective (every rank must call it); the
+    gathered tensors (on the CPU) are on rank 0 only, other ranks get {}. none/ddp: the
+    module's own state dict (full on every rank)."""
+    if mode != "fsdp":
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    return get_model_state_dict(module, options=_options())
+
+
+def _from_rank0():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    return StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+
+
+def load_full_state_dict(module: nn.Module, sd: dict | None, mode: str) -> None:
+    """Load a full state dict into the raw module. none/ddp: every rank passes it. fsdp: only
+    rank 0's is read (the others pass None): tensor by tensor, rank 0 broadcasts it and every
+    rank keeps its shard (copied, cast, into its own device's storage), so only rank 0 ever
+    holds the full state, and on the CPU. A collective under fsdp."""
+    if mode != "fsdp":
+        module.load_state_dict(sd)
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+    set_model_state_dict(module, dict(sd) if is_main() else {}, options=_from_rank0())
+
+
+def full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, mode: str) -> dict:
+    """The optimizer state in torch's own format (`opt.state_dict()`: parameters numbered in
+    `model.parameters()` order), full tensors, whatever the mode: checkpoints stay
+    interchangeable between none, ddp and fsdp. fsdp: a collective; {} on ranks > 0."""
+    if mode != "fsdp":
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    sd = get_optimizer_state_dict(model, opt, options=_options())
+    if not sd:
+        return {}
+    index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    return {"state": {index[k]: v for k, v in sd["state"].items()},
+            "param_groups": [{**g, "params": [index[k] for k in g["params"]]} for g in sd["param_groups"]]}
+
+
+def load_full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, sd: dict | None, mode: str) -> None:
+    """Inverse of `full_optim_state_dict`. none/ddp: every rank passes the full state (torch moves
+    each tensor to its parameter's device). fsdp: only rank 0's is read (the others pass None);
+    each tensor is broadcast from rank 0 and every rank keeps its shard on its own device."""
+    if mode != "fsdp":
+        opt.load_state_dict(sd)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    fqn = {}
+    if is_main():
+        names = [name for name, _ in model.named_parameters()]
+        fqn = {"state": {names[i]: v for i, v in sd["state"].items()},
+               "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]}
+    set_optimizer_state_dict(model, opt, fqn, options=_from_rank0())
+
+
+__all__ = ["MODES", "RANK_SEED_STRIDE", "launched_by_torchrun", "env_world_size", "is_distributed",
+           "world_size", "rank", "local_rank", "is_main", "barrier", "resolve_mode", "setup",
+           "resolve_device", "shutdown", "gather_objects", "broadcast_object", "to_floats",
+           "mean_over_ranks", "CHECKPOINT_MODES", "checkpoint_mode", "attention_kernel_ops",
+           "apply_activation_checkpointing", "wrap_model", "allocate", "shard_like_model", "unsharded", "no_grad_sync", "full_state_dict",
+           "load_full_state_dict", "full_optim_state_dict", "load_full_optim_state_dict"]
