@@ -1,6 +1,8 @@
 """InteractiveSession: a played session equals a rollout of the same actions, rolls its cache
 at the training context (constant memory), and takes names, indices and bad input as it should."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +82,32 @@ def test_from_run_and_guidance(tmp_path):
     assert s.step("up").shape == (8, 8, 3)
     g = InteractiveSession.from_run(run, steps=2, cfg_scale=2.0)
     assert g.step("up").dtype == np.uint8 and g.cache.layers[0].k.shape[0] == 2  # both branches, one batch
+
+
+@pytest.mark.parametrize("attention", [["stages.0.attention.mode=topk", "stages.0.attention.topk=1"],
+                                       ["stages.0.attention.mode=window", "stages.0.attention.window=1",
+                                        "stages.0.attention.sink=1"]], ids=["routed", "window_with_sink"])
+def test_playing_honours_the_runs_trained_attention(randomize, attention):
+    """A routed or windowed run plays as `generate` rolls it out (its last stage's attention,
+    its sink), not densely: the frames equal a rollout under the run's rolling session."""
+    from resforce.generation.session import rolling_session
+    from resforce.model.attention.policy import AttentionPolicy
+
+    cfg = load_config(None, tiny("unused", *AGENT, "stages.0.clip_chunks=4", *attention))
+    model = randomize(CausalVideoDiT(cfg.model))
+    s = InteractiveSession(model, cfg, steps=2, seed=5)
+    first = s.reset(seed=5)
+    names = ["left", "up", "up", "right", "down", "noop", "left"]
+    frames = np.stack([s.step(a) for a in names])
+    session = rolling_session(cfg)
+    assert session.attention.mode == cfg.stages[0].attention.mode and s.session == session
+    sample = SampleConfig(chunks=len(names), steps=2, shift=s.shift, seed=5, context=4, sink=session.sink_chunks)
+    prefix = torch.from_numpy(s.world.simulator(5).frame)[None, :, None]
+    acts = torch.tensor([[0] + [s.action_space.index(a) for a in names]])
+    ref = frames_to_uint8(rollout(model, 1, 8, 8, sample, prefix=prefix, actions=acts,
+                                  attention=AttentionPolicy(session.attention))[0])
+    dense = frames_to_uint8(rollout(model, 1, 8, 8, dataclasses.replace(sample, sink=0), prefix=prefix,
+                                    actions=acts)[0])
+    assert np.array_equal(first, ref[0])
+    assert np.abs(frames.astype(int) - ref[1:].astype(int)).max() <= 1
+    assert np.abs(frames.astype(int) - dense[1:].astype(int)).max() > 1  # the attention matters here

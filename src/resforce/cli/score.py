@@ -145,10 +145,11 @@ def _floor_clips(cfg, clips: int, frames: int):
 
 def cmd_score(args) -> None:
     from resforce.evaluation.evaluate import frechet_line, save_json, table_metrics
+    from resforce.generation.session import training_context_chunks
     from resforce.metrics.stats import format_table
 
     cfg, from_run = _world_config(args)
-    train = max(s.clip_chunks for s in cfg.stages) * cfg.model.frames_per_chunk if from_run else None
+    train = training_context_chunks(cfg) * cfg.model.frames_per_chunk if from_run else None
     paths = [Path(p) for p in args.videos]
     ev, notes = score_files(paths, cfg, args.prefix_frames, args.segment, train, args.frechet_reference)
     s = ev.summary()

@@ -22,6 +22,7 @@ from resforce.training.distributed import resolve_device
 from resforce.device import enable_tf32
 from resforce.rollout import SampleConfig, rollout
 from resforce.text_context import PromptOptions, empty_prompt
+from resforce.generation.session import rolling_session, training_context_chunks
 from resforce.worlds import world_of
 
 @dataclass
@@ -50,11 +51,6 @@ def world_clips(cfg, batch: int, frames: int, seed: int):
     """(videos, states): ground-truth clips of the run's world from evaluation seed `seed` (not
     the training stream), or (None, None) where the world has no ground truth."""
     return world_of(cfg.data).clips(batch, frames, seed)
-
-
-def training_context(cfg) -> int:
-    """Chunks a run's model saw at once in training: its longest training clip."""
-    return max(st.clip_chunks for st in cfg.stages)
 
 
 @dataclass
@@ -106,13 +102,8 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     check_counts(SimpleNamespace(batch=batch, chunks=sample.chunks, steps=sample.steps, prefix_chunks=prefix_chunks))
     dev = resolve_device(device)
     model, cfg = load_model(path, dev, prefer_ema)
-    s = sample.apply(cfg.sample)
-    trained = cfg.stages[-1].attention
-    if s.context is None:
-        s = dataclasses.replace(s, context=training_context(cfg))
-    if s.context and s.sink == 0 and trained.mode == "window" and trained.sink > 0:
-        s = dataclasses.replace(s, sink=trained.sink)  # a sink only where training had one
-    s.cache_chunks()  # validates context and sink before any work
+    session = rolling_session(cfg, sample.apply(cfg.sample), attention)
+    s, attention = session.sample, session.attention
     fpc = model.config.frames_per_chunk
     world = world_of(cfg.data)
     res = world.resolution
@@ -135,7 +126,6 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
         if prefix.ndim == 4:
             prefix = prefix[None].expand(batch, -1, -1, -1, -1)
     recorder = RouterRecorder() if record_router else None
-    attention = attention or trained  # default: what the run's last stage trained with
     policy = AttentionPolicy(attention, recorder)
     if model.config.text_dim > 0:  # no prompt: what training used without text
         empty = empty_prompt(model.config.text_dim, cfg.text.text_len, 1, dev)
@@ -161,7 +151,7 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     bar.close()
     videos = videos if decoder is None else torch.cat(pixels, dim=2)
     check_finite_output(videos, path)
-    train_frames = training_context(cfg) * fpc
+    train_frames = training_context_chunks(cfg) * fpc
     if decoder is not None:
         train_frames = decoder.video_frames(train_frames)
     n_prefix = 0 if prefix is None else prefix.shape[2]

@@ -18,6 +18,7 @@ the chunk's last frame; `last_chunk` holds all of them (frames_per_chunk, H, W, 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -29,7 +30,8 @@ from resforce.training.checkpoint import load_model
 from resforce.flow import euler_grid, grid_schedule
 from resforce.model.dit import CausalVideoDiT
 from resforce.rollout import _video_actions, _write, chunk_step
-from resforce.generation.generate import training_context
+from resforce.generation.session import rolling_session
+from resforce.model.attention.policy import AttentionPolicy
 from resforce.worlds import world_of
 
 
@@ -71,9 +73,16 @@ class InteractiveSession:
         self.model, self.cfg, self.device = model.eval(), cfg, torch.device(device)
         self.world = world_of(cfg.data)
         self.steps, self.shift = steps, float(cfg.sample.shift if shift is None else shift)
-        self.context = training_context(cfg) if context is None else context
+        if context is not None and context < 2:
+            raise ValueError(f"context must be >= 2 chunks (the chunk and some history), got {context}")
+        # the run's rolling session (context, sink, history attention, history noise), as
+        # `generate` rolls it out; only the context can be changed here
+        sample = cfg.sample if context is None else dataclasses.replace(cfg.sample, context=context)
+        self.session = rolling_session(cfg, sample)
+        self.context = self.session.context_chunks
         if self.context < 2:
             raise ValueError(f"context must be >= 2 chunks (the chunk and some history), got {self.context}")
+        self.policy = AttentionPolicy(self.session.attention)
         self.cfg_scale = cfg_scale
         if cfg_scale != 1.0 and model.config.action_kind == "none":
             raise ValueError("cfg_scale != 1 guides over actions: this model has none")
@@ -119,13 +128,14 @@ class InteractiveSession:
                              f"{self.height} x {self.width}, got (C, F, H, W) = {tuple(video.shape)}")
         guide = self.cfg_scale != 1.0
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        keep = self.context - 1
-        self.cache = self.model.new_cache(self.height, self.width, keep, 0, capacity=self.context)
+        keep, sink = self.context - 1, self.session.sink_chunks
+        self.cache = self.model.new_cache(self.height, self.width, keep, sink, capacity=self.context)
         self.frame_index = video.shape[1]
         with torch.no_grad():
             for i in range(video.shape[1] // fpc):
                 chunk = video[None, :, i * fpc:(i + 1) * fpc].to(self.device)
-                _write(self.model, chunk, self.cache, None, 0.0, self.generator, None, guide,
+                _write(self.model, chunk, self.cache, None, self.session.sample.history_noise, self.generator,
+                       self.policy, guide,
                        self._actions(self.action_space.default if self.action_space.kind == "discrete" else None))
         self.last_chunk = frames_to_uint8(video[:, -fpc:])
         return self.last_chunk[-1]
@@ -141,9 +151,10 @@ class InteractiveSession:
         with torch.no_grad():
             t0 = time.perf_counter()
             chunk = chunk_step(self.model, noise, grid_schedule(self.grid, 1, self.device), self.cache, None,
-                               cfg_scale=self.cfg_scale, commit=False, actions=acts)
+                               self.policy, cfg_scale=self.cfg_scale, commit=False, actions=acts)
             t1 = time.perf_counter()
-            _write(self.model, chunk, self.cache, None, 0.0, self.generator, None, self.cfg_scale != 1.0, acts)
+            _write(self.model, chunk, self.cache, None, self.session.sample.history_noise, self.generator,
+                   self.policy, self.cfg_scale != 1.0, acts)
             t2 = time.perf_counter()
         self.timing = StepTiming(denoise=t1 - t0, commit=t2 - t1)
         self.frame_index += fpc
