@@ -107,7 +107,7 @@ class HistoryConfig:
     the x0 prediction the previous step's training forward made for those clips (detached).
     Each clip is trained twice (half the new clips per step); the degraded half is like
     parallel resampling at the training timesteps, per chunk, with the weights of one step
-    before. Needs strategy 'teacher' and an even micro-batch (previous_step_history.py)."""
+    before. Needs strategy 'teacher' (for the new clips); previous_step_history.py."""
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
