@@ -118,20 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--online", action="store_true", help="export the online weights, not the EMA")
     x.set_defaults(func=cmd_export)
 
+    from resforce.cli import diagnose as cli_diagnose
     from resforce.cli import eval as cli_eval
-
     from resforce.cli import memory as cli_memory
-
     from resforce.cli import play as cli_play
-
     from resforce.cli import prepare as cli_prepare
-
     from resforce.cli import score as cli_score
     cli_prepare.add_command(sub)
     cli_eval.add_commands(sub)
     cli_play.add_command(sub)
     cli_score.add_command(sub)
     cli_memory.add_command(sub)
+    cli_diagnose.add_command(sub)
     return p
 
 

@@ -57,6 +57,8 @@ from resforce.io.fileio import write_text_atomic
 from resforce.training.detached_history import history_kv
 from resforce.history import build_history, build_history_and_cache
 from resforce.loss import flow_matching_loss
+from resforce.training.calibration import Calibration
+from resforce.training.previous_step_history import PreviousStepHistory
 from resforce.model.dit import CausalVideoDiT
 from resforce.model.attention.policy import AttentionPolicy
 from resforce.training.rundir import METRICS, open_run_dir, read_metrics
@@ -198,6 +200,7 @@ class Trainer:
         """Non-finite steps in a row so far (checkpointed, so a resume stops where a run would)."""
         self.total = sum(s.steps for s in cfg.stages)
         self._warned_empty_prompt = False
+        self.calibration, self.previous = Calibration(), PreviousStepHistory()  # history variants' state
         if ckpt is not None:
             self._restore(ckpt)
             if ckpt.parent.parent != self.run_dir:
@@ -308,6 +311,8 @@ class Trainer:
                                               {k: v for k, v in state.items() if k != "optimizer"})
         self.step = state["step"]
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        self.calibration.load_state_dict(state.get("calibration"))
+        self.previous.load_state_dict(state.get("previous_step"), self.device)
         if state.get("world_size", 1) != self.world:
             warnings.warn(f"{ckpt} was written by {state.get('world_size', 1)} rank(s), this run has "
                           f"{self.world}: weights and optimizer resume exactly, the data and noise "
@@ -359,6 +364,8 @@ class Trainer:
                    "torch_rng": torch.get_rng_state(), "data": self.data.state_dict()}
         state = {"optimizer": parallel.full_optim_state_dict(self.model, self.opt, mode),
                  "step": self.step, "nonfinite_streak": self.nonfinite_streak, **streams}
+        if self.calibration.shifts or self.previous.clean:  # history variants (calibration.py, previous_step_history.py)
+            state.update(calibration=self.calibration.state_dict(), previous_step=self.previous.state_dict())
         if self.world > 1:
             state.update(world_size=self.world, ranks=parallel.gather_objects(streams))
         path = on_main(lambda: save_checkpoint(self.run_dir, self.step, model_sd, ema_sd, state,
@@ -381,6 +388,7 @@ class Trainer:
         both are reduced) skips the update: weights, optimizer and EMA stay as they were."""
         cfg, o = self.cfg, self.cfg.optim
         stage_idx, stage = stage_at(cfg, self.step)
+        stage = self.calibration.stage(self, stage_idx, stage)  # calibrated resample_shift (calibration.py)
         lr = learning_rate(cfg, self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -393,6 +401,9 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         forward = lambda: precision.autocast(cfg.precision, self.device)  # noqa: E731 (forward passes only)
         for k in range(o.grad_accum):
+            if stage.history.history_from_previous_step:  # no resampling pass: previous_step_history.py
+                loss_sum = loss_sum + self.previous.micro_step(self, k, micro, frames, attention, forward) / o.grad_accum
+                continue
             clean, info = self.data.batch(micro, frames)
             clean = clean.to(self.device)
             context = self._text_context(info, micro)
@@ -430,7 +441,8 @@ class Trainer:
         if finite:
             ema_update(self.ema, self.model, min(o.ema_decay, (1 + self.step) / (10 + self.step)))
         m = {"step": self.step, "stage": stage.name, "loss": loss_mean, "lr": lr, "grad_norm": grad_norm,
-             "step_time": time.perf_counter() - t0, "resample_time": resample_time}
+             "step_time": time.perf_counter() - t0, "resample_time": resample_time,
+             **self.calibration.metrics(stage)}
         if not finite:
             m["skipped"] = True
         return m

@@ -1,0 +1,96 @@
+"""History from the previous optimizer step's predictions: degraded history without a
+resampling pass.
+
+Design (history.history_from_previous_step). Every training forward already predicts the
+clean video: x0_hat = x_t - t v_hat, per chunk at the chunk's training timestep t. Each step
+of such a stage trains one micro-batch made of
+
+- ``fresh``: ceil(B/2) new clips from the data stream, conditioned on their ground truth
+  (teacher forcing), and
+- ``reused``: the B/2 clips that were fresh in the previous step, conditioned on the x0
+  prediction that step's training forward made for them (detached; as the model predicted
+  it, not clamped), with new timesteps and noise for the loss.
+
+The fresh clips' predictions are kept for the next step. So every clip is trained twice,
+once with a clean and once with a degraded history, and a step reads half as many new clips
+as a resampling step (the data cost: twice the reuse of each clip for the same number of
+steps). The degraded half is parallel resampling at the training timesteps (a strength per
+chunk, logit-normal: stronger on average than s = 0.6) made with the weights of one step
+before, at no extra forward pass. The first step of the stage (nothing kept yet) trains a
+whole fresh micro-batch with teacher forcing.
+
+The kept clips and predictions are part of the checkpoint state (`state["previous_step"]`),
+so a resumed run trains what the uninterrupted one does. Models with text or action
+conditioning are not supported (their kept context would need keeping too).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from resforce.training import distributed as parallel
+from resforce.flow import add_noise, per_frame, velocity_target
+
+
+def loss_and_prediction(model, clean: torch.Tensor, history: torch.Tensor, sampler, generator=None,
+                        space: str = "velocity", attention=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, x0_hat): loss.flow_matching_loss (same draws: t, then the noise) and the
+    forward's clean-video prediction x0_hat = x_t - t v_hat, detached."""
+    fpc = model.config.frames_per_chunk
+    b, n = clean.shape[0], clean.shape[2] // fpc
+    t = sampler((b, n), generator=generator, device=clean.device)
+    noise = torch.randn(clean.shape, generator=generator, device=clean.device)
+    x_t = add_noise(clean, noise, t, fpc)
+    v = model(x_t, t, history=history, t_history=torch.zeros(b, n, device=clean.device), attention=attention)
+    err = (v.float() - velocity_target(clean, noise).float()).pow(2)
+    if space == "x0":
+        err = err * per_frame(t, fpc).pow(2)
+    elif space != "velocity":
+        raise ValueError(f"loss space must be 'velocity' or 'x0', got {space!r}")
+    x0_hat = (x_t - per_frame(t, fpc).to(x_t.dtype) * v).detach()
+    return err.mean(), x0_hat
+
+
+class PreviousStepHistory:
+    """The clips kept from the previous step and their predictions, per micro-batch index."""
+
+    def __init__(self):
+        self.clean: dict[int, torch.Tensor] = {}
+        self.pred: dict[int, torch.Tensor] = {}
+
+    def micro_step(self, trainer, k: int, micro: int, frames: int, attention, forward) -> torch.Tensor:
+        """Forward and backward of micro-batch k of a step (see the module docstring); returns
+        its loss, detached."""
+        cfg, o = trainer.cfg, trainer.cfg.optim
+        if cfg.model.text_dim > 0 or cfg.model.action_kind != "none":
+            raise ValueError("history.history_from_previous_step does not support text or action conditioning")
+        half = micro // 2
+        kept = self.clean.get(k)
+        if kept is not None and (kept.shape[0] != half or kept.shape[2] != frames):
+            kept = None  # the batch or clip length changed (a new stage): start over
+        fresh, _ = trainer.data.batch(micro if kept is None else micro - half, frames)
+        fresh = fresh.to(trainer.device)
+        if kept is None:
+            clean, history = fresh, fresh
+        else:
+            clean = torch.cat([fresh, kept.to(trainer.device)])
+            history = torch.cat([fresh, self.pred[k].to(trainer.device)])
+        with parallel.no_grad_sync(trainer.wrapped, skip=k < o.grad_accum - 1):
+            with forward():
+                loss, x0_hat = loss_and_prediction(trainer.wrapped, clean, history, cfg.timesteps, trainer.gen,
+                                                   space=cfg.loss_space, attention=attention)
+            (loss / o.grad_accum).backward()
+        self.clean[k], self.pred[k] = fresh[:half].detach(), x0_hat[:half].float()
+        return loss.detach()
+
+    def clear(self) -> None:
+        self.clean, self.pred = {}, {}
+
+    def state_dict(self) -> dict:
+        return {"clean": {str(k): v for k, v in self.clean.items()},
+                "pred": {str(k): v for k, v in self.pred.items()}}
+
+    def load_state_dict(self, state: dict | None, device=None) -> None:
+        state = state or {}
+        self.clean = {int(k): v.to(device) for k, v in state.get("clean", {}).items()}
+        self.pred = {int(k): v.to(device) for k, v in state.get("pred", {}).items()}

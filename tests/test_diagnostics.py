@@ -1,0 +1,112 @@
+"""Diagnostics: history gap and identity sensitivity (resforce.diagnostics)."""
+
+import json
+
+import pytest
+import torch
+
+from resforce.config import load_config
+from resforce.diagnostics import (chunk_distances, colour_histograms, follow_score, frame_distances, history_gap,
+                                  identity_sensitivity, permute_channels)
+from resforce.diagnostics.__main__ import main as diagnose
+from resforce.diagnostics.identity import model_generator
+from resforce.model import build_model
+from resforce.training.loop import train
+from tiny import tiny
+
+FPC, H, W, N = 1, 8, 8, 4
+
+
+@pytest.fixture
+def model(randomize):
+    return randomize(build_model(preset="test", frames_per_chunk=FPC, patch_size=(1, 4, 4)))
+
+
+def clips(b=2, seed=0):
+    return torch.rand(b, 3, N * FPC, H, W, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def palette_video(colours, b=1, frames=3):
+    """Frames of a black background with a 4x4 square of each colour (one per sample), in [-1, 1]."""
+    v = -torch.ones(b, 3, frames, H, W)
+    for i, c in enumerate(colours):
+        v[i, :, :, 2:6, 2:6] = torch.tensor(c, dtype=torch.float)[:, None, None, None] * 2 - 1
+    return v
+
+
+def test_colour_histograms_and_distances():
+    v = palette_video([(1, 0, 0), (0, 1, 0)], b=2)
+    h = colour_histograms(v)
+    assert h.shape == (2, 3, 64) and torch.allclose(h.sum(-1), torch.ones(2, 3))
+    d = frame_distances(v, v)
+    assert all(x.shape == (2, 3) and x.abs().max() == 0 for x in d.values())
+    # recolouring the square is seen by the colour distances (16 of 64 pixels move bins: 2 * 0.25)
+    d = frame_distances(v, permute_channels(v))
+    assert torch.allclose(d["hist_l1"], torch.full((2, 3), 0.5))
+    assert (d["chan_stats"] > 0).all() and (d["mse"] > 0).all()
+    per_chunk = chunk_distances(v, permute_channels(v), frames_per_chunk=1)
+    assert set(per_chunk) == {"mse", "hist_l1", "chan_stats"} and len(per_chunk["mse"]) == 3
+
+
+def test_history_gap_shapes_and_determinism(model):
+    gt = clips()
+    r1 = history_gap(model, gt, shifts=(0.6, 3.0), prefix_chunks=1, steps=2, sample_shift=2.0, seed=0)
+    r2 = history_gap(model, gt, shifts=(0.6, 3.0), prefix_chunks=1, steps=2, sample_shift=2.0, seed=0)
+    assert r1 == r2
+    assert r1["chunks"] == N and r1["prefix_chunks"] == 1
+    assert list(r1["rows"]) == ["rollout", "resampling s=0.6", "resampling s=3", "parallel_resampling s=0.6",
+                                "parallel_resampling s=3"]
+    for row in r1["rows"].values():
+        assert all(len(v) == N for v in row.values())
+    roll = r1["rows"]["rollout"]
+    assert roll["mse"][0] == 0 and roll["hist_l1"][0] == 0  # the given chunk is the ground truth
+    assert min(roll["mse"][1:]) > 0
+    # a stronger resampling degrades the history more (MSE averaged over chunks)
+    weak, strong = (sum(r1["rows"][f"resampling s={s}"]["mse"]) for s in ("0.6", "3"))
+    assert strong > weak
+    r3 = history_gap(model, gt, shifts=(0.6,), prefix_chunks=1, steps=2, seed=1)
+    assert r3["rows"]["rollout"] != r1["rows"]["rollout"]
+
+
+def test_follow_score_is_one_for_a_copying_model_and_zero_for_a_fixed_colour():
+    history = palette_video([(1, 0, 0), (0, 0, 1)], b=2, frames=2)
+
+    def copy(h):  # continues its history's last frame
+        return h[:, :, -1:].repeat(1, 1, 3, 1, 1)
+
+    def fixed(h):  # always a yellow square
+        return palette_video([(1, 1, 0), (1, 1, 0)], b=h.shape[0], frames=3)
+
+    s = identity_sensitivity(copy, history, frames_per_chunk=1)
+    assert s["follow"] == [1.0, 1.0, 1.0] and s["follow_mean"] == 1.0
+    s = identity_sensitivity(fixed, history, frames_per_chunk=1)
+    assert s["follow"] == [0.0, 0.0, 0.0] and s["follow_mean"] == 0.0
+    assert all(m > 0 for m in s["moved"])
+    # a frame the transform leaves alone (empty) has no score
+    empty = -torch.ones(1, 3, 2, H, W)
+    s = follow_score(empty, empty, permute_channels, 1)
+    assert all(f != f for f in s["follow"])  # NaN
+
+
+def test_identity_sensitivity_of_a_model(model):
+    gen = model_generator(model, chunks=3, steps=2, shift=2.0, seed=0)
+    history = clips()[:, :, :FPC]
+    a = identity_sensitivity(gen, history, FPC)
+    b = identity_sensitivity(gen, history, FPC)
+    assert a == b and len(a["follow"]) == 3 and all(f == f for f in a["follow"])
+    assert gen(history).shape == (2, 3, 3 * FPC, H, W)
+
+
+def test_entry_point_on_a_trained_tiny_run(tmp_path, capsys):
+    cfg = load_config("configs/bb_base.yaml", tiny(tmp_path / "run", "stages.0.clip_chunks=3"))
+    train(cfg, stop_at=1, progress=False)
+    out = tmp_path / "d.json"
+    md = tmp_path / "d.md"
+    diagnose([str(tmp_path / "run"), "--samples", "2", "--shifts", "0.6,3", "--prefix-chunks", "1",
+              "--json", str(out), "--markdown", str(md)])
+    printed = capsys.readouterr().out
+    assert "per-pixel MSE" in printed and "| follow |" in printed
+    data = json.loads(out.read_text())
+    assert data["command"].startswith("python -m resforce.diagnostics ")
+    assert len(data["history_gap"]["rows"]) == 5 and len(data["identity"]["follow"]) == 2
+    assert md.read_text().splitlines()[0].startswith("<!-- python -m resforce.diagnostics")

@@ -1,0 +1,26 @@
+"""configs/bb_rf_*.yaml: the shared warm-up, then 800 steps of one history variant each,
+all trained by scripts/identity_experiments.sh."""
+
+from pathlib import Path
+
+from resforce.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("bb_rf_*.yaml"))
+
+
+def test_variant_configs_branch_from_the_shared_warmup():
+    assert len(CONFIGS) >= 7
+    script = (ROOT / "scripts" / "identity_experiments.sh").read_text()
+    ref = load_config(ROOT / "configs" / "bb_resampling.yaml")
+    for path in CONFIGS:
+        cfg = load_config(path)
+        warm, variant = cfg.stages
+        assert (warm.steps, warm.clip_chunks, warm.history.strategy) == (1500, 8, "teacher"), path.name
+        assert (variant.steps, variant.clip_chunks) == (800, 8), path.name
+        assert cfg.model == ref.model and cfg.optim == ref.optim and cfg.data == ref.data, path.name
+        h = variant.history
+        changed = (h.resample_per_chunk or h.keep_ground_truth_p > 0 or h.preserve_colour != "none"
+                   or h.calibrate_every > 0 or h.history_from_previous_step)
+        assert changed, f"{path.name} trains no variant"
+        assert path.stem.removeprefix("bb_") + ":0" in script, f"{path.name} is not in the script's JOBS"
