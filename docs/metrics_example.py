@@ -34,7 +34,7 @@ for i, m in enumerate(two):
 
 
 def old_drift(r):
-    """The removed aggregate: undefined terms counted as passes."""
+    """The naive aggregate, for comparison: undefined terms counted as passes."""
     t = [np.minimum(r["count_error"], 1), 1 - r["color_integrity"], np.minimum(r["size_error"], 1),
          np.minimum(r["shape_error"], 1), np.minimum(r["background_noise"] / 0.1, 1),
          np.minimum(r["accel_error"], 1), r["teleport"]]
@@ -43,7 +43,7 @@ def old_drift(r):
 
 cols = ["identity_error", "color_integrity", "size_term", "shape_term", "background_noise", "accel_term",
         "teleport_term", "failure"]
-print("| video | " + " | ".join(cols) + " | old drift |")
+print("| video | " + " | ".join(cols) + " | naive drift |")
 print("|---|" + "---:|" * (len(cols) + 1))
 for name, v in (("healthy (ground truth)", healthy), ("noisy (σ = 0.1)", noisy), ("noisier (σ = 0.15)", noisier),
                 ("one of two balls lost", one_lost), ("collapsed (empty)", collapsed)):

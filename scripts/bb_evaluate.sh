@@ -11,7 +11,7 @@
 #   bb_resampling_routed_sN_ctx8.json   the routed fine-tune (trained on 16-chunk clips) at context 8.
 # Seed 0 of teacher forcing and Resampling Forcing are the shipped demo models when their
 # runs are not in runs/ (the same recipe and seed, exported in float16).
-# Results: results/bb/*.json, summarised by scripts/bb_summarize.py into README's tables.
+# Results: results/bb/*.json, summarised by scripts/bb_summarize.py into the tables of docs/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RF=${RESFORCE:-.venv/bin/resforce}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The bouncing-balls experiments behind README's tables, resumable: re-run it and every run
+# The bouncing-balls experiments behind the tables of docs/results.md, resumable: re-run it and every run
 # continues from its last checkpoint. Two training processes with one thread each (the
-# fastest use of 2 cores, CPU-BUDGET.md). About 8-9 hours on 2 CPU cores for the 36 branches
+# fastest use of 2 cores). About 8-9 hours on 2 CPU cores for the 36 branches
 # of the default JOBS: an estimate from these measured times: 1500 warm-up steps at 0.75-1 s
 # on 2 threads, ~22 min; an 800-step branch 12-42 min at 0.9-2.4 s per step (the routed stage's
 # 16-chunk top-4 steps 6.4 s) with two processes running, depending on the method and on what
@@ -18,10 +18,10 @@ RUNS=${RUNS:-runs}
 OMP_NUM_THREADS=2 $RF train configs/bb_teacher.yaml run_dir=$RUNS/bb_warmup --stop-at 1500
 
 # method:seed, in order of priority; a method is configs/bb_<method>.yaml, and <method>_rerun the
-# same config retrained under another name (TF and RF seeds 1 and 2, whose original weights were
-# lost, retrained from the re-run warm-up: RF for the inference-attention table, TF as its
-# partner at 128x and under dense attention). The default is the
-# list behind README's tables. Longer training (not in README yet): JOBS="long_teacher:0 long_resampling:0".
+# same config retrained under another name (TF and RF seeds 1 and 2, whose original weights are
+# not kept, retrained from the re-run warm-up: RF for the inference-attention table, TF as its
+# partner at 128x and under dense attention). The default is the list behind the tables of
+# docs/results.md. Longer training (not in docs/results.md): JOBS="long_teacher:0 long_resampling:0".
 JOBS=${JOBS:-"teacher:0 resampling:0 noise_aug:0 parallel_resampling:0 teacher:1 resampling:1
   teacher:2 resampling:2 resampling_shift0.1:0 resampling_shift3.0:0 diffusion_forcing:0 noise_aug:1
   parallel_resampling:1 resampling_shift0.1:1 resampling_shift0.1:2

@@ -1,6 +1,6 @@
 """How degraded is the history Resampling Forcing trains on, next to the model's real errors?
 
-Self-resampling (METHOD.md section 3) is meant to imitate the errors the model makes at
+Self-resampling (docs/method.md, "Self-resampling") is meant to imitate the errors the model makes at
 inference. This scores, with the same per-frame metrics as `resforce eval`, 8-frame
 ground-truth clips (a) as they are, (b) after autoregressive self-resampling with shift s (t_s
 drawn per sample from the training distribution) by a given model, next to (c) the model's own

@@ -5,6 +5,8 @@ Per method: each seed's mean over its rollouts per horizon segment; mean ± stan
 across seeds where there are several seeds (else across rollouts, marked †). Paired
 differences use the same evaluation seeds (same prefixes and initial noise) for every run.
     python scripts/bb_summarize.py [results/bb] > results/bb/summary.md
+docs/results.md holds this output between its <!-- results:begin --> and <!-- results:end -->
+markers: paste summary.md there after a new evaluation.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ LONG_ORDER = ["teacher", "long_teacher", "resampling", "long_resampling"]
 LONG_LABEL = {"teacher": "TF, 800 steps", "long_teacher": "TF, 3000 steps",
               "resampling": "RF, 800 steps", "long_resampling": "RF, 3000 steps"}
 SHIFT_LABEL = {"resampling_shift0.1": "RF, s = 0.1", "resampling": "RF, s = 0.6", "resampling_shift3.0": "RF, s = 3.0"}
-# history gradient: the paper's two-stream step vs detached history (configs/bb_*_detached.yaml, issue 11)
+# history gradient: the paper's two-stream step vs detached history (configs/bb_*_detached.yaml)
 DETACHED_ORDER = ["teacher", "teacher_detached", "resampling", "resampling_detached"]
 DETACHED_LABEL = {"teacher": "TF, two-stream", "teacher_detached": "TF, detached history",
                   "resampling": "RF, two-stream", "resampling_detached": "RF, detached history"}

@@ -1,4 +1,4 @@
-"""The CUDA half of the precision / host-sync / KV-cache work, as one short device check.
+"""The CUDA checks of bf16 precision, host syncs and the KV cache, as one short device check.
 
 On the CPU these are proved by tests/test_precision.py, test_host_syncs.py and
 test_kv_cache.py; what only a GPU can show is run here (about a minute on one GPU):
