@@ -53,7 +53,7 @@ def test_bad_override_is_a_clear_error(tmp_path, capsys):
 
 
 def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "resforce.cli.main", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "resforce.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     for cmd in ("train", "generate", "eval", "compare", "demo", "score"):
         assert cmd in out.stdout

@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-from resforce.config import ConfigError, TrainConfig, load_config
+from resforce.config import ConfigError, DataConfig, TrainConfig, load_config
+from resforce.worlds import WORLDS
 from resforce.model.dit import PRESETS
 
 
@@ -49,6 +50,9 @@ def test_every_config_field_has_a_docstring():
     assert len(classes) >= 10  # TrainConfig, model, data (+2 worlds), optim, stage, history, attention, ...
     missing = []
     for cls in classes:
+        if cls is DataConfig:  # made from the world registry: each section's doc is its world's config_doc
+            missing += [f"DataConfig.{k}" for k, w in WORLDS.items() if not w.config_doc]
+            continue
         body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
         for i, node in enumerate(body):
             if isinstance(node, ast.AnnAssign):

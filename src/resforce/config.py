@@ -7,16 +7,13 @@ an error naming the key. Lists index with numbers: `stages.1.steps=500`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from resforce.worlds.agent_balls.simulator import AgentBallsConfig
-from resforce.worlds.video_folder.reader import VideoFolderConfig
-from resforce.worlds.bouncing_balls.simulator import BouncingBallsConfig
 from resforce.flow import TimestepSampler
 from resforce.history import HistoryConfig
 from resforce.model.dit import PRESETS, DiTConfig
@@ -26,28 +23,25 @@ from resforce.training.distributed import checkpoint_mode
 from resforce.rollout import SampleConfig
 from resforce.text_context import TextConfig
 from resforce.worlds import WORLDS, known_kinds, world_of
-from resforce.worlds.latents.world import LatentsConfig
 
 
 class ConfigError(ValueError):
     """A configuration file or override is wrong; the message names the key."""
 
 
-@dataclass
-class DataConfig:
-    """Where training clips come from."""
+def _data_config() -> type:
+    """DataConfig: `kind` plus one section per registered world (its World.config_class), so a
+    new world is one folder and one registry line, never an edit here."""
+    fields = [("kind", str, field(default="bouncing_balls"))]
+    fields += [(k, w.config_class, field(default_factory=w.config_class)) for k, w in WORLDS.items()]
+    cls = make_dataclass("DataConfig", fields, namespace={"__module__": __name__})
+    cls.__doc__ = ("Where training clips come from. kind: the world (resforce.worlds registry: "
+                   + known_kinds() + "); one section per world: "
+                   + "; ".join(f"{k}: {w.config_doc}" for k, w in WORLDS.items()))
+    return cls
 
-    kind: str = "bouncing_balls"
-    """The world (resforce.worlds registry): 'bouncing_balls' (built-in procedural world),
-    'video_folder' (your videos, PyAV) or 'latents' (`resforce prepare`'s Wan latents)."""
-    bouncing_balls: BouncingBallsConfig = field(default_factory=BouncingBallsConfig)
-    """The bouncing-balls world (used when kind = bouncing_balls)."""
-    video_folder: VideoFolderConfig = field(default_factory=VideoFolderConfig)
-    """The video folder (used when kind = video_folder)."""
-    agent_balls: AgentBallsConfig = field(default_factory=AgentBallsConfig)
-    """The controllable agent world (used when kind = agent_balls): actions move an agent."""
-    latents: LatentsConfig = field(default_factory=LatentsConfig)
-    """A dataset of Wan latents and caption embeddings from `resforce prepare` (kind = latents)."""
+
+DataConfig = _data_config()
 
 
 @dataclass

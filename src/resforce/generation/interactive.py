@@ -165,8 +165,8 @@ class InteractiveSession:
     def _prefix(self, prefix) -> torch.Tensor:
         fpc = self.frames_per_chunk
         if prefix is None:
-            if hasattr(self.world, "simulator"):
-                sim = self.world.simulator(self.seed)
+            sim = self.world.simulator(self.seed)
+            if sim is not None:
                 frames = [sim.frame] + [sim.step(sim.action_space.default) for _ in range(fpc - 1)]
                 return torch.from_numpy(np.stack(frames, axis=1))
             video, _ = self.world.clips(1, fpc, self.seed)

@@ -71,7 +71,7 @@ class WorldSource:
         from resforce.config import DataConfig
         from resforce.worlds import WORLDS, world_of
 
-        playable = sorted(k for k, w in WORLDS.items() if hasattr(w, "simulator"))
+        playable = sorted(k for k, w in WORLDS.items() if w.playable)
         if kind not in playable:
             raise ValueError(f"--world {kind!r}: not a controllable world; playable worlds: {', '.join(playable)}")
         world = world_of(DataConfig(kind=kind))

@@ -1,6 +1,7 @@
 """The registry of worlds: `data.kind` -> World (see base.py for what a world provides).
 
-A new world is one module with a World subclass plus one entry in WORLDS.
+A new world is one folder (its World subclass with its config class, data, metrics) plus one
+entry in WORLDS; config.DataConfig takes the world's config section from here.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from resforce.worlds.bouncing_balls.world import BouncingBallsWorld
 from resforce.worlds.latents.world import LatentsWorld
 from resforce.worlds.video_folder.world import VideoFolderWorld
 
-WORLDS: dict[str, type[World]] = {w.kind: w for w in (BouncingBallsWorld, VideoFolderWorld, LatentsWorld,
-                                                          AgentBallsWorld)}
+WORLDS: dict[str, type[World]] = {w.kind: w for w in (BouncingBallsWorld, VideoFolderWorld, AgentBallsWorld,
+                                                          LatentsWorld)}
 
 
 def known_kinds() -> str:

@@ -36,6 +36,11 @@ class World:
 
     kind: str = ""
     """The `data.kind` value that selects this world."""
+    config_class: type | None = None
+    """The dataclass of the world's own config, `data.<kind>` (config.DataConfig has one field
+    per registered world)."""
+    config_doc: str = ""
+    """One line on the world's config section, the docstring of its DataConfig field."""
     channels: int = 3
     """Channels of the world's clips (RGB)."""
     table_metrics: tuple[str, ...] = ("drift", "sharpness", "flicker")
@@ -68,6 +73,19 @@ class World:
 
     def __init__(self, data_cfg) -> None:
         self.data_cfg = data_cfg
+
+    @property
+    def config(self):
+        """The world's own section of the run's data config, `data.<kind>`."""
+        return getattr(self.data_cfg, self.kind)
+
+    playable: bool = False
+    """The world can be simulated step by step under actions (`simulator`)."""
+
+    def simulator(self, seed: int):
+        """A step-by-step simulator of the world from `seed` (`frame`, `step(action)`,
+        `action_space`), for worlds that are `playable`; None for the others."""
+        return None
 
     @property
     def resolution(self) -> tuple[int, int]:

@@ -20,6 +20,9 @@ from resforce.worlds.base import EVAL_SEED_OFFSET, World
 
 class AgentBallsWorld(World):
     kind = "agent_balls"
+    playable = True
+    config_class = AgentBallsConfig
+    config_doc = "The controllable agent world (used when kind = agent_balls): actions move an agent."
     table_metrics = ("follow", "follow_chance", "agent_found", "count_error", "identity_error", "lost",
                      "color_integrity", "background_noise", "generic_flicker")
     plot_metrics = ("follow", "agent_found", "count_error", "identity_error", "lost")
@@ -36,9 +39,6 @@ class AgentBallsWorld(World):
     title = "agent among bouncing balls"
     scores_files = False
 
-    @property
-    def config(self) -> AgentBallsConfig:
-        return self.data_cfg.agent_balls
 
     @property
     def resolution(self) -> tuple[int, int]:

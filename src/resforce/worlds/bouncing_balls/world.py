@@ -16,6 +16,7 @@ from resforce.worlds.bouncing_balls.identity import FAILURE_DEFINITION
 from resforce.worlds.bouncing_balls.metrics import evaluate_bouncing_balls
 from resforce.worlds.bouncing_balls.simulator import BouncingBalls
 from resforce.metrics.video import evaluate_generic
+from resforce.worlds.bouncing_balls.simulator import BouncingBallsConfig
 from resforce.worlds.base import EVAL_SEED_OFFSET, World
 
 PIXEL_CENTER = 0.5
@@ -24,6 +25,8 @@ PIXEL_CENTER = 0.5
 
 class BouncingBallsWorld(World):
     kind = "bouncing_balls"
+    config_class = BouncingBallsConfig
+    config_doc = "The bouncing-balls world (used when kind = bouncing_balls)."
     table_metrics = ("failure", "count_error", "identity_error", "color_integrity", "size_error",
                      "background_noise", "accel_error", "position_error", "generic_flicker")
     plot_metrics = ("failure", "count_error", "identity_error", "color_integrity", "accel_error",
@@ -40,9 +43,6 @@ class BouncingBallsWorld(World):
     def reference_note(self, prefix_frames: int) -> str:
         return f"reference balls: those of the first {prefix_frames} frame(s)"
 
-    @property
-    def config(self):
-        return self.data_cfg.bouncing_balls
 
     @property
     def resolution(self) -> tuple[int, int]:

@@ -73,6 +73,8 @@ class LatentStream:
 
 class LatentsWorld(World):
     kind = "latents"
+    config_class = LatentsConfig
+    config_doc = "A dataset of Wan latents and caption embeddings from `resforce prepare` (kind = latents)."
     title = "Wan latent clips"
     table_metrics = ()
     plot_metrics = ()
@@ -82,9 +84,6 @@ class LatentsWorld(World):
         super().__init__(data_cfg)
         self._dataset = None
 
-    @property
-    def config(self) -> LatentsConfig:
-        return self.data_cfg.latents
 
     def dataset(self, require_complete: bool = False):
         from resforce.worlds.latents.dataset import LatentDataset

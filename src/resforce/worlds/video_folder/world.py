@@ -5,15 +5,15 @@ from __future__ import annotations
 import dataclasses
 
 from resforce.worlds.video_folder.reader import VideoFolder
+from resforce.worlds.video_folder.reader import VideoFolderConfig
 from resforce.worlds.base import World
 
 
 class VideoFolderWorld(World):
     kind = "video_folder"
+    config_class = VideoFolderConfig
+    config_doc = "The video folder (used when kind = video_folder)."
 
-    @property
-    def config(self):
-        return self.data_cfg.video_folder
 
     @property
     def resolution(self) -> tuple[int, int]:
