@@ -24,6 +24,7 @@ import time
 import traceback
 from pathlib import Path
 
+from resforce.training import activation_checkpoint
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -53,14 +54,13 @@ def _build(args, device):
     torch.manual_seed(0)
     with torch.device(device):
         model = CausalVideoDiT(cfg)
-    from resforce.training import distributed as parallel
 
     mode = args.checkpointing
     if mode != "none":
         try:  # the selective policy if this version of resforce has it
-            parallel.apply_activation_checkpointing(model, mode)
+            activation_checkpoint.apply_activation_checkpointing(model, mode)
         except TypeError:
-            parallel.apply_activation_checkpointing(model)
+            activation_checkpoint.apply_activation_checkpointing(model)
             mode = "full"
     return model, cfg, mode
 

@@ -29,7 +29,7 @@ _PATCHED = ("tolist", "cpu", "numpy")
 _SRC = os.path.dirname(resforce.__file__) + os.sep
 # reads of data that lives on the host by construction, never on a device: the chunk-attention
 # planner reads its (Qc, Kc) chunk mask, which plan_tiles refuses unless it is a real CPU tensor
-_HOST_ONLY = {("model/attention/chunked.py", "plan_tiles")}
+_HOST_ONLY = {("model/attention/tile_plan.py", "plan_tiles")}
 _DISPATCH_WRAPPERS = (os.path.join("torch", "_compile.py"), os.path.join("torch", "_dynamo", "eval_frame.py"))
 
 

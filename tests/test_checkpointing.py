@@ -1,4 +1,4 @@
-"""Activation checkpointing modes (parallel.apply_activation_checkpointing): full and
+"""Activation checkpointing modes (activation_checkpoint.apply_activation_checkpointing): full and
 selective give the gradients of no checkpointing; selective keeps the attention kernels'
 outputs, so its backward never re-runs attention, while full re-runs it once per block."""
 
@@ -10,7 +10,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from resforce.training import distributed as parallel
+from resforce.training import activation_checkpoint
+from resforce.model.config import checkpoint_mode
 from resforce.config import ConfigError, load_config
 from resforce.model import build_model
 
@@ -28,7 +29,7 @@ class CountAttention(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.calls = {"self": 0, "cross": 0}
-        self.kernels = parallel.attention_kernel_ops()
+        self.kernels = activation_checkpoint.attention_kernel_ops()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in self.kernels:
@@ -49,7 +50,7 @@ def step(model, context=None):
 @pytest.mark.parametrize("mode", ["full", "selective"])
 def test_checkpointing_keeps_gradients(randomize, mode):
     plain = randomize(build_model(preset="test", patch_size=(1, 4, 4))).train()
-    ckpt = parallel.apply_activation_checkpointing(copy.deepcopy(plain), mode)
+    ckpt = activation_checkpoint.apply_activation_checkpointing(copy.deepcopy(plain), mode)
     assert [n for n, _ in ckpt.named_parameters()] == [n for n, _ in plain.named_parameters()]
     *_, g_plain = step(plain)
     *_, g_ckpt = step(ckpt)
@@ -67,7 +68,7 @@ def test_selective_keeps_self_attention_full_recomputes_it(randomize, backend):
     base = randomize(build_model(preset="test", patch_size=(1, 4, 4), text_dim=8,
                                  attention_backend=backend)).train()
     layers = base.config.num_layers
-    counts = {mode: step(parallel.apply_activation_checkpointing(copy.deepcopy(base), mode), CONTEXT)[:2]
+    counts = {mode: step(activation_checkpoint.apply_activation_checkpointing(copy.deepcopy(base), mode), CONTEXT)[:2]
               for mode in ("none", "full", "selective")}
     once = counts["none"][0]
     assert once["cross"] == layers and once["self"] >= layers
@@ -77,7 +78,7 @@ def test_selective_keeps_self_attention_full_recomputes_it(randomize, backend):
     one_op = {"self": layers, "cross": layers}  # the chunked forward is one op per block
     assert counts["selective"] == (once if backend == "sdpa" else one_op, {"self": 0, "cross": layers})
     *_, g_none = step(copy.deepcopy(base), CONTEXT)
-    *_, g_sel = step(parallel.apply_activation_checkpointing(copy.deepcopy(base), "selective"), CONTEXT)
+    *_, g_sel = step(activation_checkpoint.apply_activation_checkpointing(copy.deepcopy(base), "selective"), CONTEXT)
     for a, b in zip(g_none, g_sel):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
@@ -85,12 +86,12 @@ def test_selective_keeps_self_attention_full_recomputes_it(randomize, backend):
 @pytest.mark.parametrize("value,mode", [(True, "full"), (False, "none"), ("true", "full"), ("false", "none"),
                                         ("full", "full"), ("selective", "selective"), ("none", "none")])
 def test_checkpoint_mode_values(value, mode):
-    assert parallel.checkpoint_mode(value) == mode
+    assert checkpoint_mode(value) == mode
 
 
 def test_config_modes_and_wan_default():
     assert load_config(None, ["model.gradient_checkpointing=true"]).model.gradient_checkpointing in ("True", True)
-    assert parallel.checkpoint_mode(load_config(None, ["model.gradient_checkpointing=true"])
+    assert checkpoint_mode(load_config(None, ["model.gradient_checkpointing=true"])
                                     .model.gradient_checkpointing) == "full"
     assert load_config(None, ["model.preset=wan2.1-1.3b", "data.kind=bouncing_balls", "model.in_channels=3",
                               "model.out_channels=3"]).model.gradient_checkpointing == "selective"
@@ -106,7 +107,7 @@ def test_checkpointing_under_one_autocast_region_with_an_earlier_pass(randomize,
     replays the forward's ops one by one and must not trip over that."""
     base = randomize(build_model(preset="test", patch_size=(1, 4, 4))).train()
     grads = []
-    for m in (base, parallel.apply_activation_checkpointing(copy.deepcopy(base), mode)):
+    for m in (base, activation_checkpoint.apply_activation_checkpointing(copy.deepcopy(base), mode)):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             with torch.no_grad():
                 m(X, T, history=H)
@@ -118,12 +119,12 @@ def test_checkpointing_under_one_autocast_region_with_an_earlier_pass(randomize,
 
 
 class LiveAttentionOutputs(TorchDispatchMode):
-    """Bytes of attention-kernel outputs (parallel.attention_kernel_ops) still alive: what
+    """Bytes of attention-kernel outputs (activation_checkpoint.attention_kernel_ops) still alive: what
     the forward keeps for the backward."""
 
     def __init__(self):
         super().__init__()
-        self.kernels = parallel.attention_kernel_ops()
+        self.kernels = activation_checkpoint.attention_kernel_ops()
         self.refs = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -142,7 +143,7 @@ def test_selective_keeps_one_merged_attention_output_per_block(randomize):
     LSE (B H S d + B H S floats), not every tile's output and LSE: those were 4.5 copies of
     the attention output per block for Wan2.1-1.3B at 15 s (docs/wan.md section 4)."""
     model = randomize(build_model(preset="test", patch_size=(1, 4, 4))).train()
-    parallel.apply_activation_checkpointing(model, "selective")
+    activation_checkpoint.apply_activation_checkpointing(model, "selective")
     cfg = model.config
     b, _, f, hh, ww = X.shape
     s = 2 * model.num_chunks(f) * model.tokens_per_chunk(hh, ww)

@@ -5,6 +5,7 @@ pass), train and eval mode agree, config."""
 import pytest
 import torch
 
+from resforce.training import activation_checkpoint
 from resforce.config import ConfigError, load_config
 from resforce.training.detached_history import history_kv
 from resforce.flow import TimestepSampler
@@ -157,14 +158,13 @@ def test_no_gradient_reaches_the_history_stream(model, strategy, routing, device
 
 
 def test_detached_pass_under_activation_checkpointing(model):
-    """Blocks recomputed in the backward (parallel.apply_activation_checkpointing) re-read the
+    """Blocks recomputed in the backward (activation_checkpoint.apply_activation_checkpointing) re-read the
     cache: the same gradients."""
     import copy
 
-    from resforce.training import distributed as parallel
 
     hist, t_hist, kv, gen = history_and_kv(model, "resampling", None)
-    ckpt = parallel.apply_activation_checkpointing(copy.deepcopy(model))
+    ckpt = activation_checkpoint.apply_activation_checkpointing(copy.deepcopy(model))
     g_plain = grads(model, loss_of(model, hist, t_hist, gen.get_state(), None, kv=kv))
     g_ckpt = grads(ckpt, loss_of(ckpt, hist, t_hist, gen.get_state(), None, kv=kv))
     torch.testing.assert_close(g_ckpt, g_plain, atol=1e-6, rtol=1e-6)

@@ -71,6 +71,7 @@ def _resample_and_train(model, unsharded: bool):
 
     from resforce.flow import TimestepSampler
     from resforce.history import HistoryConfig, build_history
+    from resforce.training import distributed as parallel
     from resforce.loss import flow_matching_loss
 
     g = torch.Generator().manual_seed(1)
@@ -78,7 +79,8 @@ def _resample_and_train(model, unsharded: bool):
     context = torch.randn(1, 5, 8, generator=g)
     cfg = HistoryConfig(strategy="resampling", resample_steps=2, resample_unsharded=unsharded)
     with AllGatherCount() as count:
-        history, t_hist = build_history(cfg, model, clean, torch.Generator().manual_seed(2), context=context)
+        history, t_hist = build_history(cfg, model, clean, torch.Generator().manual_seed(2), context=context,
+                                        gather_weights=parallel.unsharded)
     resharded = all(isinstance(p, DTensor) and p.to_local().shape[0] <= (p.shape[0] + 1) // 2
                     for p in model.parameters())  # each rank holds its half again
     model.zero_grad()

@@ -4,6 +4,7 @@ import json
 
 import torch
 
+from resforce.training import activation_checkpoint
 from resforce.training.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint
 from resforce.config import load_config
 from resforce.training.loop import Trainer, learning_rate, stage_at, train
@@ -96,16 +97,15 @@ def test_branches_with_same_seed_match_and_other_seeds_differ(tmp_path):
 
 
 def test_activation_checkpointing_applied_from_outside(tmp_path, randomize):
-    """parallel.apply_activation_checkpointing keeps fewer activations for the backward,
+    """activation_checkpoint.apply_activation_checkpointing keeps fewer activations for the backward,
     gives the same gradients and parameter names, and a run with model.gradient_checkpointing
     trains to the same weights."""
     import copy
 
-    from resforce.training import distributed as parallel
     from resforce.model import build_model
 
     plain = randomize(build_model(preset="test", patch_size=(1, 4, 4))).train()
-    ckpt = parallel.apply_activation_checkpointing(copy.deepcopy(plain))
+    ckpt = activation_checkpoint.apply_activation_checkpointing(copy.deepcopy(plain))
     assert [n for n, _ in ckpt.named_parameters()] == [n for n, _ in plain.named_parameters()]
     g = torch.Generator().manual_seed(0)
     x, h, t = torch.randn(2, 3, 4, 8, 8, generator=g), torch.randn(2, 3, 4, 8, 8, generator=g), torch.rand(2, 4, generator=g)

@@ -19,7 +19,7 @@ from resforce.history import HistoryConfig
 from resforce.model.dit import PRESETS, DiTConfig
 from resforce.model.attention.config import HistoryAttentionConfig
 from resforce.device import PRECISIONS
-from resforce.training.distributed import checkpoint_mode
+from resforce.model.config import checkpoint_mode
 from resforce.rollout import SampleConfig
 from resforce.text_context import TextConfig
 from resforce.worlds import WORLDS, known_kinds, world_of

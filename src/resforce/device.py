@@ -47,3 +47,10 @@ def enable_tf32(device) -> None:
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available, else cpu; any other name as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from resforce.training import distributed as parallel
 from resforce.flow import add_noise, euler_integrate, per_frame, shift_timesteps, truncated_schedule
 from resforce.rollout import chunk_step
 
@@ -66,7 +65,7 @@ class HistoryConfig:
     False makes it attend densely."""
     resample_unsharded: bool = True
     """Under FSDP, gather the model's weights once for the whole resampling pass
-    (parallel.unsharded) instead of once per model call (2N - 1 calls). Costs the full
+    (the trainer's `gather_weights`, training.distributed.unsharded) instead of once per model call (2N - 1 calls). Costs the full
     weights on every rank during the pass (fp32: 5.3 GiB for Wan2.1-1.3B, 53 GiB for 14B:
     set false there). No effect without FSDP."""
     resample_per_chunk: bool = False
@@ -264,18 +263,21 @@ def parallel_resample(model, clean, t_s, steps, generator=None, context=None, no
 
 
 def build_history(cfg: HistoryConfig, model, clean: torch.Tensor, generator=None, context=None,
-                  attention=None, actions=None) -> tuple[torch.Tensor, torch.Tensor]:
+                  attention=None, actions=None, gather_weights=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(history, t_history) for a batch of clean videos (B, C, F, H, W); both detached.
     `attention`: the stage's history attention policy; parallel resampling always runs under
     it (its two-stream pass is the training pass), self-resampling only if route_resampling.
-    `actions`: the clips' per-frame actions (action model), seen by the resampling passes."""
+    `actions`: the clips' per-frame actions (action model), seen by the resampling passes.
+    `gather_weights(model)`: a context manager that gathers sharded weights for the whole
+    resampling pass (used when cfg.resample_unsharded; the trainer passes
+    training.distributed.unsharded); None: the model's weights are used as they are."""
     history, t_history, _ = build_history_and_cache(cfg, model, clean, generator, context, attention,
-                                                    actions=actions)
+                                                    actions=actions, gather_weights=gather_weights)
     return history, t_history
 
 
 def build_history_and_cache(cfg: HistoryConfig, model, clean: torch.Tensor, generator=None, context=None,
-                            attention=None, skip_last=False, actions=None):
+                            attention=None, skip_last=False, actions=None, gather_weights=None):
     """build_history, plus the KV cache self-resampling made on the way (strategy
     'resampling': history chunks 0..N-2, see autoregressive_resample; None otherwise):
     (history, t_history, cache). Detached-history training reuses that cache, and passes
@@ -299,7 +301,7 @@ def build_history_and_cache(cfg: HistoryConfig, model, clean: torch.Tensor, gene
     was_training = model.training
     model.eval()  # resampling is inference with the online weights
     cache = None
-    gathered = parallel.unsharded(model) if cfg.resample_unsharded else contextlib.nullcontext()
+    gathered = gather_weights(model) if cfg.resample_unsharded and gather_weights else contextlib.nullcontext()
     try:
         with gathered:
             if s == "parallel_resampling":

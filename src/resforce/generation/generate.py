@@ -18,8 +18,7 @@ from resforce.io.checks import check_counts, check_finite_output, check_prefix_f
 from resforce.model.attention.policy import AttentionPolicy
 from resforce.model.attention.config import HistoryAttentionConfig
 from resforce.model.attention.router_stats import RouterRecorder
-from resforce.training.distributed import resolve_device
-from resforce.device import enable_tf32
+from resforce.device import enable_tf32, resolve_device
 from resforce.rollout import SampleConfig, rollout
 from resforce.text_context import PromptOptions, empty_prompt
 from resforce.generation.session import rolling_session, training_context_chunks

@@ -5,8 +5,7 @@ The model code (model/dit.py) knows nothing of this module; the trainer asks it 
 1. `setup(mode, device)`: detect torchrun (WORLD_SIZE / RANK / LOCAL_RANK in the
    environment), initialise the default process group - NCCL when the device is CUDA (each
    rank takes the GPU of its LOCAL_RANK), Gloo on the CPU - and resolve the mode;
-2. `apply_activation_checkpointing(model, mode)` (model.gradient_checkpointing: full or
-   selective) and
+2. after activation checkpointing (activation_checkpoint.py) is applied,
    `wrap_model(model, mode, device)`: "none" returns the model; "ddp" wraps it in
    `DistributedDataParallel`; "fsdp" applies FSDP2 `fully_shard` to every transformer block
    and then to the root, in place;
@@ -50,6 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+
 MODES = ("auto", "none", "ddp", "fsdp")
 RANK_SEED_STRIDE = 1_000_000_007
 """Rank r draws its data and noise from seed + r * RANK_SEED_STRIDE (rank 0: the single-process
@@ -57,13 +57,6 @@ streams)."""
 
 
 # ----------------------------------------------------------------------------- environment
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available, else cpu; any other name as torch spells it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def launched_by_torchrun() -> bool:
     return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
 
@@ -181,124 +174,6 @@ class _DDP(nn.parallel.DistributedDataParallel):
 
 FORWARD_METHODS = ("forward_chunk", "write_cache", "write_history")
 """Methods other than forward that run the model; FSDP2 must unshard around them."""
-
-
-CHECKPOINT_MODES = ("none", "full", "selective")
-
-
-def checkpoint_mode(value) -> str:
-    """model.gradient_checkpointing -> 'none' | 'full' | 'selective'. Booleans (and their YAML
-    spellings, which a str field receives as 'True'/'False') keep their old meaning:
-    true = full, false = none."""
-    text = str(value).strip().lower()
-    mode = {"true": "full", "false": "none", "off": "none", "": "none"}.get(text, text)
-    if mode not in CHECKPOINT_MODES:
-        raise ValueError(f"model.gradient_checkpointing must be one of {CHECKPOINT_MODES} (or true = full, "
-                         f"false = none), got {value!r}")
-    return mode
-
-
-def attention_kernel_ops() -> set:
-    """The aten kernels that compute attention (output and log-sum-exp) on any backend: what
-    selective checkpointing keeps. Recomputing them is most of the FLOPs of a long-clip
-    step; their outputs are small (O(tokens), never O(tokens^2))."""
-    aten = torch.ops.aten
-    names = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
-             "_scaled_dot_product_fused_attention_overrideable", "_flash_attention_forward",
-             "_efficient_attention_forward")
-    ops = {getattr(aten, n).default for n in names if hasattr(aten, n)}
-    flex = getattr(torch.ops.higher_order, "flex_attention", None)
-    from resforce.model.attention import chunked as chunk_attention
-
-    return ops | ({flex} if flex is not None else set()) | {torch.ops.resforce.chunk_attention_forward.default}
-
-
-@contextlib.contextmanager
-def _uncached_autocast(ctx):
-    """`ctx` with autocast's cast cache off. SAC replays the forward's ops one by one in the
-    recomputation and fails on any op it did not see; an autocast region that also covered an
-    earlier pass (the no-grad resampling pass) serves the forward's weight casts from its cache
-    while the recomputation dispatches them. Without the cache both cast every weight: a block
-    uses each weight once per call, so nothing is cast twice."""
-    enabled = torch.is_autocast_cache_enabled()
-    torch.set_autocast_cache_enabled(False)
-    try:
-        with ctx:
-            yield
-    finally:
-        torch.set_autocast_cache_enabled(enabled)
-
-
-class _CrossAttentionDepth:
-    """How deep the running code is inside a block's cross-attention (attn2), set by hooks
-    that apply_activation_checkpointing adds: selective checkpointing keeps self-attention
-    outputs only; cross-attention to the text (a few hundred keys) is cheap to recompute and
-    its output is as large as self-attention's (0.56 GiB per block for 1.3B at 15 s)."""
-
-    def __init__(self):
-        self.depth = 0
-
-    def enter(self, module, args):
-        self.depth += 1
-
-    def leave(self, module, args, output):
-        self.depth -= 1
-
-
-def _selective_context(cross: _CrossAttentionDepth):
-    """torchtitan's op-level SAC policy, narrowed to self-attention: keep the attention
-    kernels' outputs (and LSE) outside cross-attention, recompute everything else (linears,
-    norms, modulation, RoPE, cross-attention)."""
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-
-    keep = attention_kernel_ops()
-
-    def policy(ctx, func, *args, **kwargs):
-        save = func in keep and cross.depth == 0
-        return CheckpointPolicy.MUST_SAVE if save else CheckpointPolicy.PREFER_RECOMPUTE
-
-    forward, recompute = create_selective_checkpoint_contexts(policy)
-    return _one_op_attention(_uncached_autocast(forward)), _one_op_attention(_uncached_autocast(recompute))
-
-
-@contextlib.contextmanager
-def _one_op_attention(ctx):
-    """`ctx` with the chunked attention's forward as one op (chunk_attention.as_one_op), so the
-    policy keeps its merged output and LSE, not every tile's."""
-    from resforce.model.attention.chunked import as_one_op
-
-    with as_one_op(), ctx:
-        yield
-
-
-def apply_activation_checkpointing(model: nn.Module, mode: str = "full") -> nn.Module:
-    """Recompute every transformer block (`model.blocks`) in the backward pass instead of
-    keeping its activations, applied from outside the model like torchtitan does, before
-    wrapping. torch's composable `checkpoint` works by forward hooks, so parameter names (and
-    checkpoints) stay as they are and FSDP2 composes with it. In place; returns the model.
-
-    mode: 'full' recomputes the whole block; 'selective' keeps the self-attention kernels'
-    outputs (see attention_kernel_ops) and recomputes the rest, cross-attention included, so
-    the backward never re-runs self-attention; 'none' leaves the model as it is."""
-    from functools import partial
-
-    from torch.distributed._composable import checkpoint
-
-    mode = checkpoint_mode(mode)
-    if mode == "none":
-        return model
-    kwargs = {}
-    if mode == "selective":
-        cross = _CrossAttentionDepth()
-        for block in model.blocks:
-            if getattr(block, "attn2", None) is not None:
-                block.attn2.register_forward_pre_hook(cross.enter)
-                block.attn2.register_forward_hook(cross.leave, always_call=True)
-        kwargs = {"context_fn": partial(_selective_context, cross)}
-    for block in model.blocks:
-        checkpoint(block, **kwargs)
-    return model
 
 
 def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None,
@@ -471,7 +346,6 @@ def load_full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, sd:
 
 __all__ = ["MODES", "RANK_SEED_STRIDE", "launched_by_torchrun", "env_world_size", "is_distributed",
            "world_size", "rank", "local_rank", "is_main", "barrier", "resolve_mode", "setup",
-           "resolve_device", "shutdown", "gather_objects", "broadcast_object", "to_floats",
-           "mean_over_ranks", "CHECKPOINT_MODES", "checkpoint_mode", "attention_kernel_ops",
-           "apply_activation_checkpointing", "wrap_model", "allocate", "shard_like_model", "unsharded", "no_grad_sync", "full_state_dict",
+           "shutdown", "gather_objects", "broadcast_object", "to_floats",
+           "mean_over_ranks", "wrap_model", "allocate", "shard_like_model", "unsharded", "no_grad_sync", "full_state_dict",
            "load_full_state_dict", "full_optim_state_dict", "load_full_optim_state_dict"]

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from resforce.training import distributed as parallel
+from resforce.training.activation_checkpoint import apply_activation_checkpointing
+from resforce.model.config import checkpoint_mode
 from resforce.flow import TimestepSampler
 from resforce.history import HistoryConfig, build_history
 from resforce.loss import flow_matching_loss
@@ -218,7 +220,8 @@ def _train_step(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, raw, wrapp
     history_cfg = HistoryConfig(strategy=plan.strategy, resample_steps=plan.resample_steps,
                                 resample_unsharded=plan.resample_unsharded)
     with _autocast(plan.precision):
-        history, t_hist = build_history(history_cfg, raw, clean, None, context=context)
+        history, t_hist = build_history(history_cfg, raw, clean, None, context=context,
+                                        gather_weights=parallel.unsharded)
         history_peak = _sum_devices(tracker.get_tracker_snapshot("peak")).get("Total", 0)
         loss = flow_matching_loss(wrapped, clean, history, t_hist, TimestepSampler(), None, context=context)
     del history, t_hist
@@ -248,7 +251,7 @@ def estimate_memory(plan: MemoryPlan, fake: bool = True) -> dict:
     plan.check()
     cfg = plan.model_config()
     geom = plan.geometry(cfg)
-    mode = parallel.checkpoint_mode(cfg.gradient_checkpointing)
+    mode = checkpoint_mode(cfg.gradient_checkpointing)
     if not fake and plan.gpus > 1:
         raise ValueError("fake=False measures one GPU only (FSDP needs the fake process group's fake tensors)")
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -278,7 +281,7 @@ def _measure(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, mode: str, me
     model = CausalVideoDiT(copy.deepcopy(cfg))
     params = sum(p.numel() for p in model.parameters())
     ema = CausalVideoDiT(replace(cfg, gradient_checkpointing="none")).eval().requires_grad_(False)
-    parallel.apply_activation_checkpointing(model, mode)
+    apply_activation_checkpointing(model, mode)
     wrapped = parallel.wrap_model(model, fsdp, cpu, mesh=mesh)
     parallel.shard_like_model(ema, fsdp, cpu, mesh=mesh)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)

@@ -134,7 +134,7 @@ def prepare(opts: PrepareOptions, after_shard: Callable[[int], None] | None = No
     """Run (or resume) a prepare; returns the final index. `after_shard(k)` is called after
     shard k is recorded (tests stop a prepare there, as a kill would)."""
     from resforce.worlds.video_folder.reader import list_videos
-    from resforce.training.distributed import resolve_device
+    from resforce.device import resolve_device
 
     opts.validate()
     root, out = Path(opts.videos), Path(opts.out)
