@@ -3,7 +3,7 @@ reference (and compiled "flex" on CUDA), at N = 8, 16 and 32 chunks.
 
 The two-stream layout [history 1..N | noisy 1..N] allows about 26% of the (2N)^2 chunk
 pairs at N = 32; "sdpa" computes all of them under an (S, S) boolean mask, "chunked" only
-the allowed tiles (model/chunk_attention.py). The defaults are CPU-BUDGET.md's tiny model:
+the allowed tiles (model/attention/chunked.py). The defaults are the tiny 32x32 model:
 batch 4, 4 heads x 32, 64 tokens per chunk (32x32 frames, patch 4). Each (N, backend) is
 timed `--repeats` times after `--warmup` untimed runs (median printed); one small warm-up
 per backend runs first. The dense reference is skipped where its (S, S) mask would exceed

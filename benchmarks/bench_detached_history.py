@@ -85,7 +85,7 @@ def main():
     print(f"model {n_params:.1f}M params, batch {args.batch}, {args.chunks} chunks x "
           f"{model.tokens_per_chunk(*clean.shape[-2:])} tokens, {args.device}, {args.threads} thread(s), "
           f"median of {args.steps} steps")
-    print(f"{'':16s} {'wall':>9s} {'CPU':>9s}   (CPU time: the steadier number on a busy machine)")
+    print(f"{'':16s} {'wall':>9s} {'CPU':>9s}   (CPU time: the steadier number when other work shares the cores)")
     for name in KINDS:
         print(f"{name:16s} {med[name] * 1000:6.1f} ms {med_cpu[name] * 1000:6.1f} ms")
     for label, a, b, goal in [("RF detached / TF two-stream", "RF detached", "TF two-stream", "   (goal <= 0.9)"),

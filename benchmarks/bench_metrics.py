@@ -3,8 +3,8 @@
 Two balls of 4-3.5 px on the 32x32 canvas, 256 frames: the world's renderer
 (resforce.worlds.bouncing_balls.simulator.render), then the per-frame ball metrics, the generic metrics and the
 Frechet frame features of one rollout (resforce.metrics.facade). Median of --repeats runs after a
-warm-up. Speed targets live here, not in the unit tests (tests/test_metrics.py,
-tests/test_worlds.py check what these functions return).
+warm-up. Speed targets live here, not in the unit tests (tests/worlds/test_metrics.py,
+tests/worlds/test_bouncing_balls_simulator.py check what these functions return).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_metrics.py [--frames 256] [--repeats 5]
 """

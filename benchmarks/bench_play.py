@@ -8,14 +8,14 @@ AdaLN modulation), self-attention (the KV-cache reads included), the KV-cache wr
 norms, modulation, head), the session around it (noise, Euler updates, uint8 frames), and
 the page's encoding (header + RGB bytes). Then the whole path once: the real server on
 127.0.0.1, uncapped, read by a WebSocket client, so transport and the event loop count.
-Goal (issue 13): 15 frames/s or more with 4 Euler steps or fewer, on 2 CPU cores. One torch
+Goal: 15 frames/s or more with 4 Euler steps or fewer, on 2 CPU cores. One torch
 thread (resforce play's default): this model's ops are too small to split across cores.
-On a machine busy with other work, frames/s is what the playing thread got; "per CPU s"
+When other work shares the cores, frames/s is what the playing thread got; "per CPU s"
 (frames per second of CPU time it used) is what a core of its own would give.
 
 The model: the shipped agent-world model (src/resforce/assets/agent_balls/), or until it
 exists a randomly initialised model of its recipe (configs/agent_resampling.yaml): the same
-shapes, so the same speed. Numbers on a machine busy with other work are lower bounds.
+shapes, so the same speed. Numbers measured while other work shares the cores are lower bounds.
 Each configuration is timed in --rounds interleaved rounds and shows its best (least
 disturbed) round.
 Usage: python benchmarks/bench_play.py [--model FILE] [--threads N] [--rounds 3] [--quality 8]

@@ -21,11 +21,11 @@ CHILD = """
 import dataclasses, json, resource, sys, torch
 from resforce.training.checkpoint import load_model
 from resforce.rollout import rollout
-from resforce.generation.generate import training_context
+from resforce.generation.session import training_context_chunks
 path, chunks, batch, context = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 model, cfg = load_model(path)
 res = cfg.data.bouncing_balls.resolution
-context = training_context(cfg) if context == "train" else int(context)
+context = training_context_chunks(cfg) if context == "train" else int(context)
 s = dataclasses.replace(cfg.sample, chunks=chunks, steps=1, context=context)
 prefix = torch.rand(batch, 3, 2 * model.config.frames_per_chunk, res, res) * 2 - 1
 # streaming: chunks go to the callback (a consumer would encode or show them), none are kept

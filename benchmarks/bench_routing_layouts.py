@@ -145,7 +145,7 @@ def main(argv=None) -> None:
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     print(f"torch threads {torch.get_num_threads()}; median of {args.repeats}; naive/grouped outputs "
-          f"are proven equal by tests/test_routing_grouped.py")
+          f"are proven equal by tests/model/test_routing_grouped.py")
     training_table(args.repeats, g)
     rollout_table(args.repeats, g)
     print(f"total {time.perf_counter() - t0:.0f} s; S^2 fp32 MiB = one (S, S) float32 tensor "

@@ -37,7 +37,7 @@ softmax, AdaLN arithmetic, the loss and the optimizer are not counted (as in MFU
                                                  backward 10: QK^T recomputed, dP, dV, dQ, dK
                                                  (torch.utils.flop_counter's convention)
 The count is checked against torch.utils.flop_counter.FlopCounterMode on one step
-(`counted_step_flops`; both printed, tests/test_bench_throughput.py holds them within
+(`counted_step_flops`; both printed, tests/benchmarks/test_bench_throughput.py holds them within
 0.1%). The counter has no formula for the CPU flash kernels the chunked backend calls, so
 they are given torch's own SDPA formulas (without that it counts no attention at all).
 
@@ -70,7 +70,7 @@ from resforce.config import load_config  # noqa: E402
 from resforce.history import HistoryConfig  # noqa: E402
 from resforce.model.dit import CausalVideoDiT, DiTConfig  # noqa: E402
 from resforce.rollout import SampleConfig, rollout  # noqa: E402
-from resforce.generation.generate import training_context  # noqa: E402
+from resforce.generation.session import training_context_chunks  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_detached_history as detached  # noqa: E402  (reused, not copied: the brief's rule)
@@ -168,7 +168,7 @@ def matmul_peak(sizes, reps: int) -> tuple[dict, dict]:
 # ----------------------------------------------------------------------------- diffusers
 def _random_wan(mc: DiTConfig, text_dim: int):
     """diffusers' WanTransformer3DModel of mc's shape, every weight random and O(1) (as
-    tests/test_wan.py's tiny_wan: zero-init gates would make the comparison vacuous)."""
+    tests/wan/test_wan.py's tiny_wan: zero-init gates would make the comparison vacuous)."""
     from diffusers import WanTransformer3DModel
 
     wan = WanTransformer3DModel(
@@ -314,7 +314,7 @@ def _mfu(sz: Sizes, cfg, batch: int, chunks: int) -> tuple[dict, dict, dict]:
 def measure(sz: Sizes, config: str, threads: int) -> dict:
     torch.set_num_threads(threads)
     cfg = load_config(config)
-    context = training_context(cfg)
+    context = training_context_chunks(cfg)
     batch, chunks = sz.batch or cfg.optim.batch_size, sz.chunks or context
     load_before = os.getloadavg()[0]
     mfu, flops, steps = _mfu(sz, cfg, batch, chunks)

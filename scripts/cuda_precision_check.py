@@ -1,6 +1,6 @@
 """The CUDA checks of bf16 precision, host syncs and the KV cache, as one short device check.
 
-On the CPU these are proved by tests/test_precision.py, test_host_syncs.py and
+On the CPU these are proved by tests/method/test_precision.py, test_host_syncs.py and
 test_kv_cache.py; what only a GPU can show is run here (about a minute on one GPU):
 1. a rollout (guidance, prefix, re-noised history, 4 chunks x 4 Euler steps) under bf16
    autocast with torch.cuda.set_sync_debug_mode("error"): any host sync raises;

@@ -1,8 +1,13 @@
+"""Shared fixtures. Tests mirror src/resforce/ folder by folder; helpers live in tests/support/."""
+
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent / "support"))  # `from tiny import tiny` etc.
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 

@@ -1,6 +1,6 @@
 """Rectified flow: noising, velocity targets, timestep samplers, the shifted Euler grid.
 
-Convention (METHOD.md section 2): x_t = (1 - t) x + t eps, t = 1 is pure noise; the model
+Convention (docs/method.md, notation): x_t = (1 - t) x + t eps, t = 1 is pure noise; the model
 predicts v = eps - x; sampling integrates dx/dt = v from t = 1 down to 0.
 Timesteps are per chunk: t has shape (B, chunks) and is broadcast over each chunk's frames.
 """

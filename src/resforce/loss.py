@@ -1,7 +1,7 @@
 """The training objective: per-chunk timesteps, velocity MSE on the noisy stream.
 
 L = mean over chunks of || (eps^i - x^i) - v_theta(x_t^i, history^{<i}, t^i, c) ||^2,
-computed in ONE parallel two-stream forward pass (METHOD.md sections 2 and 4), or, with
+computed in ONE parallel two-stream forward pass (docs/method.md: notation, the two-stream mask), or, with
 detached history, in one pass over the noisy chunks attending to history keys/values made
 without gradient (detached_history.py). The target is
 always the clean ground truth; only the history (built by history.py) is degraded.

@@ -1,4 +1,4 @@
-"""Chunk-by-chunk generation with a KV cache (METHOD.md section 6).
+"""Chunk-by-chunk generation with a KV cache (docs/method.md, inference).
 
 For chunk i: start from noise, take `steps` Euler steps on the shifted grid while attending
 to the cached history, then run the model once on the finished chunk (at t = 0, or at a

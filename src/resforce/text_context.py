@@ -2,7 +2,7 @@
 
 Where it comes from. A data stream's `batch(n, frames)` returns (videos, info); a world with
 text puts the clips' prompt embeddings in `info.context`, a (n, text_len, text_dim) tensor
-(the latents world of the real-video issue: umT5 embeddings, padded to Wan's 512 tokens with
+(the latents world: umT5 embeddings, padded to Wan's 512 tokens with
 zeros, as Wan pads them). `context_of(info)` reads it; every other world gives None.
 
 The empty prompt. A text model trained on a world without text (bouncing balls, a folder of

@@ -62,6 +62,6 @@ def add_command(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (the page's seed box changes it)")
     p.add_argument("--fps", type=float, default=15.0, help="frame-rate cap (0: as fast as the model goes)")
     # a small world model's ops (16 tokens a frame) are too small to split across cores: one
-    # thread is as fast on an idle machine and far faster on a busy one (benchmarks/bench_play.py)
+    # thread is as fast on idle cores and far faster when other work holds them (benchmarks/bench_play.py)
     p.add_argument("--threads", type=int, default=1, help="torch threads for the model (default 1)")
     p.set_defaults(func=cmd_play)

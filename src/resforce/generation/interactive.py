@@ -9,7 +9,7 @@ Each step denoises one chunk with `steps` Euler steps against a KV cache that ro
 run's training context (the cache keeps the last context - 1 chunks: rollout.py's rolling
 context), so memory and time per step stay constant however long one plays. The chunk is
 then committed to the cache with the actions it was made with, exactly as a rollout of the
-same actions would (tests/test_interactive.py proves the two equal).
+same actions would (tests/generation/test_interactive.py proves the two equal).
 
 Frames come back as uint8 (H, W, 3), ready to encode for display. With frames_per_chunk > 1
 a step takes one action per frame of the chunk (or one action for all of them) and returns

@@ -10,7 +10,7 @@ one (`merge`), so the chunk knows which of its frames took which action.
 
 Causality comes for free: a chunk's modulation is made from its own frames' actions only,
 and the attention layouts let chunk i see chunks <= i, so chunk i's output depends on the
-actions of frames in chunks <= i and never on later ones (tests/test_actions_model.py).
+actions of frames in chunks <= i and never on later ones (tests/method/test_actions_model.py).
 """
 
 from __future__ import annotations

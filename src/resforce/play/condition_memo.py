@@ -5,7 +5,7 @@ embedding, the 6-way AdaLN projection) once per model call, and the inputs repea
 grid is the same every frame and a player has a handful of actions, so (steps + 1) x actions
 distinct inputs cover a whole session. The memo keys each call on the exact bytes of t and
 the actions and returns the stored outputs; the outputs are the same tensors the embedder
-made, so what the model computes is unchanged bit for bit (tests/test_condition_memo.py).
+made, so what the model computes is unchanged bit for bit (tests/play/test_condition_memo.py).
 
 Applied from outside (the model's code is untouched), only to a model in eval mode under
 no_grad, with no text context (a prompt would be one more key). The key reads t and the

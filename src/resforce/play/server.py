@@ -8,7 +8,7 @@ frame was made with (-1: a reset frame), the last input it reflects, the step's 
 followed by H * W * 3 RGB bytes. At 16 x 16 px that is 788 bytes a frame: no image codec.
 
 One source, one player at a time. A model on two CPU cores makes frames as fast as it can
-for one player; a second session would halve both players' frame rates, and one shared
+for one player; a second concurrent game would halve both players' frame rates, and one shared
 episode steered from two tabs makes no sense. So a new connection takes over (a reloaded
 tab reconnects while the old socket lingers): the previous player is stopped after its
 current step and the new one starts from a reset. An asyncio.Lock makes the hand-over

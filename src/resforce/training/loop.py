@@ -7,7 +7,7 @@ keys/values made without gradient: detached_history.py), velocity MSE, backward 
 AdamW -> EMA -> log -> checkpoint. Resume = model + EMA + optimizer + step + RNG states +
 data-stream position, so a stopped-and-resumed run ends with the same weights, bit for bit.
 
-Safety (resforce issue 9): one trainer per run_dir (runlock.py; rank 0 holds the lock);
+Safety: one trainer per run_dir (runlock.py; rank 0 holds the lock);
 `resume=False` on a directory that already holds a run is refused unless `overwrite`, which
 moves the old run aside first (run_dir.old-<time>); leftovers of a crash mid-save are cleaned
 up at start; resume takes the newest checkpoint that loads, moving damaged ones aside with a

@@ -10,7 +10,7 @@ The first latent frame of a clip is the image-alone latent of the clip's first v
 That is why clips are encoded from their own first frame (never cut out of the middle of a
 longer latent sequence), and why a shorter training clip is the FIRST 3n latent frames of a
 prepared clip: because the encoder is causal, those are exactly the latents of the first
-12n - 3 video frames encoded on their own (tests/test_latents.py checks this).
+12n - 3 video frames encoded on their own (tests/wan/test_latents.py checks this).
 """
 
 from __future__ import annotations

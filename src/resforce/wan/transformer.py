@@ -13,7 +13,7 @@ downloaded: `load_wan` reads local files or an in-memory diffusers model only.
 
 Timesteps: the converted model takes t in [0, 1] per chunk and embeds t * 1000 itself, so
 `model(x, t)` matches Wan's `transformer(x, timestep=t * 1000, ...)` when all frames form one
-chunk at one timestep (tests/test_wan.py checks it to 1e-4 in float32).
+chunk at one timestep (tests/wan/test_wan.py checks it to 1e-4 in float32).
 
 Only text-to-video transformers are supported: image-conditioned variants (Wan2.1 I2V/FLF2V:
 `image_dim`, `added_kv_proj_dim`, `pos_embed_seq_len`) add an image cross-attention branch

@@ -12,7 +12,7 @@ the start and end of every call, so decoding a long video chunk by chunk through
 either re-decode everything before or restart the cache (a seam at every chunk).
 StreamingDecoder keeps its own feature cache across calls and calls the VAE's decoder exactly
 as `_decode` does, so decoding chunk after chunk gives the same frames as one full decode
-(tests/test_latents.py) in constant memory, without re-decoding what came before.
+(tests/wan/test_latents.py) in constant memory, without re-decoding what came before.
 """
 
 from __future__ import annotations

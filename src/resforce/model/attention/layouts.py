@@ -1,6 +1,6 @@
 """Attention layouts: one set of weights, three ways to see the sequence.
 
-(a) two-stream training layout (METHOD.md section 4): tokens are
+(a) two-stream training layout (docs/method.md, the two-stream mask): tokens are
     [history chunk 1..N | noisy chunk 1..N]; history chunk j sees history chunks <= j,
     noisy chunk i sees history chunks < i and itself only;
 (b) KV-cached rollout: one chunk sees the cached history plus its own tokens;

@@ -5,7 +5,7 @@ select masked out: a (B, heads, S, S) boolean mask handed to SDPA, i.e. O(S^2) m
 layer, which is why no model path uses it. It states the definition as plainly as possible:
 the two-stream pass ([history | noisy]: history chunk j routes over history chunks < j, noisy
 chunk i over history chunks < i; each also always sees its own chunk), the block-causal pass,
-and one KV-cached chunk (`routed_reference`). tests/test_routing.py proves the fast paths
+and one KV-cached chunk (`routed_reference`). tests/model/test_routing.py proves the fast paths
 equal to it: the grouped full-sequence layout (routing_grouped.py) and the cached rollout
 layout (routing_fast.py), forward and backward.
 """

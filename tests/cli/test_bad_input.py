@@ -1,4 +1,4 @@
-"""Every bad input gets a clear, early error and touches nothing (resforce issue 9).
+"""Every bad input gets a clear, early error and touches nothing.
 
 Each case runs `resforce ...` in-process and must: exit non-zero, print a message that names
 the culprit (key, flag or file) and what was expected, never reach a training step or a

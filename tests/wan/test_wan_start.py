@@ -1,7 +1,7 @@
 """Starting a run from Wan weights (init.wan, `--init-from` a diffusers folder), with the model
 built on the meta device, sharded, then loaded; and the sharded start and resume under FSDP on
 2 CPU ranks (Gloo). The Wan folders are tiny random diffusers WanTransformer3DModels written
-by the test (tests/test_wan.py's tiny_wan); nothing is downloaded."""
+by the test (tests/wan/test_wan.py's tiny_wan); nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 
 pytest.importorskip("diffusers", reason="diffusers is not installed (pip install -e '.[wan]')")
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 from tiny import TINY  # noqa: E402
 
 DATA = [o for o in TINY if not o.startswith("model.")]  # the Wan folder gives the model

@@ -11,7 +11,7 @@ import pytest
 from resforce.config import load_config
 from tiny import tiny
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 
 

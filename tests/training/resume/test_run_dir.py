@@ -16,7 +16,7 @@ from resforce.training.runlock import RunLock, RunLocked
 from resforce.training.loop import Trainer, train
 from tiny import tiny
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 RECIPE = "configs/bb_teacher.yaml"
 
 

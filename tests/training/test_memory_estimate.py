@@ -3,7 +3,7 @@
   torchtitan checks FSDPMemTracker against torch.cuda.memory_stats;
 - the training state in closed form (step_arithmetic.parameter_count: fp32 weights, AdamW's
   two moments + a step scalar per tensor, the EMA), on one GPU and sharded by FSDP over 8.
-The Wan2.1-1.3B goals of issue 14 are the slow tests at the end."""
+The Wan2.1-1.3B memory goals are the slow tests at the end."""
 
 import json
 import math
@@ -138,7 +138,7 @@ def test_cli_memory_bad_input_names_the_flag(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
-# ----------------------------------------------------------------------------- issue 14's goals
+# ----------------------------------------------------------------------------- the Wan2.1-1.3B memory goals
 GOAL = 70 * GIB
 
 

@@ -1,4 +1,4 @@
-"""History strategies: resampling proofs (a)-(c) of the training issue."""
+"""History strategies: the resampling proofs (a)-(c): resampled history is detached, made chunk by chunk like a rollout, and degraded by t_s."""
 
 import pytest
 import torch

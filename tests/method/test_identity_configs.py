@@ -5,7 +5,7 @@ from pathlib import Path
 
 from resforce.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("bb_rf_*.yaml"))
 
 

@@ -1,5 +1,5 @@
 """The path from captioned mp4s to a prompted video, on the CPU with tiny random Wan parts
-built here (tests/latent_fixtures.py; nothing downloads): `resforce prepare` -> the latents
+built here (tests/support/latent_fixtures.py; nothing downloads): `resforce prepare` -> the latents
 world -> train TF then RF -> `resforce generate --prompt` with CFG -> mp4. Plus the pieces:
 resume after a kill, VAE shapes and normalisation, streaming decode = full decode, caption
 dropout and guidance."""
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 from latent_fixtures import (TEXT_DIM, Z_DIM, make_text_encoder_folder, make_vae_folder, make_video,  # noqa: E402
                              paper_index)
 

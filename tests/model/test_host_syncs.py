@@ -1,5 +1,5 @@
 """No host syncs in the per-chunk and per-Euler-step loops (rollout, self-resampling, the
-training step): counted on the CPU by tests/host_syncs.py, where a GPU would block the host.
+training step): counted on the CPU by tests/support/host_syncs.py, where a GPU would block the host.
 
 A rollout makes none at all; a training step makes exactly one from resforce code (reading
 the loss and gradient norm together, which the skip-a-non-finite-step decision needs), and

@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 RECIPE = "configs/bb_resampling.yaml"
 SEED = 20240917  # of the random kill points; printed on failure
 
 
 def overrides(run_dir):
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
     from tiny import tiny
     return tiny(run_dir, "stages.0.steps=4", "stages.1.steps=4", "ckpt_every=1", "keep_last=2",
                 "optim.grad_accum=2", "device=cpu")
@@ -61,7 +61,7 @@ def _driver(run_dir: str) -> None:
 
 # ----------------------------------------------------------------------------- helpers
 def _start(run_dir: Path, **env) -> subprocess.Popen:
-    e = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests'}",
+    e = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests' / 'support'}",
          "OMP_NUM_THREADS": str(torch.get_num_threads()), **env}
     return subprocess.Popen([sys.executable, __file__, str(run_dir)], cwd=ROOT, env=e,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

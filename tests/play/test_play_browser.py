@@ -3,7 +3,7 @@ button), and the agent must move that way in the frames the page received.
 
 The agent's position is read from the pixels of the frames the page got over its WebSocket
 (window.resforcePlay.frames), located by colour (agent_metrics.locate_agent); the frame
-headers only say where each press starts and ends. The DevTools driving is tests/devtools.py.
+headers only say where each press starts and ends. The DevTools driving is tests/support/devtools.py.
 """
 
 from __future__ import annotations

@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = str(ROOT / "configs" / "bb_resampling.yaml")
 
 
 def _overrides(run_dir, mode, *extra):
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
     from tiny import tiny
     return tiny(run_dir, "stages.0.steps=3", "stages.1.steps=3", "optim.grad_accum=2",
                 f"parallel={mode}", "device=cpu", *extra)
@@ -180,7 +180,7 @@ def test_one_rank_group_matches_single_process(tmp_path, one_rank_group, mode):
     from resforce.config import load_config
     from resforce.training.loop import Trainer, train
 
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
     from tiny import tiny
 
     def cfg(name, m, *extra):
@@ -240,5 +240,5 @@ def test_parallel_mode_errors(monkeypatch):
 
 
 if __name__ == "__main__":  # run by torchrun from _torchrun()
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
     _driver(sys.argv[1], sys.argv[2])

@@ -13,7 +13,7 @@ import torch
 from resforce.config import load_config
 from resforce.model.dit import CausalVideoDiT, DiTConfig, PRESETS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLOP_TOL = 1e-3  # relative; the count is exact today (0.0), the slack is for formula rounding
 
 

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 from tiny import tiny  # noqa: E402
 
 RECIPE = str(ROOT / "configs" / "bb_resampling.yaml")

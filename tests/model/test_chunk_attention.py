@@ -260,7 +260,7 @@ def test_old_sdpa_checkpoint_loads_and_agrees():
 
     from resforce.training.checkpoint import load_model
 
-    demo = Path(__file__).parents[1] / "src/resforce/assets/demo/teacher_forcing.safetensors"
+    demo = Path(__file__).parents[2] / "src/resforce/assets/demo/teacher_forcing.safetensors"
     model, cfg = load_model(demo)
     assert cfg.model.attention_backend == "sdpa"
     g = torch.Generator().manual_seed(0)
@@ -417,7 +417,7 @@ def test_cuda_tiny_model_loss_and_gradients_equal_between_backends(randomize):
 
 def test_planning_refuses_a_mask_off_the_host():
     """plan_tiles reads its chunk mask on the host; it refuses any tensor that is not a real
-    CPU tensor, which is why reading it can never wait for a device (tests/host_syncs.py)."""
+    CPU tensor, which is why reading it can never wait for a device (tests/support/host_syncs.py)."""
     from resforce.model.attention.layouts import two_stream_chunk_mask
     from resforce.model.attention.chunked import plan_tiles
 
