@@ -92,7 +92,7 @@ def _chunk_velocity(model, cache, context, attention, actions=None):
     return v
 
 
-def _write(model, chunk, cache, context, history_noise, generator, attention, guide, actions=None):
+def write_chunk(model, chunk, cache, context, history_noise, generator, attention, guide, actions=None):
     b, fpc = chunk.shape[0], model.config.frames_per_chunk
     t = torch.full((b, 1), float(history_noise), device=chunk.device)
     if history_noise > 0:
@@ -119,7 +119,7 @@ def chunk_step(model: CausalVideoDiT, x: torch.Tensor, schedule: EulerSchedule, 
     v = _chunk_velocity(model, cache, context, attention, actions)
     chunk = euler_integrate(guided(v, cfg_scale) if guide else v, x, schedule)
     if commit:
-        _write(model, chunk, cache, context, history_noise, generator, attention, guide, actions)
+        write_chunk(model, chunk, cache, context, history_noise, generator, attention, guide, actions)
     return chunk
 
 
@@ -170,12 +170,12 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
     grid = euler_grid(cfg.steps, cfg.shift)
     fpc = mc.frames_per_chunk
     shape = (batch, mc.in_channels, fpc, height, width)
-    acts = _video_actions(model, actions, batch, (n_prefix + cfg.chunks) * fpc, device, guide)
+    acts = video_actions(model, actions, batch, (n_prefix + cfg.chunks) * fpc, device, guide)
     at = (lambda i: None) if acts is None else (lambda i: acts[:, i * fpc:(i + 1) * fpc])  # noqa: E731
     with autocast(precision, device):
         for i in range(n_prefix):
             c = prefix[:, :, i * fpc:(i + 1) * fpc].to(device)
-            _write(model, c, cache, ctx, cfg.history_noise, generator, attention, guide, at(i))
+            write_chunk(model, c, cache, ctx, cfg.history_noise, generator, attention, guide, at(i))
             if return_video:
                 chunks.append(c)
         for i in range(cfg.chunks):
@@ -208,7 +208,7 @@ def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int
     shape = (batch, mc.in_channels, fpc, height, width)
     banded, alone = _banded(cfg), cfg.cache_chunks() == 0  # context 1: every chunk alone
     n_prefix = 0 if prefix is None else prefix.shape[2] // fpc
-    acts = _video_actions(model, actions, batch, (n_prefix + cfg.chunks) * fpc, device)
+    acts = video_actions(model, actions, batch, (n_prefix + cfg.chunks) * fpc, device)
     with autocast(precision, device):
         for _ in range(cfg.chunks):
             seen = None if alone else done
@@ -226,7 +226,7 @@ def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int
     return done
 
 
-def _video_actions(model, actions, batch: int, frames: int, device, guide: bool = False):
+def video_actions(model, actions, batch: int, frames: int, device, guide: bool = False):
     """A rollout's per-frame actions (batch, frames[, D]) on `device`, checked; the null
     action where an action model is given none; [actions; null] with guidance; None for a
     model without actions (ValueError if some are given)."""

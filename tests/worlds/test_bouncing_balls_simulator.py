@@ -154,16 +154,6 @@ def test_state_dict_round_trip_resumes_exact_stream():
     fresh, _ = BouncingBalls(BouncingBallsConfig(seed=21), num_frames=6).batch(2)
     assert not torch.equal(fresh, expected)
 
-
-def test_iteration_yields_clips_from_the_stream():
-    ds = BouncingBalls(BouncingBallsConfig(seed=8), num_frames=4)
-    video, states = next(iter(ds))
-    assert video.shape == (3, 4, 32, 32)
-    assert states.positions.shape == (4, 2, 2)
-    again, _ = BouncingBalls(BouncingBallsConfig(seed=8), num_frames=4).sample()
-    assert torch.equal(video, again)
-
-
 def test_config_from_mapping():
     ds = BouncingBalls({"resolution": 16, "radius_min": 2.0, "radius_max": 3.0}, num_frames=2)
     assert ds.sample()[0].shape == (3, 2, 16, 16)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from resforce.metrics.frechet import FEATURE_DIM, frame_features, frechet_distance, frechet_vs_horizon
-from resforce.metrics.stats import format_table, mean_se, paired_difference, segment_table, to_markdown, whole_segments
+from resforce.metrics.stats import format_table, mean_se, paired_difference, segment_table, whole_segments
 from resforce.metrics.video import evaluate_generic, sharpness
 from resforce.worlds.bouncing_balls.analysis import analyze_balls, blob_centroids, connected_components, track_balls
 from resforce.worlds.bouncing_balls.metrics import evaluate_bouncing_balls
@@ -283,9 +283,6 @@ def test_segment_table_and_standard_errors():
     assert "32-48 *" in txt and "2.000 ± 0.577" in txt and "48-50" not in lines[-2]
     assert "last 2 frame(s) (48-50)" in lines[-1]
     assert len({len(line) for line in lines[:5]}) == 1  # fixed width
-    md = to_markdown([dict(r, method="tf") for r in rows], ["a"])
-    assert md.splitlines()[0] == "| method | frames | a |"
-    assert "| tf | 32-48 * |" in md and "48-50" in md.splitlines()[-1]
 
 
 def test_whole_segments_everywhere():

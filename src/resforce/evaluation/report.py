@@ -37,7 +37,6 @@ __all__ = [
     "save_video",
     "plot_metric_vs_horizon",
     "rows_to_html",
-    "markdown_table_to_html",
     "write_compare_page",
     "VIDEO_MIME",
 ]
@@ -117,7 +116,7 @@ def plot_metric_vs_horizon(
 
 # ----------------------------------------------------------------------------- tables
 def rows_to_html(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None, precision: int = 3) -> str:
-    """HTML table of :func:`resforce.metrics.facade.segment_table` rows (beyond-training rows marked)."""
+    """HTML table of :func:`resforce.metrics.stats.segment_table` rows (beyond-training rows marked)."""
     header, body, note = table_cells(rows, metrics, precision)
     out = ['<table class="metrics">', "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>", "<tbody>"]
     for r, cells in zip(rows, body):
@@ -129,51 +128,6 @@ def rows_to_html(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | Non
     return "\n".join(out)
 
 
-def markdown_table_to_html(md: str) -> str:
-    """Convert GitHub pipe tables (e.g. from :func:`resforce.metrics.facade.to_markdown`) to HTML.
-
-    Lines that are not part of a table become paragraphs. Cell text is escaped.
-    """
-    lines = md.strip("\n").splitlines()
-    out: list[str] = []
-    i = 0
-
-    def cells(line: str) -> list[str]:
-        line = line.strip()
-        if line.startswith("|"):
-            line = line[1:]
-        if line.endswith("|") and not line.endswith("\\|"):
-            line = line[:-1]
-        parts = re.split(r"(?<!\\)\|", line)
-        return [p.strip().replace("\\|", "|") for p in parts]
-
-    sep = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
-    while i < len(lines):
-        line = lines[i]
-        if "|" in line and i + 1 < len(lines) and sep.match(lines[i + 1]):
-            aligns = ["right" if c.endswith(":") and not c.startswith(":") else "left" for c in cells(lines[i + 1])]
-            head = cells(line)
-            out.append('<table class="metrics">')
-            out.append("<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>")
-            i += 2
-            while i < len(lines) and "|" in lines[i] and lines[i].strip():
-                row = cells(lines[i])
-                cls = ' class="beyond"' if any(c.endswith("*") for c in row[:2]) else ""
-                tds = "".join(
-                    f'<td style="text-align:{aligns[j] if j < len(aligns) else "left"}">{html.escape(c)}</td>'
-                    for j, c in enumerate(row)
-                )
-                out.append(f"<tr{cls}>{tds}</tr>")
-                i += 1
-            out.append("</tbody></table>")
-            continue
-        if line.strip():
-            out.append(f'<p class="note">{html.escape(line.strip())}</p>')
-        i += 1
-    return "\n".join(out)
-
-
-# ----------------------------------------------------------------------------- page
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;background:#fafafa;color:#222}
 h1{font-size:1.5em;margin:0 0 .3em}h2{font-size:1.15em;margin:1.4em 0 .5em}
@@ -236,7 +190,6 @@ def write_compare_page(
     out_dir: str | os.PathLike,
     methods: Sequence[Mapping[str, Any]],
     plots: Sequence[str] = (),
-    table_markdown_or_html: str | None = None,
     title: str = "resforce: long-horizon comparison",
     notes: str | Sequence[str] = "",
     *,
@@ -248,11 +201,9 @@ def write_compare_page(
 
     ``methods``: dicts ``{"name", "video_path", "rows"?, "caption"?}`` where ``video_path``
     is relative to ``out_dir`` (one path, or a list of alternatives such as
-    ``["x.webm", "x.mp4"]``) and ``rows`` are :func:`resforce.metrics.facade.segment_table` rows
+    ``["x.webm", "x.mp4"]``) and ``rows`` are :func:`resforce.metrics.stats.segment_table` rows
     (gathered into one per-segment table with a method column; ``metrics`` picks its
-    columns). ``plots``: PNG paths relative to ``out_dir``. ``table_markdown_or_html``: an
-    extra table, as Markdown (pipe table, e.g. from ``to_markdown``) or HTML (starts with
-    ``<``). ``notes``: plain text (escaped; blank-line separated paragraphs) or a list of
+    columns). ``plots``: PNG paths relative to ``out_dir``. ``notes``: plain text (escaped; blank-line separated paragraphs) or a list of
     paragraphs. ``verdict``: one sentence shown first (resforce.evaluation.verdict). With ``check_files``
     every referenced file must exist. Written atomically.
     """
@@ -307,10 +258,6 @@ def write_compare_page(
     if all_rows:
         parts.append("<h2>Per-segment metrics</h2>")
         parts.append(rows_to_html(all_rows, metrics))
-    if table_markdown_or_html:
-        t = table_markdown_or_html.strip()
-        parts.append("<h2>Summary</h2>")
-        parts.append(t if t.startswith("<") else markdown_table_to_html(t))
 
     parts.append(f"<script>{_JS}</script>")
     parts.append("</body></html>")

@@ -29,7 +29,7 @@ from resforce.actions import NO_ACTIONS, ActionSpace
 from resforce.training.checkpoint import load_model
 from resforce.flow import euler_grid, grid_schedule
 from resforce.model.dit import CausalVideoDiT
-from resforce.rollout import _video_actions, _write, chunk_step
+from resforce.rollout import video_actions, write_chunk, chunk_step
 from resforce.generation.session import rolling_session
 from resforce.model.attention.policy import AttentionPolicy
 from resforce.worlds import world_of
@@ -134,7 +134,7 @@ class InteractiveSession:
         with torch.no_grad():
             for i in range(video.shape[1] // fpc):
                 chunk = video[None, :, i * fpc:(i + 1) * fpc].to(self.device)
-                _write(self.model, chunk, self.cache, None, self.session.sample.history_noise, self.generator,
+                write_chunk(self.model, chunk, self.cache, None, self.session.sample.history_noise, self.generator,
                        self.policy, guide,
                        self._actions(self.action_space.default if self.action_space.kind == "discrete" else None))
         self.last_chunk = frames_to_uint8(video[:, -fpc:])
@@ -153,7 +153,7 @@ class InteractiveSession:
             chunk = chunk_step(self.model, noise, grid_schedule(self.grid, 1, self.device), self.cache, None,
                                self.policy, cfg_scale=self.cfg_scale, commit=False, actions=acts)
             t1 = time.perf_counter()
-            _write(self.model, chunk, self.cache, None, self.session.sample.history_noise, self.generator,
+            write_chunk(self.model, chunk, self.cache, None, self.session.sample.history_noise, self.generator,
                    self.policy, self.cfg_scale != 1.0, acts)
             t2 = time.perf_counter()
         self.timing = StepTiming(denoise=t1 - t0, commit=t2 - t1)
@@ -198,4 +198,4 @@ class InteractiveSession:
             if v.shape != (fpc, space.dim):
                 raise ValueError(f"a continuous action is a vector of {space.dim} (or {fpc} of them), got {tuple(v.shape)}")
             a = v[None]
-        return _video_actions(self.model, a, 1, fpc, self.device, self.cfg_scale != 1.0)
+        return video_actions(self.model, a, 1, fpc, self.device, self.cfg_scale != 1.0)

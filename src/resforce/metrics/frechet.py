@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from resforce.metrics.stats import whole_segments
-from resforce.metrics.arrays import _batch01, _gray, _laplacian, _np
+from resforce.metrics.arrays import batch01, gray, laplacian, as_numpy
 
 __all__ = ["FEATURE_DIM", "frame_features", "frechet_distance", "frechet_vs_horizon"]
 
@@ -36,18 +36,18 @@ def _block_mean(g: np.ndarray, n: int) -> np.ndarray:
 
 def frame_features(videos: Any) -> np.ndarray:
     """(M, F, D) fixed hand-made features per frame (D = FEATURE_DIM for RGB, see its doc)."""
-    v = _batch01(videos).astype(np.float64)
+    v = batch01(videos).astype(np.float64)
     mm, c, ff, hh, ww = v.shape
     q = np.clip((v * HIST_BINS).astype(np.int64), 0, HIST_BINS - 1)  # (M,C,F,H,W)
     # histogram index (m, f, c, bin), counted with one bincount
     base = ((np.arange(mm)[:, None, None] * ff + np.arange(ff)[None, None, :]) * c + np.arange(c)[None, :, None])
     idx = (base[..., None, None] * HIST_BINS + q).reshape(-1)
     hist = np.bincount(idx, minlength=mm * ff * c * HIST_BINS).reshape(mm, ff, c * HIST_BINS) / float(hh * ww)
-    g = _gray(v)
+    g = gray(v)
     small = _block_mean(g, GRAY_GRID).reshape(mm, ff, -1)
     gx = np.abs(np.diff(g, axis=-1)).mean(axis=(-2, -1))
     gy = np.abs(np.diff(g, axis=-2)).mean(axis=(-2, -1))
-    lap = _laplacian(g).reshape(mm, ff, -1).var(-1)
+    lap = laplacian(g).reshape(mm, ff, -1).var(-1)
     return np.concatenate([hist, small, gx[..., None], gy[..., None], lap[..., None]], axis=-1)
 
 
@@ -58,8 +58,8 @@ def frechet_distance(feats_a: Any, feats_b: Any, eps: float = 1e-6) -> float:
     both covariances; the trace of the matrix square root is computed as the sum of
     sqrt-eigenvalues of the symmetric PSD ``S_a^(1/2) S_b S_a^(1/2)``.
     """
-    a = _np(feats_a).astype(np.float64)
-    b = _np(feats_b).astype(np.float64)
+    a = as_numpy(feats_a).astype(np.float64)
+    b = as_numpy(feats_b).astype(np.float64)
     a = a.reshape(-1, a.shape[-1])
     b = b.reshape(-1, b.shape[-1])
     d = a.shape[1]

@@ -11,9 +11,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from resforce.metrics.arrays import _nanmean, _np
+from resforce.metrics.arrays import nanmean, as_numpy
 
-__all__ = ["mean_se", "paired_difference", "whole_segments", "segment_table", "format_table", "to_markdown"]
+__all__ = ["mean_se", "paired_difference", "whole_segments", "segment_table", "format_table"]
 
 
 def mean_se(x: Any, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -21,7 +21,7 @@ def mean_se(x: Any, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
     The standard error is NaN where fewer than 2 finite values exist.
     """
-    x = _np(x).astype(np.float64)
+    x = as_numpy(x).astype(np.float64)
     finite = np.isfinite(x)
     n = finite.sum(axis=axis)
     xs = np.where(finite, x, 0.0)
@@ -41,8 +41,8 @@ def paired_difference(a: Any, b: Any, axis: int = 0):
     Pairs where either value is NaN are dropped. Returns ``(mean, se)`` (floats for 1-D
     input). A difference is significant at ~95% when ``|mean| > 2 se``.
     """
-    a = _np(a).astype(np.float64)
-    b = _np(b).astype(np.float64)
+    a = as_numpy(a).astype(np.float64)
+    b = as_numpy(b).astype(np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired arrays must have the same shape, got {a.shape} and {b.shape}")
     return mean_se(a - b, axis=axis)
@@ -84,10 +84,10 @@ def segment_table(
 
     Segments start at frame 0; a tail shorter than ``segment_len`` is dropped (see
     :func:`whole_segments`) and the tables say so. Add ``"method": name`` to rows to get a
-    method column from :func:`format_table` / :func:`to_markdown`.
+    method column from :func:`format_table`.
     """
     names = list(metrics) if metrics is not None else list(per_frame)
-    arrs = {k: np.atleast_2d(_np(per_frame[k]).astype(np.float64)) for k in names}
+    arrs = {k: np.atleast_2d(as_numpy(per_frame[k]).astype(np.float64)) for k in names}
     ff = max(a.shape[1] for a in arrs.values()) if arrs else 0
     bounds, dropped = whole_segments(ff, segment_len)
     rows = []
@@ -104,7 +104,7 @@ def segment_table(
             "dropped_tail_frames": dropped,
         }
         for k, a in arrs.items():
-            per_sample = _nanmean(a[:, s:e], axis=1)
+            per_sample = nanmean(a[:, s:e], axis=1)
             mean, se = mean_se(per_sample)
             row["mean"][k] = mean
             row["se"][k] = se
@@ -159,14 +159,4 @@ def format_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | Non
     out = [line(header), "  ".join("-" * w for w in widths)] + [line(b) for b in body]
     if _needs_note(rows):
         out.append(note)
-    return "\n".join(out)
-
-
-def to_markdown(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None, precision: int = 3) -> str:
-    """GitHub-flavoured Markdown table of :func:`segment_table` rows."""
-    header, body, note = table_cells(rows, metrics, precision)
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
-    out += ["| " + " | ".join(c.replace("|", "\\|") for c in b) + " |" for b in body]
-    if _needs_note(rows):
-        out += ["", note]
     return "\n".join(out)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from resforce.metrics.arrays import _batch01, _gray, _laplacian
+from resforce.metrics.arrays import batch01, gray, laplacian
 
 DRIFT_DEFINITION = (
     "drift (generic worlds) = color_drift, the distance of the frame's per-channel mean/std from "
@@ -20,14 +20,14 @@ DRIFT_DEFINITION = (
 
 def sharpness(videos: Any) -> np.ndarray:
     """(M, F) variance of the 4-neighbour Laplacian of each frame's luma (in [0,1] units)."""
-    g = _gray(_batch01(videos)).astype(np.float64)
-    lap = _laplacian(g)
+    g = gray(batch01(videos)).astype(np.float64)
+    lap = laplacian(g)
     return lap.reshape(*lap.shape[:2], -1).var(-1)
 
 
 def flicker(videos: Any) -> np.ndarray:
     """(M, F) mean absolute difference between frame f and f-1 ([0,1] units); NaN at f = 0."""
-    v = _batch01(videos).astype(np.float64)
+    v = batch01(videos).astype(np.float64)
     out = np.full(v.shape[0:1] + v.shape[2:3], np.nan)
     if v.shape[2] > 1:
         out[:, 1:] = np.abs(np.diff(v, axis=2)).mean(axis=(1, 3, 4))
@@ -36,7 +36,7 @@ def flicker(videos: Any) -> np.ndarray:
 
 def color_stats(videos: Any) -> np.ndarray:
     """(M, F, 2C): per-frame per-channel mean then per-channel std, in [0,1] units."""
-    v = _batch01(videos).astype(np.float64)
+    v = batch01(videos).astype(np.float64)
     mean = v.mean(axis=(3, 4))  # (M, C, F)
     std = v.std(axis=(3, 4))
     return np.concatenate([mean, std], axis=1).transpose(0, 2, 1)

@@ -59,7 +59,7 @@ from resforce.actions import training_actions
 from resforce.text_context import context_of, training_context
 
 
-from resforce.training.state import RunState, _check_start, on_main
+from resforce.training.state import RunState, check_start, on_main
 
 
 class NonFiniteError(ValueError):
@@ -112,7 +112,7 @@ class Trainer(RunState):
                              f"of optim.grad_accum={o.grad_accum} x {self.world} ranks")
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress and self.main
-        _check_start(cfg, init_from)  # before the run_dir is created
+        check_start(cfg, init_from)  # before the run_dir is created
         self.lock = on_main(lambda: open_run_dir(self.run_dir, resume, overwrite))
         try:
             self._build(resume, init_from)

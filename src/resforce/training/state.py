@@ -39,7 +39,7 @@ def _meta_model(cfg: TrainConfig) -> CausalVideoDiT:
         return CausalVideoDiT(copy.deepcopy(cfg.model))
 
 
-def _check_start(cfg: TrainConfig, init_from) -> None:
+def check_start(cfg: TrainConfig, init_from) -> None:
     """A new run starts from one place: --init-from (a resforce run or checkpoint) or init.wan."""
     if init_from is None:
         return

@@ -30,7 +30,7 @@ from resforce.worlds.bouncing_balls import identity as ball_identity
 from resforce.worlds.bouncing_balls.metrics import evaluate_bouncing_balls
 from resforce.worlds.agent_balls.simulator import AgentBallsConfig, direction, sticky_actions
 from resforce.metrics.video import evaluate_generic
-from resforce.metrics.arrays import _batch01
+from resforce.metrics.arrays import batch01
 
 COLOR_THRESH = 0.25
 """RGB distance from the background -> agent-colour segment within which a pixel is agent."""
@@ -44,7 +44,7 @@ BALL_METRICS = ("count_error", "lost", "spawned", "identity_error", "color_integ
 
 def locate_agent(videos, cfg: AgentBallsConfig) -> tuple[np.ndarray, np.ndarray]:
     """(centres (M, F, 2) (x, y) in px, NaN where not found; found (M, F) bool)."""
-    v = _batch01(videos).astype(np.float64)  # (M, C, F, H, W)
+    v = batch01(videos).astype(np.float64)  # (M, C, F, H, W)
     bg = np.asarray(cfg.balls.background, dtype=np.float64)[None, :, None, None, None]
     axis = np.asarray(cfg.agent_color, dtype=np.float64) - np.asarray(cfg.balls.background, dtype=np.float64)
     rel = v - bg
@@ -100,7 +100,7 @@ def evaluate_agent_world(videos, cfg: AgentBallsConfig, states=None, ref_frames:
     """Per-frame metrics (M, F) of videos (M, C, F, H, W) in [-1, 1] of the agent world. The
     action metrics need the commanded actions (states.actions, (M, F)); without states only
     agent_found, the persistence and the generic metrics are computed."""
-    v = _batch01(videos)
+    v = batch01(videos)
     m, f = v.shape[0], v.shape[2]
     centres, found = locate_agent(videos, cfg)
     out = {"agent_found": found.astype(np.float64)}

@@ -28,7 +28,8 @@ import torch
 
 from resforce.actions import ActionSpace
 from resforce.worlds.config_coerce import coerce_config
-from resforce.worlds.bouncing_balls.simulator import BallStates, BouncingBallsConfig, _check_rgb, _sample_balls, reflect, render
+from resforce.worlds.simulated_stream import SimulatedStream
+from resforce.worlds.bouncing_balls.simulator import BallStates, BouncingBallsConfig, check_rgb, sample_balls, reflect, render
 
 MOVES = ("noop", "left", "right", "up", "down")
 """The actions the agent understands, in index order."""
@@ -84,7 +85,7 @@ class AgentBallsConfig:
             raise ValueError(f"num_actions must be >= {len(MOVES)} ({', '.join(MOVES)}), got {self.num_actions}")
         if not 0 <= self.action_repeat <= 1:
             raise ValueError(f"action_repeat must be in [0, 1], got {self.action_repeat}")
-        _check_rgb("agent_color", self.agent_color)
+        check_rgb("agent_color", self.agent_color)
 
     @property
     def resolution(self) -> int:
@@ -154,7 +155,7 @@ class AgentSimulator:
         """A new episode from world seed `seed` (or a given generator): frame 0."""
         rng = rng if rng is not None else np.random.default_rng(self.config.seed if seed is None else seed)
         cfg = self.config
-        self.balls = _sample_balls(cfg.balls, rng)
+        self.balls = sample_balls(cfg.balls, rng)
         r = cfg.agent_radius
         self.agent = rng.uniform(r, cfg.resolution - r, size=2)
         self.ball_pos, self.ball_vel = self.balls.positions[0], self.balls.velocities[0]
@@ -205,32 +206,13 @@ def simulate(cfg: AgentBallsConfig, rng: np.random.Generator, num_frames: int,
     return np.stack(frames), states
 
 
-class AgentBalls:
-    """Seeded, infinite, resumable stream of agent-world clips (like data.worlds.BouncingBalls):
-    batch(n, frames) -> ((n, 3, F, H, W) in [-1, 1], AgentBallsStates with `.actions` (n, F))."""
+class AgentBalls(SimulatedStream):
+    """Seeded, infinite, resumable stream of agent-world clips: batch(n, frames) -> ((n, 3, F,
+    H, W) in [-1, 1], AgentBallsStates with `.actions` (n, F))."""
 
-    def __init__(self, config: AgentBallsConfig | Mapping[str, Any] | None = None, num_frames: int = 16) -> None:
-        self.config = coerce_config(AgentBallsConfig() if config is None else config, AgentBallsConfig)
-        self.num_frames = num_frames
-        self.rng = np.random.default_rng(self.config.seed)
-        self.clips_emitted = 0
-
-    def sample(self, num_frames: int | None = None) -> tuple[torch.Tensor, AgentBallsStates]:
-        frames, states = simulate(self.config, self.rng, num_frames or self.num_frames)
-        self.clips_emitted += 1
-        return torch.from_numpy(frames).permute(1, 0, 2, 3).contiguous(), states
-
-    def batch(self, batch_size: int, num_frames: int | None = None) -> tuple[torch.Tensor, AgentBallsStates]:
-        clips = [self.sample(num_frames) for _ in range(batch_size)]
-        return torch.stack([c[0] for c in clips]), AgentBallsStates.stack([c[1] for c in clips])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.config.seed, "clips_emitted": self.clips_emitted,
-                "bit_generator": self.rng.bit_generator.state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["bit_generator"]
-        self.clips_emitted = int(state["clips_emitted"])
+    config_class = AgentBallsConfig
+    states_class = AgentBallsStates
+    simulate = staticmethod(simulate)
 
 
 __all__ = ["AgentBalls", "AgentBallsConfig", "AgentBallsStates", "AgentSimulator", "MOVES", "direction",

@@ -9,13 +9,12 @@ by greedy nearest-neighbour matching (:func:`track_balls`). The metrics built on
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from resforce.metrics.arrays import _batch01, _np
+from resforce.metrics.arrays import batch01, as_numpy
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -32,7 +31,7 @@ def segment_colors(
     palette colour ``k``, -1 = off-palette; alpha = coverage (position on the segment
     background -> palette[k], in [0,1]) for palette pixels, else 0.
     """
-    x = _np(frames01).astype(np.float32)
+    x = as_numpy(frames01).astype(np.float32)
     if x.shape[-3] != 3:
         raise ValueError(f"segment_colors needs RGB frames (..., 3, H, W), got {x.shape}")
     pal = np.asarray(palette, dtype=np.float32).reshape(-1, 3)
@@ -71,7 +70,7 @@ def connected_components(labels: Any, connectivity: int = 4) -> np.ndarray:
     unique across the whole batch (the flat index of the component's first pixel, so ids
     sort by frame). Min-label propagation with pointer jumping; no scipy.
     """
-    lab = _np(labels)
+    lab = as_numpy(labels)
     if lab.ndim == 2:
         lab = lab[None]
     n, h, w = lab.shape
@@ -165,7 +164,7 @@ def analyze_balls(
     connectivity: int = 4,
 ) -> BallAnalysis:
     """Segment a batch of videos ((C,F,H,W) or (M,C,F,H,W) in [-1,1]) into coloured blobs."""
-    return analyze_balls01(_batch01(videos), palette, background, min_area, bg_thresh, color_thresh, pixel_center, connectivity)
+    return analyze_balls01(batch01(videos), palette, background, min_area, bg_thresh, color_thresh, pixel_center, connectivity)
 
 
 def analyze_balls01(v, palette, background, min_area, bg_thresh, color_thresh, pixel_center, connectivity=4) -> BallAnalysis:

@@ -82,7 +82,7 @@ import numpy as np
 
 from resforce.worlds.bouncing_balls import identity as ID
 from resforce.worlds.bouncing_balls.analysis import analyze_balls01, greedy_match, track_balls
-from resforce.metrics.arrays import _batch01, _np
+from resforce.metrics.arrays import batch01, as_numpy
 
 
 def _motion_metrics(
@@ -135,14 +135,14 @@ def _ref_areas(radii: Any, mm: int) -> list[np.ndarray] | None:
         return None
     if np.isscalar(radii):
         return [np.array([math.pi * float(radii) ** 2])] * mm
-    radii = list(radii) if not hasattr(radii, "shape") else _np(radii)
+    radii = list(radii) if not hasattr(radii, "shape") else as_numpy(radii)
     if len(radii) != mm:
         raise ValueError(f"radii must be a scalar or have one entry per sample ({mm}), got {len(radii)}")
     return [math.pi * np.atleast_1d(np.asarray(r, dtype=np.float64)) ** 2 for r in radii]
 
 
 def _per_sample(x: Any, mm: int, name: str) -> np.ndarray:
-    a = np.atleast_1d(_np(x).astype(np.float64))
+    a = np.atleast_1d(as_numpy(x).astype(np.float64))
     if a.size == 1:
         a = np.full(mm, a.item())
     if a.shape != (mm,):
@@ -188,7 +188,7 @@ def evaluate_bouncing_balls(
         the most balls seen in one of them). The reference of ``count_error``, ``lost``,
         ``spawned``, ``identity_error`` and the ``*_term`` metrics.
     """
-    v = _batch01(videos)
+    v = batch01(videos)
     mm, _, ff, hh, ww = v.shape
     ref_areas = _ref_areas(radii, mm)
     if min_area is None:
@@ -252,10 +252,10 @@ def evaluate_bouncing_balls(
     }
 
     if gt_positions is not None:
-        gp = _np(gt_positions).astype(np.float64)
+        gp = as_numpy(gt_positions).astype(np.float64)
         if gp.ndim == 3:
             gp = gp[None]
-        gc = None if gt_colors is None else np.atleast_2d(_np(gt_colors)).astype(np.int64)
+        gc = None if gt_colors is None else np.atleast_2d(as_numpy(gt_colors)).astype(np.int64)
         pos_err = np.full((mm, ff), np.nan)
         for m in range(mm):
             for f in range(min(ff, gp.shape[1])):
@@ -274,7 +274,7 @@ def evaluate_bouncing_balls(
         out["position_error"] = pos_err
 
     if gt_frames is not None:
-        g = _batch01(gt_frames)
+        g = batch01(gt_frames)
         fg_ = min(ff, g.shape[2])
         mse = np.full((mm, ff), np.nan)
         mse[:, :fg_] = ((v[:, :, :fg_] - g[:, :, :fg_]) ** 2).mean(axis=(1, 3, 4))

@@ -17,12 +17,10 @@ function of its initial state, which is what makes long-horizon ground truth che
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
-import torch
-from resforce.worlds.config_coerce import coerce_config
-from torch.utils.data import IterableDataset, get_worker_info
+from resforce.worlds.simulated_stream import SimulatedStream
 
 # Six saturated colours that are pairwise >= 1.0 apart in RGB, so nearest-colour segmentation
 # separates them even after lossy compression or a model's blurry reconstruction.
@@ -96,8 +94,8 @@ class BouncingBallsConfig:
         if len(self.colors) == 0:
             raise ValueError("colors must contain at least one RGB triple")
         for i, c in enumerate(self.colors):
-            _check_rgb(f"colors[{i}]", c)
-        _check_rgb("background", self.background)
+            check_rgb(f"colors[{i}]", c)
+        check_rgb("background", self.background)
         if self.distinct_colors and len(self.colors) < self.num_balls_max:
             raise ValueError(
                 f"colors has {len(self.colors)} entries but distinct_colors=True needs at least "
@@ -105,7 +103,7 @@ class BouncingBallsConfig:
             )
 
 
-def _check_rgb(name: str, rgb: Any) -> None:
+def check_rgb(name: str, rgb: Any) -> None:
     values = list(rgb)
     if len(values) != 3 or not all(0.0 <= float(v) <= 1.0 for v in values):
         raise ValueError(f"{name} must be an RGB triple with values in [0, 1], got {rgb!r}")
@@ -201,7 +199,7 @@ def render(
     return frames[0] if single else frames
 
 
-def _sample_balls(cfg: BouncingBallsConfig, rng: np.random.Generator) -> BallStates:
+def sample_balls(cfg: BouncingBallsConfig, rng: np.random.Generator) -> BallStates:
     """Draw one clip's balls; returns states with F=1 (the initial frame)."""
     k_max = cfg.num_balls_max
     n = int(rng.integers(cfg.num_balls_min, cfg.num_balls_max + 1))
@@ -236,7 +234,7 @@ def simulate(
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    init = _sample_balls(cfg, rng)
+    init = sample_balls(cfg, rng)
     k = cfg.num_balls_max
     pos = np.zeros((num_frames, k, 2))
     vel = np.zeros((num_frames, k, 2))
@@ -259,56 +257,10 @@ def simulate(
     return frames, states
 
 
-class BouncingBalls(IterableDataset):
-    """Seeded, infinite, resumable stream of bouncing-balls clips.
+class BouncingBalls(SimulatedStream):
+    """Seeded, infinite, resumable stream of bouncing-balls clips: batch(n, frames) ->
+    ((n, 3, F, H, W) float32 in [-1, 1], BallStates with a leading n axis)."""
 
-    Iterating yields (video (3, F, H, W) float32 tensor in [-1, 1], BallStates). The stream
-    position is the numpy generator state, captured by state_dict() so a resumed training run
-    sees exactly the clips it would have seen. Use it in-process (or DataLoader num_workers=0):
-    worker processes would each copy the generator and repeat the same clips.
-    """
-
-    def __init__(
-        self, config: BouncingBallsConfig | Mapping[str, Any] | None = None, num_frames: int = 16
-    ) -> None:
-        self.config = coerce_config(BouncingBallsConfig() if config is None else config, BouncingBallsConfig)
-        self.num_frames = num_frames
-        self.rng = np.random.default_rng(self.config.seed)
-        self.clips_emitted = 0
-
-    def sample(self, num_frames: int | None = None) -> tuple[torch.Tensor, BallStates]:
-        """Next clip of the stream: ((3, F, H, W) tensor, ground truth)."""
-        frames, states = simulate(self.config, self.rng, num_frames or self.num_frames)
-        self.clips_emitted += 1
-        return torch.from_numpy(frames).permute(1, 0, 2, 3).contiguous(), states
-
-    def batch(self, batch_size: int, num_frames: int | None = None) -> tuple[torch.Tensor, BallStates]:
-        """Next `batch_size` clips: ((B, 3, F, H, W) tensor, BallStates with a leading B axis)."""
-        clips = [self.sample(num_frames) for _ in range(batch_size)]
-        return torch.stack([c[0] for c in clips]), BallStates.stack([c[1] for c in clips])
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, BallStates]]:
-        info = get_worker_info()
-        if info is not None and info.num_workers > 1:
-            raise RuntimeError(
-                "BouncingBalls must not be split over DataLoader workers: each would replay the "
-                "same seeded stream. Use num_workers=0 (simulation is cheap)."
-            )
-        while True:
-            yield self.sample()
-
-    def state_dict(self) -> dict[str, Any]:
-        """Stream position: the generator state plus bookkeeping, picklable for checkpoints."""
-        return {
-            "seed": self.config.seed,
-            "clips_emitted": self.clips_emitted,
-            "bit_generator": self.rng.bit_generator.state,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume the stream exactly where state_dict() was taken."""
-        name = state["bit_generator"]["bit_generator"]
-        if name != type(self.rng.bit_generator).__name__:
-            raise ValueError(f"state_dict bit generator {name!r} does not match this stream's")
-        self.rng.bit_generator.state = state["bit_generator"]
-        self.clips_emitted = int(state["clips_emitted"])
+    config_class = BouncingBallsConfig
+    states_class = BallStates
+    simulate = staticmethod(simulate)

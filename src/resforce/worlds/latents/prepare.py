@@ -103,7 +103,7 @@ def read_clips(path: Path, frames: int, size: tuple[int, int], stride: int, limi
     """[(first frame, uint8 (frames, H, W, 3))] cut one after the other from the video's start."""
     import av
 
-    from resforce.worlds.video_folder.reader import _crop_resize  # the video_folder world's crop: the same framing
+    from resforce.worlds.video_folder.reader import crop_resize  # the video_folder world's crop: the same framing
 
     clips, current, start, kept = [], [], 0, 0
     try:
@@ -115,7 +115,7 @@ def read_clips(path: Path, frames: int, size: tuple[int, int], stride: int, limi
                     continue
                 if not current:
                     start = index
-                current.append(_crop_resize(frame.to_image(), size))
+                current.append(crop_resize(frame.to_image(), size))
                 kept += 1
                 if len(current) == frames:
                     clips.append((start, np.stack(current)))

@@ -174,7 +174,7 @@ class VideoFolder:
                 # Decode from the beginning: seeking lands on keyframes and gives no exact frame index.
                 for index, frame in enumerate(container.decode(video=0)):
                     if index in wanted:
-                        frames.append(_crop_resize(frame.to_image(), cfg.size))
+                        frames.append(crop_resize(frame.to_image(), cfg.size))
                     if len(frames) == cfg.num_frames:
                         break
         except av.FFmpegError as err:
@@ -284,7 +284,7 @@ def _count_frames(path: Path) -> int:
         raise VideoFileError(f"cannot decode video {str(path)!r}: {err}") from err
 
 
-def _crop_resize(image: Image.Image, size: tuple[int, ...]) -> np.ndarray:
+def crop_resize(image: Image.Image, size: tuple[int, ...]) -> np.ndarray:
     """Centre crop to the target aspect ratio, then resize: uint8 (H, W, 3)."""
     height, width = size
     w0, h0 = image.size
