@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from resforce.metrics.arrays import nanmean
 import torch
 
 from resforce.metrics import frechet as F
@@ -102,10 +104,7 @@ def _segment_means(v: np.ndarray, seg: int) -> list:
 
 def _nanmean0(v: np.ndarray) -> list:
     """Mean over samples per frame; frames where a metric is undefined for all give None."""
-    with np.errstate(all="ignore"):
-        ok = np.isfinite(v).any(axis=0)
-        m = np.where(ok, np.nansum(np.where(np.isfinite(v), v, 0), axis=0) / np.maximum(np.isfinite(v).sum(0), 1), np.nan)
-    return [None if not np.isfinite(x) else float(x) for x in m]
+    return [None if not np.isfinite(x) else float(x) for x in nanmean(v, axis=0)]
 
 
 def _jsonable(x):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from resforce.metrics.stats import paired_difference
+
 
 def _last_segment(ev, metric) -> np.ndarray:
     return np.array([np.nan if r[-1] is None else r[-1] for r in ev.per_sample_segments()[metric]], dtype=float)
@@ -19,11 +21,9 @@ def _clause(a, b, metric: str, better: str, number: str) -> str:
     xa, xb = _last_segment(a, metric), _last_segment(b, metric)
     if xa.shape != xb.shape:
         return ""
-    diff = xb - xa
-    ok = np.isfinite(diff)
-    if ok.sum() < 2:
+    if np.isfinite(xb - xa).sum() < 2:
         return ""
-    d, se = diff[ok].mean(), diff[ok].std(ddof=1) / np.sqrt(ok.sum())
+    d, se = paired_difference(xb, xa)
     numbers = (f"{number} {b.name} {np.nanmean(xb):.2f}, {a.name} {np.nanmean(xa):.2f}, paired "
                f"{b.name} − {a.name} = {d:+.2f} ± {se:.2f}")
     if abs(d) < 2 * se:
