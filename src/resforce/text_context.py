@@ -73,7 +73,7 @@ def drop_captions(context: torch.Tensor, empty: torch.Tensor, p: float, generato
     return torch.where(keep[:, None, None], context, empty.expand_as(context).to(context.dtype))
 
 
-def training_context(info, text_dim: int, cfg: TextConfig, batch: int, device, generator=None) -> torch.Tensor | None:
+def training_text(info, text_dim: int, cfg: TextConfig, batch: int, device, generator=None) -> torch.Tensor | None:
     """The context of one training micro-batch: the data's (with caption dropout), the empty
     prompt for a text model on a world without text, None for a model without text."""
     given = context_of(info)

@@ -155,32 +155,32 @@ def test_the_context_reaches_every_cached_call_of_a_rollout(randomize):
 
 
 def test_caption_dropout_swaps_in_the_empty_prompt():
-    from resforce.text_context import TextConfig, training_context
+    from resforce.text_context import TextConfig, training_text
 
     ctx, empty = contexts(64)
     info = SimpleNamespace(context=ctx, empty_context=empty[:1])
     g = torch.Generator().manual_seed(0)
-    assert torch.equal(training_context(info, TEXT_DIM, TextConfig(caption_dropout=0.0), 64, "cpu", g), ctx)
-    dropped = training_context(info, TEXT_DIM, TextConfig(caption_dropout=1.0), 64, "cpu", g)
+    assert torch.equal(training_text(info, TEXT_DIM, TextConfig(caption_dropout=0.0), 64, "cpu", g), ctx)
+    dropped = training_text(info, TEXT_DIM, TextConfig(caption_dropout=1.0), 64, "cpu", g)
     assert torch.equal(dropped, empty[:1].expand(64, -1, -1))
-    half = training_context(info, TEXT_DIM, TextConfig(caption_dropout=0.5), 64, "cpu", g)
+    half = training_text(info, TEXT_DIM, TextConfig(caption_dropout=0.5), 64, "cpu", g)
     kept = (half == ctx).flatten(1).all(1)
     assert torch.equal(half[~kept], empty[:1].expand(int((~kept).sum()), -1, -1))
     assert 16 < int(kept.sum()) < 48
-    zeros = training_context(SimpleNamespace(context=ctx), TEXT_DIM, TextConfig(caption_dropout=1.0), 64, "cpu", g)
+    zeros = training_text(SimpleNamespace(context=ctx), TEXT_DIM, TextConfig(caption_dropout=1.0), 64, "cpu", g)
     assert not zeros.any()  # no empty_context given: the zero stand-in
 
 
 def test_text_errors_name_the_fields():
     from resforce.config import ConfigError, load_config
-    from resforce.text_context import TextConfig, training_context
+    from resforce.text_context import TextConfig, training_text
 
     info = SimpleNamespace(context=torch.zeros(2, 3, 8))
     with pytest.raises(ValueError, match=r"model.text_dim=0.*set model.text_dim=8"):
-        training_context(info, 0, TextConfig(), 2, "cpu")
+        training_text(info, 0, TextConfig(), 2, "cpu")
     with pytest.raises(ValueError, match=r"info.context.*text_dim=4.*got shape \(2, 3, 8\)"):
-        training_context(info, 4, TextConfig(), 2, "cpu")
-    assert training_context(SimpleNamespace(), 0, TextConfig(), 2, "cpu") is None
+        training_text(info, 4, TextConfig(), 2, "cpu")
+    assert training_text(SimpleNamespace(), 0, TextConfig(), 2, "cpu") is None
     with pytest.raises(ConfigError, match="text.caption_dropout"):
         load_config(RECIPE, ["text.caption_dropout=1.5"])
     with pytest.raises(ConfigError, match="text.text_len"):

@@ -83,7 +83,7 @@ def test_prepare_train_generate_end_to_end_through_the_cli(trained, parts, tmp_p
 
     out = tmp_path / "x.mp4"
     main(["generate", str(trained / "run"), "--prompt", "a red ball moves left", "--negative-prompt", "blue square",
-          "--cfg", "5", "--chunks", "3", "--steps", "2", "--device", "cpu", "--fps", "16", "--out", str(out)])
+          "--cfg-scale", "5", "--chunks", "3", "--steps", "2", "--device", "cpu", "--fps", "16", "--out", str(out)])
     assert "1 video(s) of 33 frames" in capsys.readouterr().out  # 3 chunks x 3 latent frames: 1 + 4 x 8 frames
     video = load_video(out)
     assert video.shape[:2] == (3, 33) and video.std() > 0.01
@@ -113,7 +113,7 @@ def test_caption_dropout_gives_the_stored_empty_prompt(trained):
     from resforce.config import load_config
     from resforce.worlds.latents.dataset import LatentDataset
     from resforce.wan.text_encoder import TextEncoder
-    from resforce.text_context import TextConfig, training_context
+    from resforce.text_context import TextConfig, training_text
     from resforce.worlds import world_of
 
     cfg = load_config(RECIPE, TINY_RF + [f"data.latents.root={trained / 'ds'}"])
@@ -125,8 +125,8 @@ def test_caption_dropout_gives_the_stored_empty_prompt(trained):
     assert torch.allclose(info.context, expected, atol=1e-6)
     empty = encoder.encode_padded([""])
     assert torch.allclose(info.empty_context, empty, atol=1e-6) and empty[0, 1:].abs().max() == 0  # EOS, then zeros
-    assert torch.equal(training_context(info, TEXT_DIM, TextConfig(caption_dropout=0.0), 4, "cpu"), info.context)
-    dropped = training_context(info, TEXT_DIM, TextConfig(caption_dropout=1.0), 4, "cpu")
+    assert torch.equal(training_text(info, TEXT_DIM, TextConfig(caption_dropout=0.0), 4, "cpu"), info.context)
+    dropped = training_text(info, TEXT_DIM, TextConfig(caption_dropout=1.0), 4, "cpu")
     assert torch.equal(dropped, empty.expand(4, -1, -1))
 
 

@@ -13,7 +13,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--steps", type=int, default=None, help="Euler steps per chunk")
     g.add_argument("--shift", type=float, default=None, help="shift of the Euler grid")
-    g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
+    g.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = none)")
     g.add_argument("--history-noise", type=float, default=None,
                    help="re-noise cached history to this level (diffusion forcing / noise aug)")
     g.add_argument("--prefix", default=None, help="video file (.npy/.mp4/.gif) whose frames start the rollout")
@@ -61,7 +61,7 @@ def sample_overrides(args, **fixed):
     """The SampleOverrides of the sampling flags (`fixed` replaces some, e.g. seed=0)."""
     from resforce.generation.generate import SampleOverrides
 
-    values = dict(chunks=args.chunks, seed=args.seed, steps=args.steps, shift=args.shift, cfg_scale=args.cfg,
+    values = dict(chunks=args.chunks, seed=args.seed, steps=args.steps, shift=args.shift, cfg_scale=args.cfg_scale,
                   history_noise=args.history_noise, context=args.context)
     return SampleOverrides(**{**values, **fixed})
 

@@ -56,7 +56,7 @@ from resforce.loss import flow_matching_loss
 from resforce.model.attention.policy import AttentionPolicy
 from resforce.training.rundir import METRICS, open_run_dir
 from resforce.actions import training_actions
-from resforce.text_context import context_of, training_context
+from resforce.text_context import context_of, training_text
 
 
 from resforce.training.state import RunState, check_start, on_main
@@ -187,10 +187,10 @@ class Trainer(RunState):
         return m
 
     def _text_context(self, info, batch: int) -> torch.Tensor | None:
-        """The text context of a micro-batch (text_context.training_context): the data's, or
+        """The text context of a micro-batch (text_context.training_text): the data's, or
         the empty-prompt stand-in for a text model on a world without text (warned once)."""
         text_dim = self.cfg.model.text_dim
-        context = training_context(info, text_dim, self.cfg.text, batch, self.device, self.gen)
+        context = training_text(info, text_dim, self.cfg.text, batch, self.device, self.gen)
         if context is not None and context_of(info) is None and not self._warned_empty_prompt:
             self._warned_empty_prompt = True
             if self.main:
