@@ -162,7 +162,7 @@ def test_a_failing_source_is_reported_to_the_page_and_the_server_goes_on(served)
     ("{", "not JSON"),
     ('{"type": "fly"}', "unknown message type 'fly'"),
     ('{"type": "action", "action": 3, "seq": 1}', "action must be a name of"),
-    ('{"type": "action", "action": "left", "seq": -1}', "seq must be an integer >= 0"),
+    ('{"type": "action", "action": "left", "seq": -1}', r"seq must be an integer in \[0, 2\^32\)"),
     ('{"type": "reset", "seed": "x"}', "seed must be an integer"),
 ])
 def test_parse_message_names_the_problem(text, error):
@@ -207,7 +207,7 @@ def test_ctrl_c_stops_the_server_while_a_tab_plays():
     import signal
     import subprocess
 
-    from play_process import play_process
+    from play_process import play_process, ws_url
 
     def read_all(ws):  # a tab keeps reading frames (until the server closes the socket)
         try:
@@ -217,7 +217,7 @@ def test_ctrl_c_stops_the_server_while_a_tab_plays():
             pass
 
     with play_process(["--world", "agent_balls"]) as (url, proc):
-        with connect(url.replace("http://", "ws://") + "ws") as ws:
+        with connect(ws_url(url)) as ws:
             json.loads(ws.recv(timeout=30))
             frame_bytes = ws.recv(timeout=30)
             assert len(frame_bytes) == HEADER.size + 16 * 16 * 3

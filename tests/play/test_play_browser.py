@@ -164,3 +164,35 @@ def test_keys_move_the_agent_of_the_shipped_world_model(tmp_path):
     # the shipped model's persistence, not its control, which the presses test)
     log = play_in_browser([str(SHIPPED_MODEL), "--seed", "7"], tmp_path / "profile", min_follow=MODEL_FOLLOW)
     print("\n".join(log))
+
+
+def test_a_page_of_another_origin_cannot_connect(tmp_path):
+    """A page served from another origin (here 127.0.0.1 on another port) opens a WebSocket to
+    the play server, even with the right token: the browser sends its Origin and the server
+    refuses the handshake, so the page never sees a frame."""
+    from browser import serve
+
+    from play_process import page_token
+
+    browser = find_browser()
+    if browser is None:
+        pytest.skip(NO_BROWSER)
+    with play_process(["--world", "agent_balls"]) as (url, _):
+        token = page_token(url)
+        site = tmp_path / "site"
+        site.mkdir()
+        target = url.replace("http://", "ws://") + "ws?token=" + token
+        (site / "index.html").write_text(
+            "<!doctype html><script>window.result = {opened: false, messages: 0, closed: null};"
+            f"const ws = new WebSocket({json.dumps(target)});"
+            "ws.onopen = () => { window.result.opened = true; };"
+            "ws.onmessage = () => { window.result.messages += 1; };"
+            "ws.onclose = (e) => { window.result.closed = e.code; };</script>")
+        other = serve(site)
+        try:
+            with Chromium(browser, f"http://127.0.0.1:{other.server_address[1]}/index.html", tmp_path / "profile") as page:
+                page.wait_for("window.result && window.result.closed !== null")
+                result = page.evaluate("window.result")
+        finally:
+            other.shutdown()
+    assert result == {"opened": False, "messages": 0, "closed": 1006}, result

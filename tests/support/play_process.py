@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import resforce
@@ -48,3 +50,16 @@ def play_process(args: list[str], timeout: float = 90.0):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def page_token(url: str) -> str:
+    """The per-launch token in the page served at `url` (http://127.0.0.1:PORT/)."""
+    with urllib.request.urlopen(url, timeout=30) as r:
+        m = re.search(r'<meta name="resforce-token" content="([^"]+)">', r.read().decode())
+    assert m, f"no token in the page at {url}"
+    return m.group(1)
+
+
+def ws_url(url: str) -> str:
+    """The page's WebSocket URL, with its token, as the page itself connects."""
+    return url.replace("http://", "ws://") + "ws?token=" + page_token(url)

@@ -24,8 +24,10 @@ def cmd_play(args) -> None:
     except ImportError as e:
         raise ValueError(f"resforce play needs starlette and uvicorn ({e}): pip install 'resforce[play]'") from None
     from resforce.play.sources import ModelSource, WorldSource
-    from resforce.play.server import bind, serve
+    from resforce.play.server import bind, check_origin, serve
 
+    for origin in args.allow_origin:
+        check_origin(origin)
     bind(args.port).close()  # a taken port fails now, not after loading the model
     import torch
 
@@ -39,7 +41,7 @@ def cmd_play(args) -> None:
         source = ModelSource.from_run(args.run, steps=args.steps, seed=args.seed, context=args.context,
                              cfg_scale=args.cfg_scale, shift=args.shift)
     try:
-        serve(source, port=args.port, seed=args.seed, fps=args.fps)
+        serve(source, port=args.port, seed=args.seed, fps=args.fps, allow_origins=args.allow_origin)
     except KeyboardInterrupt:
         pass
 
@@ -50,6 +52,9 @@ def add_command(sub) -> None:
                    help="run directory, checkpoint directory or .safetensors file of an action-conditioned model")
     p.add_argument("--world", default=None, help="play a built-in world's ground truth instead (e.g. agent_balls)")
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="also accept the page from this origin (e.g. https://play.example.com, when a proxy "
+                        "serves it); repeatable. By default only http://127.0.0.1:PORT and http://localhost:PORT")
     p.add_argument("--steps", type=int, default=None, help="Euler steps per chunk (default: 4)")
     p.add_argument("--shift", type=float, default=None,
                    help="shift of the Euler grid (default: the run's sample.shift; with fewer steps a larger "

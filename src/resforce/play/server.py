@@ -7,6 +7,19 @@ server sends each frame as one binary message: HEADER (episode, frame index, the
 frame was made with (-1: a reset frame), the last input it reflects, the step's milliseconds)
 followed by H * W * 3 RGB bytes. At 16 x 16 px that is 788 bytes a frame: no image codec.
 
+Who may connect (the origin policy). A web page in the player's browser, from any site,
+can open a WebSocket to 127.0.0.1 and can make a DNS name point there (DNS rebinding), so:
+  * every request must carry a Host header of this server (127.0.0.1:PORT, localhost:PORT,
+    or a host of an --allow-origin): a rebound name is refused with 403 before anything is
+    served;
+  * a WebSocket whose Origin header is present must be the page's own origin
+    (http://127.0.0.1:PORT, http://localhost:PORT) or one given with --allow-origin (a proxy);
+    `Origin: null` and every other site is refused with 403 before the handshake. Browsers
+    always send Origin; a client without one is not a web page (a script on this machine);
+  * every WebSocket must carry the per-launch token (?token=...) that the served page holds
+    (a secret made at start, in the page's HTML, which no other origin can read): without it
+    nothing streams and no player is taken over.
+
 One source, one player at a time. A model on two CPU cores makes frames as fast as it can
 for one player; a second concurrent game would halve both players' frame rates, and one shared
 episode steered from two tabs makes no sense. So a new connection takes over (a reloaded
@@ -23,7 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
+import secrets
 import socket
 import struct
 import sys
@@ -33,6 +48,7 @@ import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from resforce.play.sources import FrameSource, display_frames
 
@@ -43,6 +59,25 @@ MAX_QUEUED_INPUTS = 8
 """Inputs waiting for a frame; beyond this the oldest are dropped (bounded latency and memory)."""
 PAGE_DIR = Path(__file__).parent.parent / "assets" / "play"
 HOST = "127.0.0.1"
+MAX_MESSAGE_BYTES = 1024
+"""A page message is a few dozen bytes; a longer text is answered with an error and dropped."""
+MAX_FRAME_BYTES = 64 * 1024
+"""Above this, the WebSocket layer closes the connection with 1009 (message too big) before
+reading it into memory."""
+MAX_SEQ = 2 ** 32 - 1
+"""An input's seq travels back as a u32 in each frame's header."""
+TOKEN_PLACEHOLDER = "RESFORCE_PLAY_TOKEN"
+
+
+def check_origin(origin: str, flag: str = "--allow-origin") -> str:
+    """An origin as browsers send it (scheme://host[:port], no path), lower-cased; ValueError
+    naming `flag` otherwise."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(f"{flag} {origin!r}: expected an origin like https://play.example.com or "
+                         f"http://127.0.0.1:8080 (scheme http or https, a host, an optional port, no path)")
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 class Controls:
@@ -60,6 +95,8 @@ class Controls:
         self.paused = False
         self.stopped = False
         self.taken_over = False
+        self.failure: str | None = None
+        """Why the session ended on the server's side (the page is told, with code 1011)."""
         self.wake = asyncio.Event()
 
     def next_action(self) -> tuple[int, int]:
@@ -72,42 +109,114 @@ class Controls:
         self.wake.set()
 
 
-def parse_message(text: str, space) -> dict:
+def _short(value) -> str:
+    r = repr(value)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def parse_message(text, space) -> dict:
     """One message of the page, checked: {"type": "action", "action": name or index, "seq": n},
-    {"type": "reset", "seed": n} or {"type": "pause", "paused": bool}. ValueError otherwise."""
+    {"type": "reset", "seed": n} or {"type": "pause", "paused": bool}. ValueError otherwise
+    (binary, longer than MAX_MESSAGE_BYTES, nested, not JSON, out of range)."""
+    if not isinstance(text, str):
+        raise ValueError("binary messages are not understood: send JSON text, e.g. "
+                         '{"type": "action", "action": "left", "seq": 1}')
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"message of {len(text)} characters: at most {MAX_MESSAGE_BYTES} expected")
     try:
         msg = json.loads(text)
-    except json.JSONDecodeError as e:
+    except RecursionError:
+        raise ValueError("message nested too deeply: expected a flat JSON object") from None
+    except ValueError as e:  # JSONDecodeError, and ints past Python's digit limit
         raise ValueError(f"not JSON: {e}") from None
     kind = msg.get("type") if isinstance(msg, dict) else None
     if kind == "action":
         seq = msg.get("seq", 0)
-        if not isinstance(seq, int) or seq < 0:
-            raise ValueError(f"action message: seq must be an integer >= 0, got {seq!r}")
+        if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+            raise ValueError(f"action message: seq must be an integer in [0, 2^32), got {_short(seq)}")
         a = msg.get("action")
         if not isinstance(a, (str, int)) or isinstance(a, bool) or (isinstance(a, int) and not 0 <= a < space.n):
-            raise ValueError(f"action message: action must be a name of {space.names} or an index in [0, {space.n}), got {a!r}")
+            raise ValueError(f"action message: action must be a name of {space.names} or an index in [0, {space.n}), got {_short(a)}")
         return {"type": "action", "action": space.index(a), "seq": seq}
     if kind == "reset":
         seed = msg.get("seed")
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 32:
-            raise ValueError(f"reset message: seed must be an integer in [0, 2^32), got {seed!r}")
+            raise ValueError(f"reset message: seed must be an integer in [0, 2^32), got {_short(seed)}")
         return {"type": "reset", "seed": seed}
     if kind == "pause":
-        return {"type": "pause", "paused": bool(msg.get("paused"))}
-    raise ValueError(f"unknown message type {kind!r} (expected action, reset or pause)")
+        paused = msg.get("paused")
+        if not isinstance(paused, bool):
+            raise ValueError(f"pause message: paused must be true or false, got {_short(paused)}")
+        return {"type": "pause", "paused": paused}
+    raise ValueError(f"unknown message type {_short(kind)} (expected action, reset or pause)")
 
 
 class PlayServer:
     """The shared source, its worker thread, and who is playing it."""
 
-    def __init__(self, source: FrameSource, seed: int = 0, fps: float = 15.0) -> None:
+    def __init__(self, source: FrameSource, seed: int = 0, fps: float = 15.0,
+                 allow_origins: list[str] | tuple[str, ...] = ()) -> None:
         if fps < 0:
             raise ValueError(f"--fps must be >= 0 (0: as fast as the source goes), got {fps}")
         self.source, self.seed, self.fps = source, seed, fps
+        self.extra_origins = [check_origin(o) for o in allow_origins]
+        self.token = secrets.token_urlsafe(24)
+        """The per-launch secret a WebSocket must carry (the served page holds it)."""
+        self.port: int | None = None
+        """Set by `listen`: the page's own origins are on this port."""
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resforce-play-step")
         self.lock = asyncio.Lock()
         self.current: Controls | None = None
+
+    def listen(self, port: int) -> socket.socket:
+        """Bind 127.0.0.1:port (0: a free port) and learn the page's origins from it."""
+        sock = bind(port)
+        self.port = sock.getsockname()[1]
+        return sock
+
+    @property
+    def origins(self) -> set[str]:
+        own = {f"http://{HOST}:{self.port}", f"http://localhost:{self.port}"}
+        return own | set(self.extra_origins)
+
+    @property
+    def hosts(self) -> set[str]:
+        own = {f"{HOST}:{self.port}", f"localhost:{self.port}"}
+        return own | {urlsplit(o).netloc for o in self.extra_origins}
+
+    def refusal(self, scope) -> str | None:
+        """Why a request may not be served (the origin policy in the module's doc), or None."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = headers.get("host", "").strip().lower()
+        if host not in self.hosts:
+            return f"Host {host!r} is not this server (expected one of {sorted(self.hosts)})"
+        if scope["type"] != "websocket":
+            return None
+        origin = headers.get("origin")
+        if origin is not None and origin.strip().lower().rstrip("/") not in self.origins:
+            return (f"Origin {origin!r} may not connect (allowed: {sorted(self.origins)}; "
+                    f"resforce play --allow-origin adds one)")
+        token = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+        if not hmac.compare_digest(token.encode(), self.token.encode()):
+            return "no valid token: open the page this server printed (its token is in the page)"
+        return None
+
+    def guard(self, app):
+        """`app` behind the origin policy: a refused request gets 403 and its reason, and a
+        refused WebSocket is never accepted."""
+        from starlette.responses import PlainTextResponse
+
+        async def guarded(scope, receive, send):
+            why = self.refusal(scope) if scope["type"] in ("http", "websocket") else None
+            if why is None:
+                return await app(scope, receive, send)
+            print(f"resforce play: refused {scope['type']} {scope.get('path', '')}: {why}", file=sys.stderr,
+                  flush=True)
+            if scope["type"] == "http" or "websocket.http.response" in scope.get("extensions", {}):
+                return await PlainTextResponse(f"403 forbidden: {why}\n", status_code=403)(scope, receive, send)
+            await send({"type": "websocket.close", "code": 1008, "reason": why[:120]})
+
+        return guarded
 
     async def _in_worker(self, fn, *args):
         """fn(*args) in the worker thread -> (display frames, milliseconds it took)."""
@@ -147,15 +256,25 @@ class PlayServer:
                     self.current = None
             if controls.taken_over:
                 await _close(ws, "another tab took over")
+            elif controls.failure is not None:
+                await _close(ws, controls.failure, code=1011)
 
     async def _read(self, ws, controls: Controls) -> None:
+        """Read the page's messages into `controls`. A bad message (binary, too long, nested,
+        not JSON, out of range) is answered with an error and play goes on; if reading fails
+        in any other way the session ends (the frame loop stops and closes with a reason), so
+        a session never streams on deaf to the keys."""
         from starlette.websockets import WebSocketDisconnect
 
         space = self.source.action_space
         try:
             while True:
+                raw = await ws.receive()
+                if raw["type"] == "websocket.disconnect":
+                    raise WebSocketDisconnect(raw.get("code", 1000))
                 try:
-                    msg = parse_message(await ws.receive_text(), space)
+                    text = raw.get("text")
+                    msg = parse_message(text if text is not None else raw.get("bytes"), space)
                 except ValueError as e:
                     await ws.send_json({"type": "error", "message": str(e)})
                     continue
@@ -168,6 +287,12 @@ class PlayServer:
                 controls.wake.set()
         except (WebSocketDisconnect, RuntimeError, OSError):
             controls.stop()  # the page is gone: the frame loop ends
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - never a silent deaf session: log it, end the session
+            traceback.print_exc()
+            controls.failure = f"reading the page's messages failed: {type(e).__name__}: {e}"
+            controls.stop()
 
     async def _play(self, ws, controls: Controls) -> None:
         loop = asyncio.get_running_loop()
@@ -212,11 +337,16 @@ class PlayServer:
         from starlette.routing import Mount, Route, WebSocketRoute
         from starlette.staticfiles import StaticFiles
 
-        async def index(request):
-            return FileResponse(PAGE_DIR / "index.html")
+        from starlette.responses import HTMLResponse
 
-        return Starlette(routes=[Route("/", index), Mount("/static", StaticFiles(directory=PAGE_DIR)),
-                                 WebSocketRoute("/ws", self.websocket)])
+        page = (PAGE_DIR / "index.html").read_text(encoding="utf-8").replace(TOKEN_PLACEHOLDER, self.token)
+
+        async def index(request):
+            return HTMLResponse(page, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+                                               "X-Frame-Options": "DENY"})
+
+        return self.guard(Starlette(routes=[Route("/", index), Mount("/static", StaticFiles(directory=PAGE_DIR)),
+                                            WebSocketRoute("/ws", self.websocket)]))
 
 
 class _Gone(Exception):
@@ -261,20 +391,22 @@ def uvicorn_server(server: PlayServer):
 
     # players stream until their tab closes: on Ctrl-C, uvicorn cancels them after a second
     return uvicorn.Server(uvicorn.Config(server.app(), log_level="warning", lifespan="off", ws="auto",
+                                         ws_max_size=MAX_FRAME_BYTES, ws_max_queue=MAX_QUEUED_INPUTS,
                                          timeout_graceful_shutdown=1))
 
 
 @contextlib.contextmanager
 def serving(server: PlayServer):
     """Run `server` on a free port of 127.0.0.1 in a background thread (tests, benchmarks);
-    yields its WebSocket URL and stops it on exit."""
-    sock, uv = bind(0), uvicorn_server(server)
+    yields its WebSocket URL (with the page's token) and stops it on exit."""
+    sock = server.listen(0)
+    uv = uvicorn_server(server)
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not uv.started:
         time.sleep(0.01)
     try:
-        yield f"ws://{HOST}:{sock.getsockname()[1]}/ws"
+        yield f"ws://{HOST}:{server.port}/ws?token={server.token}"
     finally:
         uv.should_exit = True
         thread.join(10)
@@ -282,11 +414,12 @@ def serving(server: PlayServer):
         sock.close()
 
 
-def serve(source: FrameSource, port: int = 8765, seed: int = 0, fps: float = 15.0) -> None:
+def serve(source: FrameSource, port: int = 8765, seed: int = 0, fps: float = 15.0,
+          allow_origins: list[str] | tuple[str, ...] = ()) -> None:
     """Serve the page for `source` on 127.0.0.1:port until interrupted (Ctrl-C)."""
-    server = PlayServer(source, seed, fps)
-    sock = bind(port)
-    url = f"http://{HOST}:{sock.getsockname()[1]}/"
+    server = PlayServer(source, seed, fps, allow_origins)
+    sock = server.listen(port)
+    url = f"http://{HOST}:{server.port}/"
     print(f"resforce play: {url}  ({source.description}; Ctrl-C to stop)", flush=True)
     try:
         uvicorn_server(server).run(sockets=[sock])

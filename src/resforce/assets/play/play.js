@@ -153,7 +153,10 @@
   }
 
   function connect() {
-    const ws = new WebSocket(`ws://${location.host}/ws`);
+    // the server's per-launch token, in the page it served: no other site can read it
+    const token = document.querySelector('meta[name="resforce-token"]').content;
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${scheme}://${location.host}/ws?token=${encodeURIComponent(token)}`);
     ws.binaryType = "arraybuffer";
     state.ws = ws;
     ws.onmessage = (e) => {
@@ -163,7 +166,10 @@
       else if (msg.type === "error") message(msg.message, true);
       else if (msg.type === "closed") message(msg.message, false);
     };
-    ws.onclose = () => setState("closed", ($("message").textContent || "disconnected") + " — reload to play");
+    ws.onclose = (e) => {
+      if (e.code === 1009) message("a message was too large for the server", true);
+      setState("closed", ($("message").textContent || "disconnected") + " — reload to play");
+    };
   }
 
   // for tests and debugging: the last frames this page received, RGB as base64
