@@ -22,8 +22,9 @@ def make_folder(tmp_path, actions=lambda i: np.arange(FRAMES, dtype=np.int64) % 
     return tmp_path
 
 
-def discrete(root, n=18, **kw):
-    return VideoFolderConfig(root=str(root), num_frames=4, resolution=16, actions={"kind": "discrete", "n": n}, **kw)
+def discrete(root, n=18, **kw):  # frame i logged the action that produced it (test_action_alignment.py: the other way)
+    return VideoFolderConfig(root=str(root), num_frames=4, resolution=16,
+                             actions={"kind": "discrete", "n": n, "alignment": "produced_this"}, **kw)
 
 
 def test_clip_actions_are_the_actions_of_its_frames(tmp_path):
@@ -38,7 +39,7 @@ def test_clip_actions_are_the_actions_of_its_frames(tmp_path):
 def test_continuous_actions(tmp_path):
     root = make_folder(tmp_path, lambda i: np.stack([np.arange(FRAMES), -np.arange(FRAMES)], 1).astype(np.float32))
     ds = VideoFolder(VideoFolderConfig(root=str(root), num_frames=3, resolution=16,
-                                       actions={"kind": "continuous", "dim": 2}))
+                                       actions={"kind": "continuous", "dim": 2, "alignment": "produced_this"}))
     videos, info = ds.batch(3)
     assert info.actions.shape == (3, 3, 2) and info.actions.dtype == np.float32
     np.testing.assert_array_equal(info.actions[0, :, 0], frame_indices(videos[0]))

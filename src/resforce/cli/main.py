@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     from resforce.cli import memory as cli_memory
     from resforce.cli import play as cli_play
     from resforce.cli import prepare as cli_prepare
+    from resforce.cli import record as cli_record
     from resforce.cli import score as cli_score
     cli_prepare.add_command(sub)
     cli_eval.add_commands(sub)
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_score.add_command(sub)
     cli_memory.add_command(sub)
     cli_diagnose.add_command(sub)
+    cli_record.add_command(sub)
     return p
 
 

@@ -50,7 +50,8 @@ def add_command(sub) -> None:
     p = sub.add_parser("play", help="play a world model in the browser (keys -> actions), on 127.0.0.1")
     p.add_argument("run", nargs="?", default=None,
                    help="run directory, checkpoint directory or .safetensors file of an action-conditioned model")
-    p.add_argument("--world", default=None, help="play a built-in world's ground truth instead (e.g. agent_balls)")
+    p.add_argument("--world", default=None, help="play a built-in world's ground truth instead (e.g. agent_balls, or atari:pong: the "
+                        "Atari game itself, through ale-py)")
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="also accept the page from this origin (e.g. https://play.example.com, when a proxy "

@@ -65,19 +65,27 @@ def check_playable(space: ActionSpace, what: str) -> ActionSpace:
 
 
 class WorldSource:
-    """The ground truth of a built-in controllable world (its `simulator`)."""
+    """The ground truth of a built-in controllable world (its `simulator`): `KIND`, or
+    `KIND:ARGUMENT` for a world configured by one (`atari:pong`: the game)."""
 
     def __init__(self, kind: str, seed: int = 0) -> None:
         from resforce.config import DataConfig
         from resforce.worlds import WORLDS, world_of
 
+        spec = kind
+        kind, _, argument = spec.partition(":")
         playable = sorted(k for k, w in WORLDS.items() if w.playable)
         if kind not in playable:
-            raise ValueError(f"--world {kind!r}: not a controllable world; playable worlds: {', '.join(playable)}")
-        world = world_of(DataConfig(kind=kind))
+            raise ValueError(f"--world {spec!r}: not a controllable world; playable worlds: {', '.join(playable)} "
+                             f"(atari:GAME for an Atari game, e.g. atari:pong)")
+        data = DataConfig(kind=kind)
+        if argument:
+            setattr(data, kind, WORLDS[kind].config_for(argument))
+        world = world_of(data)
         self.simulator = world.simulator(seed)
-        self.action_space = check_playable(world.action_space, f"--world {kind}")
-        self.description = f"ground truth of the {kind} world"
+        self.action_space = check_playable(world.action_space, f"--world {spec}")
+        what = f"{kind} world" + (f", {argument}" if argument else "")
+        self.description = f"ground truth of the {what}"
 
     def reset(self, seed: int):
         return self.simulator.reset(seed)

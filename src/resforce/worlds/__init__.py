@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from resforce.worlds.base import EVAL_SEED_OFFSET, DataStream, World
 from resforce.worlds.agent_balls.world import AgentBallsWorld
+from resforce.worlds.atari.world import AtariWorld
 from resforce.worlds.bouncing_balls.world import BouncingBallsWorld
 from resforce.worlds.latents.world import LatentsWorld
 from resforce.worlds.video_folder.world import VideoFolderWorld
 
 WORLDS: dict[str, type[World]] = {w.kind: w for w in (BouncingBallsWorld, VideoFolderWorld, AgentBallsWorld,
-                                                          LatentsWorld)}
+                                                          LatentsWorld, AtariWorld)}
 
 
 def known_kinds() -> str:

@@ -82,6 +82,12 @@ class World:
     playable: bool = False
     """The world can be simulated step by step under actions (`simulator`)."""
 
+    @classmethod
+    def config_for(cls, argument: str):
+        """The world's config from the argument of `KIND:ARGUMENT` (e.g. `--world atari:pong`);
+        worlds that take none refuse one."""
+        raise ValueError(f"--world {cls.kind}:{argument}: the {cls.kind} world takes no argument; give --world {cls.kind}")
+
     def simulator(self, seed: int):
         """A step-by-step simulator of the world from `seed` (`frame`, `step(action)`,
         `action_space`), for worlds that are `playable`; None for the others."""

@@ -9,7 +9,15 @@ Actions (world models): with `actions.kind` discrete or continuous, every `NAME.
 float32 (frames, dim). All sidecars are read and checked when the folder opens, so a missing
 one, a length that is not the file's frame count, or a value outside the action space stops
 training at start, naming the file. A clip carries the actions of its frames (with
-frame_stride > 1: the action logged at each sampled frame) in the batch info's `.actions`.
+frame_stride > 1: the action that produced each sampled frame) in the batch info's `.actions`.
+
+Which frame a logged action belongs to (`actions.alignment`): gymnasium / ALE recordings store,
+beside observation t, the action taken after it, the one that produces observation t + 1
+('produces_next', the default); resforce conditions frame f on the action that produced it
+(resforce.actions), so such a log is shifted by one frame when read: frame f gets logged
+action f - 1, and frame 0 of a file, which no logged action produced, gets the null action
+(the last logged action produced no frame of the file and is dropped). Logs that store beside
+frame f the action that produced it say 'produced_this' and are used as they are.
 
 Bad data fails loudly: a file that cannot be decoded or is too short raises with the file
 name and frame counts. Every file's container header is probed when the folder is opened
@@ -33,7 +41,34 @@ import torch
 from resforce.worlds.config_coerce import coerce_config
 from PIL import Image
 
-from resforce.actions import ActionSpace
+from resforce.actions import NULL_ACTION, ActionSpace
+
+ALIGNMENTS = ("produces_next", "produced_this")
+"""What the action stored beside frame t of a sidecar is: the action taken after frame t,
+which produces frame t + 1 (gymnasium, ALE), or the action that produced frame t."""
+
+
+@dataclass
+class SidecarActions(ActionSpace):
+    """The action space of a folder's NAME.actions.npy sidecars, plus how they are aligned."""
+
+    alignment: str = "produces_next"
+    """'produces_next': the action beside frame t is the one taken after it, producing frame
+    t + 1 (how gymnasium / ALE loops record (observation, action) pairs); 'produced_this': the
+    action beside frame t produced frame t (resforce's own convention, used as is)."""
+
+    def validate(self, where: str = "action space") -> None:
+        super().validate(where)
+        if self.alignment not in ALIGNMENTS:
+            raise ValueError(f"{where}.alignment must be one of {', '.join(ALIGNMENTS)}, got {self.alignment!r}")
+
+    def per_frame(self, logged: np.ndarray) -> np.ndarray:
+        """Checked logged actions (frames[, dim]) as resforce's per-frame actions: entry f is the
+        action that produced frame f (produces_next: shifted by one, the null action at frame 0)."""
+        if self.alignment == "produced_this" or len(logged) == 0:
+            return logged
+        null = np.full_like(logged[:1], NULL_ACTION) if self.kind == "discrete" else np.zeros_like(logged[:1])
+        return np.concatenate([null, logged[:-1]])
 
 
 class VideoFileError(ValueError):
@@ -58,13 +93,16 @@ class VideoFolderConfig:
     """Take every k-th decoded frame (k > 1 lowers the effective frame rate)."""
     seed: int = 0
     """Seed of the file/start-frame choices; the same seed gives the same clips."""
-    actions: ActionSpace = field(default_factory=ActionSpace)
+    actions: SidecarActions = field(default_factory=SidecarActions)
     """Per-frame actions from NAME.actions.npy sidecars (kind 'none': no actions, sidecars
-    ignored; 'discrete' with n; 'continuous' with dim; names / keys for a player)."""
+    ignored; 'discrete' with n; 'continuous' with dim; names / keys / default for a player;
+    alignment: produces_next (gymnasium's, the default) or produced_this)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.actions, Mapping):
-            self.actions = ActionSpace(**self.actions)
+            self.actions = SidecarActions(**self.actions)
+        elif type(self.actions) is ActionSpace:
+            self.actions = SidecarActions(**dataclasses.asdict(self.actions))
         self.validate()
 
     def validate(self) -> None:
@@ -78,7 +116,7 @@ class VideoFolderConfig:
             raise ValueError(f"frame_stride must be >= 1, got {self.frame_stride}")
         if not self.extensions or not all(str(e).startswith(".") for e in self.extensions):
             raise ValueError(f"extensions must be a non-empty list like ['.mp4'], got {self.extensions!r}")
-        self.actions.validate("actions")
+        self.actions.validate("data.video_folder.actions")
 
     @property
     def size(self) -> tuple[int, ...]:
@@ -137,7 +175,8 @@ class VideoFolder:
 
     def _read_actions(self) -> dict[Path, np.ndarray]:
         """Every file's NAME.actions.npy, checked against the action space and the file's frame
-        count (ValueError naming the file); data only (allow_pickle=False)."""
+        count (ValueError naming the file); data only (allow_pickle=False). Returned per frame
+        in resforce's convention (entry f produced frame f; see `actions.alignment`)."""
         out = {}
         for path in self.files:
             sidecar = actions_sidecar(path)
@@ -148,7 +187,8 @@ class VideoFolder:
                 raw = np.load(sidecar, allow_pickle=False)
             except (ValueError, OSError) as err:
                 raise VideoFileError(f"cannot read actions {str(sidecar)!r}: {err}") from err
-            out[path] = self.config.actions.check(raw, self.frame_count(path), f"actions {str(sidecar)!r}")
+            checked = self.config.actions.check(raw, self.frame_count(path), f"actions {str(sidecar)!r}")
+            out[path] = self.config.actions.per_frame(checked)
         return out
 
     def frame_count(self, path: Path) -> int:
