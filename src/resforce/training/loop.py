@@ -112,7 +112,7 @@ class Trainer(RunState):
                              f"of optim.grad_accum={o.grad_accum} x {self.world} ranks")
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress and self.main
-        _check_start(cfg, init_from)  # before the run_dir is created
+        _check_start(cfg, init_from, resume)  # before the run_dir is created or a model built
         self.lock = on_main(lambda: open_run_dir(self.run_dir, resume, overwrite))
         try:
             self._build(resume, init_from)
