@@ -19,7 +19,9 @@ def cmd_memory(args) -> None:
                       gpus=args.gpus, batch=args.batch, height=args.height, width=args.width,
                       text_tokens=args.text_tokens, checkpointing=args.checkpointing,
                       attention_backend=args.attention, precision=args.precision,
-                      resample_steps=args.resample_steps, resample_unsharded=not args.resample_per_call)
+                      resample_steps=args.resample_steps, resample_unsharded=not args.resample_per_call,
+                      history_attention=args.history_attention, topk=args.topk, window=args.window,
+                      sink=args.sink, grad_accum=args.grad_accum, grad_sync=args.grad_sync)
     report = estimate_memory(plan)
     print(format_report(report))
     if args.json:
@@ -48,5 +50,15 @@ def add_command(sub) -> None:
     m.add_argument("--resample-per-call", action="store_true",
                    help="under FSDP, gather the weights on every model call of the resampling pass "
                         "(history.resample_unsharded: false) instead of once for the pass")
+    m.add_argument("--history-attention", default="dense", choices=["dense", "topk", "window"],
+                   help="the stage's history attention (stages.N.attention.mode): dense, routed top-k, window")
+    m.add_argument("--topk", type=int, default=5, help="topk: history chunks per query token (the recipe: 5)")
+    m.add_argument("--window", type=int, default=5, help="window: most recent history chunks kept")
+    m.add_argument("--sink", type=int, default=0, help="window: first chunks always kept")
+    m.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches per step (optim.grad_accum; the recipe: 8 on 8 GPUs)")
+    m.add_argument("--grad-sync", default="auto", choices=["auto", "every", "last"],
+                   help="optim.grad_sync: reduce gradients every micro-batch or only the last "
+                        "(auto: every under FSDP)")
     m.add_argument("--json", default=None, help="also write the report here (.json)")
     m.set_defaults(func=cmd_memory)

@@ -261,6 +261,23 @@ def unsharded(model: nn.Module):
             m.set_reshard_after_forward(m is not model, recurse=False)
 
 
+GRAD_SYNCS = ("auto", "every", "last")
+"""optim.grad_sync: when gradient-accumulation micro-batches reduce their gradients."""
+
+
+def skips_grad_sync(mode: str, grad_sync: str, micro: int, grad_accum: int) -> bool:
+    """Whether micro-batch `micro` (0-based) of `grad_accum` skips the gradient reduction.
+    The last one always syncs. 'every': none skips (FSDP2 reduce-scatters each micro-batch and
+    keeps only sharded gradients); 'last': all others skip (FSDP2 then keeps every block's
+    unsharded gradient until the last); 'auto': 'every' under fsdp, 'last' otherwise (DDP's
+    gradients are full on every rank anyway, so skipping only saves communication)."""
+    if grad_sync not in GRAD_SYNCS:
+        raise ValueError(f"grad_sync must be one of {GRAD_SYNCS}, got {grad_sync!r}")
+    if grad_sync == "auto":
+        grad_sync = "every" if mode == "fsdp" else "last"
+    return grad_sync == "last" and micro < grad_accum - 1
+
+
 @contextlib.contextmanager
 def no_grad_sync(wrapped: nn.Module, skip: bool):
     """Skip the gradient all-reduce / reduce-scatter inside (gradient-accumulation micro-batches
@@ -347,5 +364,6 @@ def load_full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, sd:
 __all__ = ["MODES", "RANK_SEED_STRIDE", "launched_by_torchrun", "env_world_size", "is_distributed",
            "world_size", "rank", "local_rank", "is_main", "barrier", "resolve_mode", "setup",
            "shutdown", "gather_objects", "broadcast_object", "to_floats",
-           "mean_over_ranks", "wrap_model", "allocate", "shard_like_model", "unsharded", "no_grad_sync", "full_state_dict",
+           "mean_over_ranks", "wrap_model", "allocate", "shard_like_model", "unsharded", "GRAD_SYNCS",
+           "skips_grad_sync", "no_grad_sync", "full_state_dict",
            "load_full_state_dict", "full_optim_state_dict", "load_full_optim_state_dict"]

@@ -112,7 +112,7 @@ class Trainer(RunState):
                              f"of optim.grad_accum={o.grad_accum} x {self.world} ranks")
         self.run_dir = Path(cfg.run_dir)
         self.progress = progress and self.main
-        check_start(cfg, init_from)  # before the run_dir is created
+        check_start(cfg, init_from, resume)  # before the run_dir is created or a model built
         self.lock = on_main(lambda: open_run_dir(self.run_dir, resume, overwrite))
         try:
             self._build(resume, init_from)
@@ -159,7 +159,7 @@ class Trainer(RunState):
                                                                      gather_weights=parallel.unsharded)
                     kv = history_kv(stage.history, self.model, history, t_hist, cache, attention, context, actions)
             resample_time += time.perf_counter() - t1
-            with parallel.no_grad_sync(self.wrapped, skip=k < o.grad_accum - 1):
+            with parallel.no_grad_sync(self.wrapped, parallel.skips_grad_sync(self.parallel, o.grad_sync, k, o.grad_accum)):
                 with forward():
                     loss = flow_matching_loss(self.wrapped, clean, history, t_hist, cfg.timesteps, self.gen,
                                               context=context, space=cfg.loss_space, attention=attention,

@@ -13,11 +13,17 @@ change to the model, the attention layouts, checkpointing or FSDP wrapping shows
   model (fp32 master weights) + EMA (fp32, sharded like the model under FSDP)
   -> parallel.apply_activation_checkpointing(model, mode) -> parallel.wrap_model
   -> AdamW (foreach, as torch picks on CUDA; its state exists: this is step >= 2)
-  -> history.build_history (teacher: the clip; resampling: the no-grad self-resampling pass,
-     under FSDP with the weights gathered once for it: parallel.unsharded)
-  -> loss.flow_matching_loss (the two-stream pass) -> backward -> clip_grad_norm_
-  -> AdamW step -> EMA update,
-with the clip, its text context and all activations under bf16 autocast (precision='bf16').
+  -> per micro-batch: history.build_history (teacher: the clip; resampling: the no-grad
+     self-resampling pass, under FSDP with the weights gathered once for it:
+     parallel.unsharded) -> loss.flow_matching_loss (the two-stream pass) -> backward, with
+     the gradient reduction skipped or not as the trainer does (parallel.skips_grad_sync)
+  -> clip_grad_norm_ -> AdamW step -> EMA update,
+with the clip, its text context and all activations under bf16 autocast (precision='bf16'),
+and the stage's history attention (dense, routed top-k or window: AttentionPolicy) in every
+pass. Gradient accumulation: with grad_accum > 1 two micro-batches are measured, the first
+as the trainer runs every micro-batch but the last (under optim.grad_sync='last' it skips the
+reduction, so FSDP2 keeps the unsharded fp32 gradients), then the last; micro-batches 2 ..
+grad_accum - 1 hold exactly what the first leaves behind, so two give the step's peak.
 
 What it is not: fake tensors live on the CPU (this torch has no CUDA; fake CUDA factories
 fail here), so dispatch follows CPU rules. Differences that matter, all small next to the
@@ -50,6 +56,9 @@ from resforce.model.config import checkpoint_mode
 from resforce.flow import TimestepSampler
 from resforce.history import HistoryConfig, build_history
 from resforce.loss import flow_matching_loss
+from resforce.model.attention.config import MODES as ATTENTION_MODES
+from resforce.model.attention.config import HistoryAttentionConfig
+from resforce.model.attention.policy import AttentionPolicy
 from resforce.model.dit import PRESETS, CausalVideoDiT, DiTConfig
 from resforce.training.step_arithmetic import GIB, ClipGeometry, chunks_for_seconds, clip_geometry
 from resforce.training.loop import ema_update
@@ -91,8 +100,27 @@ class MemoryPlan:
     """Euler steps of the resampling pass (the paper: 1)."""
     resample_unsharded: bool = True
     """Under FSDP, gather the weights once for the resampling pass (history.HistoryConfig)."""
+    history_attention: str = "dense"
+    """The stage's history attention (StageConfig.attention.mode): 'dense', 'topk' (routed) or
+    'window'."""
+    topk: int = 5
+    """topk: history chunks selected per query token and head (the recipe's routed stage: 5)."""
+    window: int = 5
+    """window: the most recent history chunks kept."""
+    sink: int = 0
+    """window: the first chunks always kept."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (optim.grad_accum); `batch` clips each."""
+    grad_sync: str = "auto"
+    """optim.grad_sync: 'every', 'last' or 'auto' (every under FSDP, last on one GPU)."""
     model_overrides: dict = field(default_factory=dict)
     """Any other DiTConfig fields (tests: tiny shapes)."""
+
+    def attention(self) -> HistoryAttentionConfig:
+        cfg = HistoryAttentionConfig(mode=self.history_attention, topk=self.topk, window=self.window,
+                                     sink=self.sink)
+        cfg.validate()
+        return cfg
 
     def model_config(self) -> DiTConfig:
         if self.preset not in PRESETS:
@@ -121,6 +149,13 @@ class MemoryPlan:
             raise ValueError(f"--precision {self.precision!r}: expected 'bf16' or 'fp32'")
         if self.chunks is not None and self.chunks < 1:
             raise ValueError(f"--chunks {self.chunks}: expected an integer >= 1")
+        if self.history_attention not in ATTENTION_MODES:
+            raise ValueError(f"--history-attention {self.history_attention!r}: expected one of {ATTENTION_MODES}")
+        if self.grad_accum < 1:
+            raise ValueError(f"--grad-accum {self.grad_accum}: expected an integer >= 1")
+        if self.grad_sync not in parallel.GRAD_SYNCS:
+            raise ValueError(f"--grad-sync {self.grad_sync!r}: expected one of {parallel.GRAD_SYNCS}")
+        self.attention()
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -211,22 +246,33 @@ def _autocast(precision: str):
 
 
 def _train_step(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, raw, wrapped, opt, tracker) -> int:
-    """train.py's step for one micro-batch: history, two-stream loss, backward, clip, AdamW.
-    (The EMA update that follows is in place and allocates nothing: see _measure.) Returns the
-    peak while the history was built (the resampling pass and its KV cache)."""
+    """train.py's step: per micro-batch history, two-stream loss, backward (gradient sync as
+    the trainer does it), then clip and AdamW. (The EMA update that follows is in place and
+    allocates nothing: see _measure.) Returns the peak while the history was built (the
+    resampling pass and its KV cache)."""
     b = plan.batch
-    clean = torch.randn(b, cfg.in_channels, geom.latent_frames, geom.latent_height, geom.latent_width)
-    context = torch.randn(b, plan.text_tokens, cfg.text_dim) if cfg.text_dim > 0 else None
     history_cfg = HistoryConfig(strategy=plan.strategy, resample_steps=plan.resample_steps,
                                 resample_unsharded=plan.resample_unsharded)
-    with _autocast(plan.precision):
-        history, t_hist = build_history(history_cfg, raw, clean, None, context=context,
-                                        gather_weights=parallel.unsharded)
-        history_peak = _sum_devices(tracker.get_tracker_snapshot("peak")).get("Total", 0)
-        loss = flow_matching_loss(wrapped, clean, history, t_hist, TimestepSampler(), None, context=context)
-    del history, t_hist
-    loss.backward()
-    del loss
+    attention = AttentionPolicy(plan.attention())
+    mode = "fsdp" if plan.gpus > 1 else "none"
+    micro_batches = min(plan.grad_accum, 2)  # see the module docstring
+    history_peak = 0
+    for k in range(micro_batches):
+        # the first of two stands for every micro-batch but the last
+        skip = parallel.skips_grad_sync(mode, plan.grad_sync, k, micro_batches)
+        clean = torch.randn(b, cfg.in_channels, geom.latent_frames, geom.latent_height, geom.latent_width)
+        context = torch.randn(b, plan.text_tokens, cfg.text_dim) if cfg.text_dim > 0 else None
+        with _autocast(plan.precision):
+            history, t_hist = build_history(history_cfg, raw, clean, None, context=context, attention=attention,
+                                            gather_weights=parallel.unsharded)
+            history_peak = max(history_peak, _sum_devices(tracker.get_tracker_snapshot("peak")).get("Total", 0))
+        with parallel.no_grad_sync(wrapped, skip):
+            with _autocast(plan.precision):
+                loss = flow_matching_loss(wrapped, clean, history, t_hist, TimestepSampler(), None, context=context,
+                                          attention=attention)
+            del history, t_hist
+            (loss / plan.grad_accum).backward()
+        del loss, clean, context
     torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0, foreach=True)
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -302,7 +348,9 @@ def _measure(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, mode: str, me
                  "chunks": geom.chunks, "seconds": plan.seconds if plan.chunks is None else None,
                  "height": plan.height, "width": plan.width, "text_tokens": plan.text_tokens if cfg.text_dim else 0,
                  "checkpointing": mode, "attention_backend": cfg.attention_backend, "precision": plan.precision,
-                 "resample_steps": plan.resample_steps, "resample_unsharded": plan.resample_unsharded},
+                 "resample_steps": plan.resample_steps, "resample_unsharded": plan.resample_unsharded,
+                 "history_attention": _attention_name(plan), "grad_accum": plan.grad_accum,
+                 "grad_sync": _grad_sync_name(plan)},
         "parameters": params,
         "tokens": {"per_chunk": geom.tokens_per_chunk, "clip": geom.clip_tokens,
                    "two_stream": geom.two_stream_tokens},
@@ -315,6 +363,22 @@ def _measure(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, mode: str, me
         "tracker": "FSDPMemTracker" if mesh is not None else "MemTracker",
         "device": "fake cpu tensors (CPU dispatch rules; see resforce.training.memory_estimate)",
     }
+
+
+def _attention_name(plan: MemoryPlan) -> str:
+    if plan.history_attention == "topk":
+        return f"topk (k={plan.topk})"
+    if plan.history_attention == "window":
+        return f"window (w={plan.window}, sink={plan.sink})"
+    return "dense"
+
+
+def _grad_sync_name(plan: MemoryPlan) -> str:
+    if plan.grad_accum == 1:
+        return "every"
+    if plan.grad_sync == "auto":
+        return "every" if plan.gpus > 1 else "last"
+    return plan.grad_sync
 
 
 def _sum_devices(snapshot: dict) -> dict:
@@ -333,6 +397,8 @@ def format_report(r: dict) -> str:
     lines = [f"{p['preset']} ({r['parameters'] / 1e9:.2f}B params), {p['strategy']}, {p['chunks']} chunks "
              f"x {t['per_chunk']} tokens, two-stream sequence {t['two_stream']} tokens, batch {p['batch']}, "
              f"{where}, checkpointing {p['checkpointing']}, attention {p['attention_backend']}, {p['precision']}",
+             f"history attention {p['history_attention']}, grad_accum {p['grad_accum']} "
+             f"(gradient sync: {p['grad_sync']})",
              f"peak {r['peak_gib']:.2f} GiB ({r['tracker']} under FakeTensorMode; {r['device']})",
              f"  (peak while building the history, {p['strategy']}: {r['history_peak_bytes'] / GIB:.2f} GiB)"]
     for k, v in sorted(r["peak_breakdown_bytes"].items(), key=lambda kv: -kv[1]):

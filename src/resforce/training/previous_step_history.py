@@ -75,7 +75,7 @@ class PreviousStepHistory:
         else:
             clean = torch.cat([fresh, kept.to(trainer.device)])
             history = torch.cat([fresh, self.pred[k].to(trainer.device)])
-        with parallel.no_grad_sync(trainer.wrapped, skip=k < o.grad_accum - 1):
+        with parallel.no_grad_sync(trainer.wrapped, parallel.skips_grad_sync(trainer.parallel, o.grad_sync, k, o.grad_accum)):
             with forward():
                 loss, x0_hat = loss_and_prediction(trainer.wrapped, clean, history, cfg.timesteps, trainer.gen,
                                                    space=cfg.loss_space, attention=attention)

@@ -39,11 +39,18 @@ def _meta_model(cfg: TrainConfig) -> CausalVideoDiT:
         return CausalVideoDiT(copy.deepcopy(cfg.model))
 
 
-def check_start(cfg: TrainConfig, init_from) -> None:
-    """A new run starts from one place: --init-from (a resforce run or checkpoint) or init.wan."""
+def check_start(cfg: TrainConfig, init_from, resume: bool = True) -> None:
+    """A new run starts from one place: --init-from (a resforce run or checkpoint) or init.wan.
+    A new run from init.wan has its weights checked here, from the safetensors headers only
+    (present, complete, keys and shapes fit the config), before any model is built or the run
+    directory is created; a run that will resume from its own checkpoint does not read them.
+    Called on every rank (after the process group is up); rank 0 reads the folder."""
+    from resforce.wan.transformer import check_wan_weights, is_wan_folder
+
     if init_from is None:
+        if cfg.init.wan is not None and not (resume and checkpoint_dirs(cfg.run_dir)):
+            on_main(lambda: check_wan_weights(cfg.init.wan, cfg.model))
         return
-    from resforce.wan.transformer import is_wan_folder
 
     if is_wan_folder(init_from):
         raise ValueError(f"--init-from {init_from} is a Wan (diffusers) folder: set init.wan={init_from} "

@@ -33,7 +33,8 @@ import torch.nn as nn
 from resforce.model.dit import CausalVideoDiT, DiTConfig
 
 __all__ = ["config_from_diffusers", "convert_state_dict", "load_wan", "weight_dtype", "KEEP_IN_FP32",
-           "WanConversionError", "is_wan_folder", "read_wan_config", "read_wan_state_dict"]
+           "WanConversionError", "is_wan_folder", "read_wan_config", "read_wan_state_dict", "check_wan_weights",
+           "read_wan_shapes"]
 
 
 class WanConversionError(ValueError):
@@ -228,9 +229,11 @@ def _resolve_dir(path: Path) -> Path:
                             "folder with a 'transformer' subfolder")
 
 
-def _load_tensors(folder: Path, variant: str | None) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
+def _load_tensors(folder: Path, variant: str | None, load_file=None) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's weight files (single or sharded); `load_file(path)` reads
+    one .safetensors file (default: safetensors' load_file, on the CPU)."""
+    if load_file is None:
+        from safetensors.torch import load_file
     v = f".{variant}" if variant else ""
     for pattern in _WEIGHT_FILES:
         name = pattern.format(v=v)
@@ -259,8 +262,55 @@ def _load_tensors(folder: Path, variant: str | None) -> dict[str, torch.Tensor]:
 
 def _load_one(file: Path, load_file) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
-        return load_file(str(file), device="cpu")
+        return load_file(str(file))
+    if getattr(load_file, "header_only", False):  # shapes of a .bin: memory-mapped, nothing read into memory
+        sd = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+        return {k: torch.empty(v.shape, device="meta") for k, v in sd.items()}
     return torch.load(str(file), map_location="cpu", weights_only=True)
+
+
+def _safetensors_header(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file as meta tensors of their shapes, from its JSON header
+    alone (8 bytes of length, then the header): no tensor data is read."""
+    file = Path(file)
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        raw = f.read(8)
+        n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+        if n <= 0 or 8 + n > size:
+            raise WanConversionError(f"{str(file)!r} is not a safetensors file (bad header length; "
+                                     f"{size} bytes): a partial download?")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise WanConversionError(f"{str(file)!r}: unreadable safetensors header ({e})") from None
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise WanConversionError(f"{str(file)!r} is truncated: its header describes {8 + n + end} bytes, the "
+                                 f"file has {size} (a partial download?)")
+    return {k: torch.empty(v["shape"], device="meta") for k, v in header.items() if k != "__metadata__"}
+
+
+_safetensors_header.header_only = True
+
+
+def read_wan_shapes(path, variant: str | None = None) -> dict[str, torch.Tensor]:
+    """The raw (diffusers-named) tensors of a local Wan folder as meta tensors: names and shapes
+    from the safetensors headers (a .bin is memory-mapped), no weights read or allocated."""
+    return _load_tensors(_resolve_dir(Path(path).expanduser()), variant, load_file=_safetensors_header)
+
+
+def check_wan_weights(path, config: DiTConfig, variant: str | None = None) -> None:
+    """Fail fast on a Wan folder the trainer could not start from: weight files absent,
+    truncated, or with keys / shapes that do not fit CausalVideoDiT(config). Reads the
+    safetensors headers only (milliseconds, no allocation), so the trainer calls it before it
+    builds a model or creates the run directory. Raises FileNotFoundError or WanConversionError
+    naming the folder and every mismatch."""
+    folder = _resolve_dir(Path(path).expanduser())
+    try:
+        convert_state_dict(read_wan_shapes(folder, variant), config)
+    except WanConversionError as e:
+        raise WanConversionError(f"{folder}: {e}") from None
 
 
 def _from_module(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:

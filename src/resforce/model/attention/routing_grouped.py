@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from resforce.model.attention.chunked import is_fake
 from resforce.model.attention.config import HistoryAttentionConfig
 from resforce.model.attention.varlen import varlen_attention_lse
 
@@ -68,7 +69,8 @@ class GroupedRoutedLayout:
     def __init__(self, cfg: HistoryAttentionConfig, own: torch.Tensor, cand: torch.Tensor,
                  q_index: torch.Tensor, k_index: torch.Tensor, tokens_per_chunk: int):
         cfg.validate()
-        if own.device.type == "cpu" and not (own.sum(1) == 1).all():  # (a check on a GPU would sync)
+        # (a check on a GPU would sync; fake tensors, as `resforce memory` uses, have no values)
+        if own.device.type == "cpu" and not is_fake(own) and not (own.sum(1) == 1).all():
             raise ValueError("own: every query chunk must have exactly one own key chunk")
         self.cfg, self.tokens_per_chunk = cfg, tokens_per_chunk
         self.cand_tokens = cand.repeat_interleave(tokens_per_chunk, 0)                 # (T, Kc)

@@ -17,6 +17,7 @@ keeps O(queries x head_dim); the number of blocks is bounded from the shapes alo
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -49,6 +50,11 @@ class BlockAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k_rows, v_rows, rows, scale, budget):
+        with _no_autocast(q.device):
+            return BlockAttention._forward(ctx, q, k_rows, v_rows, rows, scale, budget)
+
+    @staticmethod
+    def _forward(ctx, q, k_rows, v_rows, rows, scale, budget):
         outs, lses = [], []
         for s, kb, vb in _batches(q, k_rows, v_rows, rows, budget):
             logits = (q[s].to(kb.dtype) @ kb.transpose(-1, -2)) * scale
@@ -63,6 +69,11 @@ class BlockAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlse):
+        with _no_autocast(dout.device if dout is not None else dlse.device):
+            return BlockAttention._backward(ctx, dout, dlse)
+
+    @staticmethod
+    def _backward(ctx, dout, dlse):
         q, k_rows, v_rows, rows, out, lse = ctx.saved_tensors
         scale = ctx.scale
         dout = torch.zeros_like(out) if dout is None else dout.to(out.dtype)
@@ -85,6 +96,16 @@ class BlockAttention(torch.autograd.Function):
                 dv.index_add_(0, rows[s], dv_b)
         return (dq.to(q.dtype), dk.view(k_rows.shape).to(k_rows.dtype), dv.view(v_rows.shape).to(v_rows.dtype),
                 None, None, None)
+
+
+def _no_autocast(device) -> contextlib.AbstractContextManager:
+    """Autocast off on `device`: the forward's matmuls must run in float32 as documented (under
+    bf16 autocast they would run in bf16, and the backward, which autocast does not reach,
+    would then multiply bf16 by float32)."""
+    device_type = torch.device(device).type
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _batches(q, k_rows, v_rows, rows, budget):
