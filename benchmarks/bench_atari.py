@@ -5,7 +5,7 @@ For each resolution (32x32 and 64x64) it times, on one thread:
   stream:   the training stream's batches (16 clips of 8 frames; sticky random policy, RAM
             objects, lanes), after its lanes exist (making a lane loads the ROM: ~0.2 s each).
 Each is timed in --rounds rounds and shows its best (least disturbed) round; "per CPU s" is
-frames per second of CPU time the process used (what an idle core gives on a busy machine).
+frames per second of CPU time the process used (what an idle core gives when other work shares the cores).
 Usage: OMP_NUM_THREADS=1 python benchmarks/bench_atari.py [--game pong] [--frames 2000] [--rounds 3]
 """
 

@@ -11,8 +11,8 @@ import sys
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 from latent_fixtures import TEXT_DIM, Z_DIM, make_text_encoder_folder, make_vae_folder, make_video  # noqa: E402
 
 RECIPE = str(ROOT / "configs" / "wan2.1_1.3b_rf.yaml")

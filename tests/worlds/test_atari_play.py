@@ -39,10 +39,10 @@ def test_bad_world_is_named(spec, match):
 
 
 def test_the_page_gets_the_games_frames_and_keys():
-    from play_process import play_process
+    from play_process import play_process, ws_url
 
     with play_process(["--world", "atari:pong"]) as (url, proc):
-        with connect(url.replace("http://", "ws://") + "ws") as ws:
+        with connect(ws_url(url), origin=url.rstrip("/")) as ws:
             hello = json.loads(ws.recv(timeout=30))
             assert hello["actions"][:4] == ["NOOP", "FIRE", "RIGHT", "LEFT"] and hello["keys"]["ArrowUp"] == "RIGHT"
             assert len(ws.recv(timeout=30)) == HEADER.size + 32 * 32 * 3

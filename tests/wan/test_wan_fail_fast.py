@@ -15,8 +15,8 @@ import torch
 
 pytest.importorskip("diffusers", reason="diffusers is not installed (pip install -e '.[wan]')")
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 from test_wan_start import wan_config, write_wan  # noqa: E402
 
 
