@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from resforce.wan.local import component_folder
 from resforce.model.dit import CausalVideoDiT, DiTConfig
 
 __all__ = ["config_from_diffusers", "convert_state_dict", "load_wan", "weight_dtype", "KEEP_IN_FP32",
@@ -214,19 +215,13 @@ _WEIGHT_FILES = ("diffusion_pytorch_model{v}.safetensors", "diffusion_pytorch_mo
 
 
 def _resolve_dir(path: Path) -> Path:
-    """The folder holding the transformer's config.json: `path` itself or path/transformer."""
+    """The folder holding the transformer's config.json: `path` itself (or the folder of a file
+    in it) or path/transformer (a Wan pipeline folder); the local-folder rule of wan/local.py."""
     if not path.exists():
         raise FileNotFoundError(f"Wan checkpoint path {str(path)!r} does not exist (load_wan "
                                 "reads local files only; download the weights first)")
-    if path.is_file():
-        path = path.parent
-    if (path / "config.json").is_file():
-        return path
-    if (path / "transformer" / "config.json").is_file():
-        return path / "transformer"
-    raise FileNotFoundError(f"no config.json in {str(path)!r} nor in {str(path / 'transformer')!r}: "
-                            "expected a diffusers WanTransformer3DModel folder or a Wan pipeline "
-                            "folder with a 'transformer' subfolder")
+    return component_folder(path.parent if path.is_file() else path, "transformer",
+                            "diffusers WanTransformer3DModel", "Wan folder")
 
 
 def _load_tensors(folder: Path, variant: str | None, load_file=None) -> dict[str, torch.Tensor]:
