@@ -19,6 +19,10 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix", default=None, help="video file (.npy/.mp4/.gif) whose frames start the rollout")
     g.add_argument("--prefix-chunks", type=int, default=None,
                    help="start from this many ground-truth chunks of the run's own data world")
+    g.add_argument("--actions", default=None, metavar="FILE",
+                   help="an action model's actions: .npy, one per frame, given frames included (action f produced "
+                        "frame f; -1: none), (frames,) for every video or (videos, frames); without --chunks they "
+                        "set the rollout's length (default: the world's ground-truth actions, else none)")
     g.add_argument("--context", type=context_arg, default=None,
                    help="chunks the model sees at once, its own included (the KV cache rolls past "
                         "it; default: the run's training context); 'all' = dense attention over the "
@@ -68,8 +72,33 @@ def sample_overrides(args, **fixed):
 
 def generation_options(args, **fixed) -> dict:
     """Keyword arguments of generate / evaluate / compare from the sampling flags."""
-    return dict(sample=sample_overrides(args, **fixed), attention=attention_from_args(args), device=args.device,
-                prefer_ema=not args.online)
+    options = dict(sample=sample_overrides(args, **fixed), attention=attention_from_args(args), device=args.device,
+                   prefer_ema=not args.online)
+    if getattr(args, "actions", None) is not None:
+        options["actions"] = load_actions_file(args.actions)
+    return options
+
+
+def load_actions_file(path: str):
+    """--actions FILE: a .npy of per-frame actions (data only; checked against the run's
+    action space when the model is loaded)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    p = Path(path)
+    if p.suffix.lower() != ".npy":
+        raise ValueError(f"--actions {path}: expected a .npy file of per-frame actions")
+    if not p.is_file():
+        raise FileNotFoundError(f"--actions {path}: no such file")
+    try:
+        a = np.load(p, allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"--actions {path}: not a numeric .npy array ({e})") from None
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)) or a.ndim not in (1, 2, 3):
+        raise ValueError(f"--actions {path}: expected int (frames,) / (videos, frames) or float (frames, D) / "
+                         f"(videos, frames, D), got {a.dtype} of shape {a.shape}")
+    return a
 
 
 def add_frechet_arg(p) -> None:

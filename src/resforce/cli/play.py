@@ -36,10 +36,12 @@ def cmd_play(args) -> None:
         if args.steps is not None or args.shift is not None or args.context is not None or args.cfg_scale != 1.0:
             raise ValueError("--steps, --shift, --context and --cfg-scale set how a model generates; --world "
                              "plays the ground truth")
+        if args.prefix is not None:
+            raise ValueError("--prefix starts a world model from a video; --world plays the ground truth from its own start")
         source = WorldSource(args.world, args.seed)
     else:
         source = ModelSource.from_run(args.run, steps=args.steps, seed=args.seed, context=args.context,
-                             cfg_scale=args.cfg_scale, shift=args.shift)
+                             cfg_scale=args.cfg_scale, shift=args.shift, prefix=args.prefix)
     try:
         serve(source, port=args.port, seed=args.seed, fps=args.fps, allow_origins=args.allow_origin)
     except KeyboardInterrupt:
@@ -65,6 +67,9 @@ def add_command(sub) -> None:
     p.add_argument("--cfg-scale", type=float, default=1.0,
                    help="guidance over actions (> 1 follows the keys more strongly; the action-free branch "
                         "runs in the same batch); default 1: none")
+    p.add_argument("--prefix", default=None, metavar="FILE",
+                   help="a video (.mp4/.gif/.npy) whose frames start every episode (needed for a run on your own "
+                        "videos: data.kind=video_folder has no ground truth to start from)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first episode (the page's seed box changes it)")
     p.add_argument("--fps", type=float, default=15.0, help="frame-rate cap (0: as fast as the model goes)")
     # a small world model's ops (16 tokens a frame) are too small to split across cores: one

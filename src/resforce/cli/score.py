@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from resforce.cli.args import add_frechet_arg
-from resforce.worlds import scoring_worlds, world_of
+from resforce.worlds import WORLDS, scoring_worlds, world_of
 
 
 def load_video_array(path: Path) -> np.ndarray:
@@ -64,8 +64,9 @@ def _px(resolution: tuple[int, int]) -> str:
 def _world_config(args):
     from resforce.config import TrainConfig, load_config
 
-    if args.world not in scoring_worlds():
-        raise ValueError(f"--world {args.world!r} is not a known world; known: {', '.join(scoring_worlds())}")
+    if args.world not in WORLDS:
+        raise ValueError(f"--world {args.world!r} is not a known world; known: {', '.join(WORLDS)} (own metrics: "
+                         f"{', '.join(scoring_worlds())}; the others: generic metrics and --inverse-dynamics)")
     if args.config is None:
         cfg = TrainConfig()
         cfg.data.kind = args.world
@@ -143,15 +144,43 @@ def _floor_clips(cfg, clips: int, frames: int):
     return world_clips(cfg, clips, frames, FLOOR_SEED)
 
 
+def load_actions(paths: list[Path], videos: int, frames: int, space) -> np.ndarray:
+    """--actions: one .npy per video ((F,): action f produced frame f, prefix included), or one
+    (M, F) file for all M videos; checked against the world's action space -> (M, F) int64."""
+    if len(paths) not in (1, videos):
+        raise ValueError(f"--actions: {len(paths)} files for {videos} videos (one per video, or one (videos, frames) array)")
+    arrays = []
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"--actions {p}: no such file")
+        a = np.load(p, allow_pickle=False)
+        rows = a if a.ndim == 2 and space.kind == "discrete" else a[None]
+        arrays += [space.check(r, frames, f"--actions {p}") for r in rows]
+    if len(arrays) != videos:
+        raise ValueError(f"--actions: {len(arrays)} action sequences for {videos} videos")
+    return np.stack(arrays)
+
+
 def cmd_score(args) -> None:
     from resforce.evaluation.evaluate import frechet_line, save_json, table_metrics
     from resforce.generation.session import training_context_chunks
     from resforce.metrics.stats import format_table
 
     cfg, from_run = _world_config(args)
+    if args.inverse_dynamics is not None and not args.actions:
+        raise ValueError("--inverse-dynamics scores videos against their actions: give --actions FILE (one per video)")
     train = training_context_chunks(cfg) * cfg.model.frames_per_chunk if from_run else None
     paths = [Path(p) for p in args.videos]
     ev, notes = score_files(paths, cfg, args.prefix_frames, args.segment, train, args.frechet_reference)
+    following = None
+    if args.inverse_dynamics is not None:
+        from resforce.metrics.inverse_dynamics import action_following, describe, train_inverse_dynamics
+
+        world = world_of(cfg.data)
+        videos = ev.generated.videos.numpy()
+        actions = load_actions([Path(p) for p in args.actions], videos.shape[0], videos.shape[2], world.action_space)
+        following = action_following(train_inverse_dynamics(world, steps=args.inverse_dynamics), videos, actions,
+                                      world, given_frames=args.prefix_frames)
     s = ev.summary()
     print(f"scored {s['samples']} video(s) of {s['frames']} frames with the {args.world} metrics "
           f"({'world of ' + args.config if from_run else 'default world config'}); "
@@ -162,14 +191,21 @@ def cmd_score(args) -> None:
     if frechet_line(ev):
         print(frechet_line(ev))
     print(ev.world.summary_definition.split(". ")[0] + ".")
+    if following is not None:
+        print(describe(following))
     if args.json:
-        print(f"wrote {save_json(ev, args.json, extra={'files': [str(p) for p in paths], 'world': args.world, 'notes': notes})}")
+        extra = {'files': [str(p) for p in paths], 'world': args.world, 'notes': notes}
+        if following is not None:
+            extra["action_following"] = following
+        print(f"wrote {save_json(ev, args.json, extra=extra)}")
 
 
 def add_command(sub) -> None:
     s = sub.add_parser("score", help="score video files (.npy/.mp4/.gif) with a world's metrics, like eval")
     s.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, scored as the samples of one table")
-    s.add_argument("--world", required=True, help=f"the world whose metrics apply: {', '.join(scoring_worlds())}")
+    s.add_argument("--world", required=True,
+                   help=f"the world whose metrics apply: {', '.join(WORLDS)} (own metrics: {', '.join(scoring_worlds())}; "
+                        f"the others: generic ones)")
     s.add_argument("--prefix-frames", type=int, default=2,
                    help="the first K frames are the given ones: the reference of the world's metrics (default 2)")
     s.add_argument("--config", default=None,
@@ -177,5 +213,12 @@ def add_command(sub) -> None:
                         "and training length; default: the default world config")
     s.add_argument("--segment", type=int, default=None, help="frames per table segment (default: training length)")
     s.add_argument("--json", default=None, help="also write the metrics here (like eval --json)")
+    s.add_argument("--actions", nargs="+", default=None, metavar="FILE",
+                   help="the actions each video was made with: .npy, one per video ((frames,): action f produced "
+                        "frame f, given frames included) or one (videos, frames) array")
+    s.add_argument("--inverse-dynamics", type=int, default=None, metavar="STEPS",
+                   help="action following: train an inverse-dynamics classifier for STEPS steps (e.g. 400) on the "
+                        "world's ground truth and report its accuracy on ground truth (ceiling), on these videos "
+                        "against --actions, and against another episode's actions (floor)")
     add_frechet_arg(s)
     s.set_defaults(func=cmd_score)

@@ -9,10 +9,11 @@ import dataclasses
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from resforce.actions import actions_of
+from resforce.actions import NULL_ACTION, actions_of
 from resforce.training.checkpoint import load_model
 from resforce.io.checks import check_counts, check_finite_output, check_prefix_fits, check_video_values
 from resforce.model.attention.policy import AttentionPolicy
@@ -79,6 +80,42 @@ class SampleOverrides:
         return dataclasses.replace(s, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None})
 
 
+def _given_actions(actions, model, cfg, sample: SampleOverrides, batch: int, prefix, prefix_chunks: int):
+    """Actions given for a whole rollout (frames[, D]) or (batch, frames[, D]), checked against
+    the model's action space and the rollout's length (prefix + chunks frames; without --chunks
+    the actions set it) -> ((batch, frames[, D]) tensor, the sample overrides)."""
+    mc = model.config
+    if mc.action_kind == "none":
+        raise ValueError("--actions: this run's model takes no actions (model.action_kind='none')")
+    a = torch.as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions)
+    per_video = 1 if mc.action_kind == "discrete" else 2
+    if a.ndim == per_video:
+        a = a[None].expand(batch, *a.shape)
+    fpc = mc.frames_per_chunk
+    given = prefix.shape[-3] if prefix is not None else prefix_chunks * fpc  # (C, F, H, W) or (B, C, F, H, W)
+    frames = a.shape[1] if a.ndim > 1 else 0
+    if a.ndim != per_video + 1 or a.shape[0] != batch:
+        raise ValueError(f"--actions: expected one action per frame, ({'frames' if per_video == 1 else 'frames, D'}) or "
+                         f"(batch={batch}, {'frames' if per_video == 1 else 'frames, D'}), got shape {tuple(a.shape)}")
+    if sample.chunks is None:
+        extra = frames - given
+        if extra < fpc or extra % fpc:
+            raise ValueError(f"--actions: {frames} actions for {given} given frame(s): expected the given frames plus "
+                             f"a positive multiple of {fpc} generated frame(s) (one action per frame, prefix included)")
+        sample = dataclasses.replace(sample, chunks=extra // fpc)
+    elif frames != given + sample.chunks * fpc:
+        raise ValueError(f"--actions: {frames} actions for {given} given + {sample.chunks * fpc} generated = "
+                         f"{given + sample.chunks * fpc} frames (one action per frame, prefix included)")
+    space = world_of(cfg.data).action_space
+    if space.kind == "discrete" == mc.action_kind:  # the null action (-1) is allowed: "no action given"
+        for row in a.numpy():
+            space.check(np.where(row == NULL_ACTION, 0, row), frames, "--actions")
+        a = a.long()
+    elif space.kind == mc.action_kind:
+        a = torch.as_tensor(np.stack([space.check(row, frames, "--actions") for row in a.numpy()]))
+    return a, sample
+
+
 def generate(path, sample: SampleOverrides | None = None, attention: HistoryAttentionConfig | None = None, *,
              batch: int = 1, prefix: torch.Tensor | None = None, prefix_chunks: int = 0,
              device: str = "auto", prefer_ema: bool = True, record_router: bool = False,
@@ -101,6 +138,8 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     check_counts(SimpleNamespace(batch=batch, chunks=sample.chunks, steps=sample.steps, prefix_chunks=prefix_chunks))
     dev = resolve_device(device)
     model, cfg = load_model(path, dev, prefer_ema)
+    if actions is not None:
+        actions, sample = _given_actions(actions, model, cfg, sample, batch, prefix, prefix_chunks)
     session = rolling_session(cfg, sample.apply(cfg.sample), attention)
     s, attention = session.sample, session.attention
     fpc = model.config.frames_per_chunk
@@ -137,6 +176,9 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     prec = cfg.precision if dev.type == "cuda" else "fp32"
     if actions is None and model.config.action_kind != "none" and states is not None:
         actions = actions_of(states)[:, :(prefix_chunks + s.chunks) * fpc]
+    elif actions is not None and getattr(states, "actions", None) is not None:
+        # scored against what was commanded: the given actions replace the ground truth's
+        states = dataclasses.replace(states, actions=actions.numpy())
     pixels = []
 
     def finished(i, chunk):  # a latent world's chunks become pixels as they come: nothing re-decoded

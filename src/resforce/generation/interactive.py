@@ -67,7 +67,9 @@ class InteractiveSession:
     """A model played one chunk at a time (see the module doc)."""
 
     def __init__(self, model: CausalVideoDiT, cfg, steps: int = 4, shift: float | None = None,
-                 context: int | None = None, seed: int = 0, cfg_scale: float = 1.0, device="cpu") -> None:
+                 context: int | None = None, seed: int = 0, cfg_scale: float = 1.0, device="cpu",
+                 prefix: np.ndarray | torch.Tensor | None = None) -> None:
+        """`prefix`: the frames the session starts from (see `reset`); None: the world's."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1 Euler step per chunk, got {steps}")
         self.model, self.cfg, self.device = model.eval(), cfg, torch.device(device)
@@ -90,7 +92,7 @@ class InteractiveSession:
         self.grid = euler_grid(steps, self.shift)
         self.timing = StepTiming()
         self.seed = int(seed)
-        self.reset()
+        self.reset(prefix=prefix)
 
     @classmethod
     def from_run(cls, path, steps: int = 4, shift: float | None = None, context: int | None = None,
@@ -171,7 +173,8 @@ class InteractiveSession:
                 return torch.from_numpy(np.stack(frames, axis=1))
             video, _ = self.world.clips(1, fpc, self.seed)
             if video is None:
-                raise ValueError(f"data.kind={self.cfg.data.kind} has no ground truth to start from: pass a prefix")
+                raise ValueError(f"data.kind={self.cfg.data.kind} has no ground truth to start from: pass a prefix "
+                                 f"(resforce play RUN --prefix FILE: a video whose frames start the session)")
             return video[0]
         if isinstance(prefix, np.ndarray) and prefix.dtype == np.uint8:
             return frames_from_uint8(prefix)

@@ -98,10 +98,12 @@ class ModelSource:
     """A trained world model (interactive.InteractiveSession: one chunk per action, rolling
     context of the training length, so memory stays constant however long it is played)."""
 
-    def __init__(self, session, what: str = "the session", guidance: float = 1.0) -> None:
+    def __init__(self, session, what: str = "the session", guidance: float = 1.0, prefix=None) -> None:
         """A source over an InteractiveSession already made (`from_run` loads one from a path);
-        `what` names it in messages."""
+        `what` names it in messages; `prefix`: float (3, F, H, W) frames every episode starts
+        from (None: the world's first frame(s) of the seed)."""
         self.session = session
+        self.prefix = prefix
         if session.model.config.text_dim == 0:
             from resforce.play.condition_memo import memoize_conditioning
 
@@ -114,7 +116,7 @@ class ModelSource:
 
     @classmethod
     def from_run(cls, run: str | Path, steps: int | None = None, seed: int = 0, context: int | None = None,
-                 cfg_scale: float = 1.0, shift: float | None = None) -> "ModelSource":
+                 cfg_scale: float = 1.0, shift: float | None = None, prefix: str | Path | None = None) -> "ModelSource":
         """steps None: the session's default (4 Euler steps, what the agent recipes sample with);
         shift None: the run's sample.shift.
         cfg_scale != 1: guidance over actions (the action-free branch runs in the same batch)."""
@@ -125,12 +127,42 @@ class ModelSource:
         kwargs = {"seed": seed, "context": context, "cfg_scale": cfg_scale, "shift": shift}
         if steps is not None:
             kwargs["steps"] = steps
-        return cls(InteractiveSession.from_run(run, **kwargs), f"RUN {run}", cfg_scale)
+        if prefix is None:
+            return cls(InteractiveSession.from_run(run, **kwargs), f"RUN {run}", cfg_scale)
+        from resforce.training.checkpoint import load_model
+        from resforce.worlds import world_of
+
+        model, cfg = load_model(run, "cpu", True)
+        video = load_prefix(prefix, model.config.in_channels, world_of(cfg.data).resolution,
+                            model.config.frames_per_chunk)
+        return cls(InteractiveSession(model, cfg, prefix=video, **kwargs), f"RUN {run}", cfg_scale, video)
 
     def reset(self, seed: int):
-        self.session.reset(seed)  # starts from the world's first frame(s) of this seed
+        self.session.reset(seed, prefix=self.prefix)  # --prefix, else the world's first frame(s) of this seed
         return self.session.last_chunk  # (frames_per_chunk, H, W, 3) uint8: every frame, not only the last
 
     def step(self, action: int):
         self.session.step(action)
         return self.session.last_chunk
+
+
+def load_prefix(path: str | Path, channels: int, resolution: tuple[int, int], frames_per_chunk: int) -> torch.Tensor:
+    """--prefix FILE: a video's frames (float (3, F, H, W) in [-1, 1]) for a session: at the
+    model's resolution (or an integer upscale of it, as `resforce generate` writes), its last
+    whole chunks kept. ValueError naming the file otherwise."""
+    from resforce.cli.score import load_video_array, to_world_resolution
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--prefix {path}: no such file")
+    try:
+        video = load_video_array(p)[0]
+    except (ValueError, OSError) as e:
+        raise ValueError(f"--prefix {path}: cannot read it as a video ({e})") from None
+    video, _ = to_world_resolution(video, tuple(resolution))
+    h, w = resolution
+    if video.shape[0] != channels or video.shape[-2:] != (h, w) or video.shape[1] < frames_per_chunk:
+        raise ValueError(f"--prefix {path}: expected at least {frames_per_chunk} frame(s) of {channels} x {h} x {w} "
+                         f"(the model's frames, or an integer upscale of them), got (C, F, H, W) = {tuple(video.shape)}")
+    keep = video.shape[1] - video.shape[1] % frames_per_chunk
+    return torch.from_numpy(np.ascontiguousarray(video[:, -keep:]))

@@ -1,0 +1,70 @@
+"""Action following by inverse dynamics (metrics/inverse_dynamics.py), for any world with
+discrete actions: trained on the world's ground truth it scores ground-truth videos near its
+ceiling and well above the floor (the same videos against another episode's actions), and a
+video that ignores its actions near the floor; `resforce score --inverse-dynamics` reports the
+three numbers for the atari world."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from resforce.config import DataConfig
+from resforce.metrics.inverse_dynamics import action_following, pairs, train_inverse_dynamics
+from resforce.worlds import world_of
+
+
+@pytest.fixture(scope="module")
+def agent():
+    torch.set_num_threads(1)
+    world = world_of(DataConfig(kind="agent_balls"))
+    return world, train_inverse_dynamics(world, steps=400, clips=64, lr=5e-3)
+
+
+def test_ground_truth_follows_and_a_frozen_video_does_not(agent):
+    world, idm = agent
+    assert idm.ceiling > 0.45  # chance: 0.2 (a move into a wall looks like a noop)
+    videos, states = world.clips(16, 10, seed=0)
+    gt = action_following(idm, videos, states.actions, world, given_frames=2)
+    assert gt["frames_scored"] == 16 * 8
+    assert gt["videos"] > gt["floor"] + 0.2 and gt["videos"] < idm.ceiling + 0.1, gt
+    frozen = videos[:, :, :1].expand_as(videos)  # ignores every action: no move at all
+    ignored = action_following(idm, frozen, states.actions, world, given_frames=2)
+    assert ignored["videos"] < gt["floor"] + 0.1, (ignored, gt)
+
+
+def test_pairs_score_the_action_that_produced_the_second_frame():
+    videos = torch.zeros(2, 3, 4, 8, 8)
+    x, y = pairs(videos, np.array([[9, 1, 2, 3], [9, 4, 5, 6]]))
+    assert x.shape == (6, 9, 8, 8) and y.tolist() == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(ValueError, match="'none' actions"):
+        train_inverse_dynamics(world_of(DataConfig(kind="bouncing_balls")))
+
+
+def test_score_reports_ceiling_videos_and_floor_for_atari(tmp_path, capsys):
+    pytest.importorskip("ale_py", reason="the atari world needs ale-py: pip install 'resforce[atari]'")
+    from resforce.cli.main import main
+    from resforce.worlds.atari.world import AtariConfig
+
+    world = world_of(DataConfig(kind="atari", atari=AtariConfig(episode_frames=200)))
+    videos, states = world.clips(3, 8, seed=1)
+    files = []
+    for i in range(3):
+        np.save(tmp_path / f"v{i}.npy", videos[i].numpy())
+        np.save(tmp_path / f"a{i}.npy", states.actions[i])
+        files.append(str(tmp_path / f"v{i}.npy"))
+    out = tmp_path / "score.json"
+    main(["score", *files, "--world", "atari", "--frechet-reference", "0", "--actions",
+          *[str(tmp_path / f"a{i}.npy") for i in range(3)], "--inverse-dynamics", "20", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "(ceiling)" in text and "(floor)" in text
+    result = json.loads(out.read_text())["action_following"]
+    assert set(result) >= {"ceiling", "videos", "floor"} and result["frames_scored"] == 3 * 6
+    with pytest.raises(SystemExit):
+        main(["score", *files, "--world", "atari", "--inverse-dynamics", "20"])
+    assert "give --actions FILE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["score", *files, "--world", "atari", "--actions", str(tmp_path / "a0.npy"), str(tmp_path / "a1.npy"),
+              "--inverse-dynamics", "20"])
+    assert "--actions: 2 files for 3 videos" in capsys.readouterr().err
