@@ -95,13 +95,13 @@ class World:
 
     @property
     def resolution(self) -> tuple[int, int]:
-        """(H, W) of the world's frames."""
-        raise NotImplementedError
+        """(H, W) of the world's frames; default: square frames of the config's `resolution`."""
+        return self.config.resolution, self.config.resolution
 
     @property
     def resolution_key(self) -> str:
         """The config key that sets the resolution (for error messages)."""
-        raise NotImplementedError
+        return f"data.{self.kind}.resolution"
 
     def stream(self, seed: int = 0) -> DataStream:
         """The training stream of the run with seed `seed`."""

@@ -41,10 +41,6 @@ class AgentBallsWorld(World):
 
 
     @property
-    def resolution(self) -> tuple[int, int]:
-        return self.config.resolution, self.config.resolution
-
-    @property
     def resolution_key(self) -> str:
         return "data.agent_balls.balls.resolution"
 

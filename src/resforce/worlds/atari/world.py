@@ -283,14 +283,6 @@ class AtariWorld(World):
     scores_files = False
 
     @property
-    def resolution(self) -> tuple[int, int]:
-        return self.config.resolution, self.config.resolution
-
-    @property
-    def resolution_key(self) -> str:
-        return "data.atari.resolution"
-
-    @property
     def action_space(self) -> ActionSpace:
         return self.config.action_space()
 

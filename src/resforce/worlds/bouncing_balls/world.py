@@ -44,14 +44,6 @@ class BouncingBallsWorld(World):
         return f"reference balls: those of the first {prefix_frames} frame(s)"
 
 
-    @property
-    def resolution(self) -> tuple[int, int]:
-        return self.config.resolution, self.config.resolution
-
-    @property
-    def resolution_key(self) -> str:
-        return "data.bouncing_balls.resolution"
-
     def stream(self, seed: int = 0) -> BouncingBalls:
         return BouncingBalls(dataclasses.replace(self.config, seed=self.config.seed + seed))
 
