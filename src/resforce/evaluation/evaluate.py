@@ -167,7 +167,7 @@ def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOve
 
 def weights_sha256(path, prefer_ema: bool = True) -> str:
     """SHA-256 of the weights file that `generate` loads from a run, checkpoint or file."""
-    from resforce.training.checkpoint import resolve_weights
+    from resforce.io.weights import resolve_weights
 
     h = hashlib.sha256()
     with open(resolve_weights(path, prefer_ema), "rb") as f:

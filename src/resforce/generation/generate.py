@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from resforce.actions import actions_of
-from resforce.training.checkpoint import load_model
+from resforce.io.weights import load_model
 from resforce.io.checks import check_counts, check_finite_output, check_prefix_fits, check_video_values
 from resforce.model.attention.policy import AttentionPolicy
 from resforce.model.attention.config import HistoryAttentionConfig
