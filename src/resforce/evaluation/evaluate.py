@@ -151,7 +151,7 @@ def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOve
     if sample.seed is None:
         sample = dataclasses.replace(sample, seed=0)
     digest = weights_sha256(path, options.get("prefer_ema", True))
-    g = generate(path, sample, batch=samples, prefix_chunks=prefix_chunks, with_ground_truth=True,
+    g = generate(path, sample, batch=samples, batch_flag="--samples", prefix_chunks=prefix_chunks, with_ground_truth=True,
                  progress=progress, **options)
     per_frame = score(g)
     frames = int(g.videos.shape[2])
