@@ -214,3 +214,50 @@ def test_files_written_before_checksums_still_load(tmp_path, exported):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             load_model(shipped)
+
+
+# ----------------------------------------------------------------------------- error lines, not tracebacks
+TEACHER = "configs/bb_teacher.yaml"
+
+
+@pytest.mark.parametrize("override, why", [
+    ("seed=[1,", "override 'seed=[1,': the value is not valid YAML"),
+    ("seed=!!python/object/apply:os.system [echo]", "the value is not valid YAML"),
+    ("stages.7.steps=3", "stages.7 does not exist; this recipe has 2 stage(s) (stages.0 to stages.1)"),
+])
+def test_a_bad_override_is_one_error_line(tmp_path, override, why, capsys):
+    err = cli_error(["train", TEACHER, *tiny(tmp_path / "r"), override], capsys)
+    assert why in err and not (tmp_path / "r").exists()
+
+
+def test_a_directory_as_the_config_says_so(tmp_path, capsys):
+    err = cli_error(["train", str(tmp_path)], capsys)
+    assert f"config {tmp_path} is a directory: expected a YAML recipe file" in err
+
+
+def test_a_run_dir_that_is_a_file_names_run_dir(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    err = cli_error(["train", TEACHER, *tiny(f)], capsys)
+    assert f"run_dir={f}: {f} is a file, not a directory" in err and "Errno" not in err
+    assert f.read_text() == "x"
+
+
+def test_a_base_that_is_not_a_recipe_never_prints_its_content(tmp_path, capsys):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:hunter2:/root:/bin/bash\nother:line\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"base: {secret}\n")
+    err = cli_error(["train", str(recipe)], capsys)
+    assert str(secret) in err and "hunter2" not in err and "root:x" not in err and "is it a resforce recipe" in err
+
+
+def test_a_refused_state_pt_never_suggests_weights_only_false(tmp_path):
+    from resforce.training.checkpoint import _load_legacy_state
+
+    p = tmp_path / "state.pt"
+    torch.save({"step": 1, "obj": Path("x")}, p)  # not plain data: refused by weights_only
+    with pytest.raises(DamagedFileError) as e:
+        _load_legacy_state(p)
+    assert "weights_only loader" in str(e.value) and "weights_only=False" not in str(e.value)
+    assert "never loaded any other way" in str(e.value)

@@ -213,9 +213,10 @@ def _load_legacy_state(path: Path) -> dict:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # UnpicklingError, EOFError, RuntimeError (zip), ... : all "not data"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's own message suggests weights_only=False (which would run the file's code): never forwarded
         raise DamagedFileError(f"{path} (a pickled state from an older version) was refused by torch's "
-                             f"weights_only loader: {first}; expected tensors and plain containers only") from None
+                               f"weights_only loader ({type(e).__name__}): it holds something other than tensors "
+                               f"and plain containers, or is damaged; it is never loaded any other way") from None
 
 
 def check_fits(source: str | Path, sd: dict, expected: dict) -> None:
