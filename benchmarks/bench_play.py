@@ -46,7 +46,7 @@ def shipped_model() -> Path | None:
 
 def load(model_path: str | None):
     """(model, cfg, what it is)."""
-    from resforce.training.checkpoint import load_model
+    from resforce.io.weights import load_model
     from resforce.config import load_config
     from resforce.model.dit import CausalVideoDiT
 

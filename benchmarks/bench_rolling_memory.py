@@ -19,7 +19,7 @@ import sys
 
 CHILD = """
 import dataclasses, json, resource, sys, torch
-from resforce.training.checkpoint import load_model
+from resforce.io.weights import load_model
 from resforce.rollout import rollout
 from resforce.generation.session import training_context_chunks
 path, chunks, batch, context = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

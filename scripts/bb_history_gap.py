@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resforce.training.checkpoint import load_model
+from resforce.io.weights import load_model
 from resforce.evaluation.evaluate import score_videos
 from resforce.io.fileio import write_text_atomic
 from resforce.history import HistoryConfig, build_history

@@ -7,11 +7,12 @@ an error naming the key. Lists index with numbers: `stages.1.steps=500`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from resforce.flow import TimestepSampler
@@ -254,14 +255,28 @@ def _check_data_fits_model(cfg: "TrainConfig") -> None:
 def _yaml_chain(path: Path, depth: int = 0) -> list:
     """The YAML layers of a recipe: a top-level `base: other.yaml` (relative to the file) is
     loaded first, recursively, so recipes share a base without repeating it."""
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory: expected a YAML recipe file (e.g. configs/bb_teacher.yaml)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     if depth > 8:
         raise ConfigError(f"{path}: `base:` chain is too deep (a cycle?)")
     try:
         layer = OmegaConf.load(path)
-    except Exception as e:  # yaml syntax errors
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except Exception as e:  # noqa: BLE001 - yaml syntax errors, tags: the first line, never the file's content
+        raise ConfigError(f"{path}: not valid YAML ({_first_line(e)}); expected a YAML mapping of config keys") from None
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"{path}: expected a YAML mapping of config keys (e.g. `seed: 0`), got a "
+                          f"{type(layer).__name__}")
+    import dataclasses
+
+    top = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = [k for k in layer.keys() if not isinstance(k, str) or (k not in top and k != "base")]
+    if bad:  # named, clipped: never a whole line of a file that is not a recipe
+        shown = repr(bad[0]) if isinstance(bad[0], str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,40}", bad[0]) \
+            else "(not shown: not a config key)"
+        raise ConfigError(f"{path}: unknown top-level key {shown}; is it a resforce recipe? expected keys of the config "
+                          f"({', '.join(sorted(top))}) or `base:`")
     base = layer.pop("base", None)
     chain = _yaml_chain(path.parent / base, depth + 1) if base else []
     return chain + [layer]
@@ -271,7 +286,21 @@ def _parse_override(item: str) -> tuple[str, object]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=3e-4)")
     key, value = item.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as e:  # invalid YAML, or a tag (!!python/...) that safe_load refuses
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({_first_line(e)}); expected "
+                          f"key=value with a plain YAML value, e.g. seed=1 or stages.0.steps=100") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return _clip(text.splitlines()[0]) if text else type(e).__name__
+
+
+def _clip(v, n: int = 80) -> str:
+    r = v if isinstance(v, str) else repr(v)
+    return r if len(r) <= n else r[:n - 3] + "..."
 
 
 def _as_config(node) -> TrainConfig:
@@ -359,6 +388,10 @@ def _layered(node, path, layers: list, overrides) -> object:
             raise ConfigError(f"{path}: {str(e).splitlines()[0]} (key: {getattr(e, 'full_key', '?')})") from None
     for item in overrides:
         key, value = _parse_override(item)
+        m = re.match(r"^stages\.(\d+)(\.|$)", key)
+        if m and int(m.group(1)) >= len(node.stages):
+            raise ConfigError(f"override {item!r}: stages.{m.group(1)} does not exist; this recipe has "
+                              f"{len(node.stages)} stage(s) (stages.0 to stages.{len(node.stages) - 1})")
         try:
             OmegaConf.update(node, key, value, merge=True)
         except OmegaConfBaseException as e:

@@ -78,7 +78,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from resforce.training.checkpoint import export_weights
+    from resforce.io.weights import export_weights
 
     out = export_weights(args.run, args.out, args.dtype, prefer_ema=not args.online)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.dtype}, config in its metadata)")

@@ -23,9 +23,15 @@ def load_video_array(path: Path) -> np.ndarray:
     """
     from resforce.io.video_io import load_video
 
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory: expected a video file (.npy, .mp4, .gif, ...)")
     if path.suffix.lower() != ".npy":
         return load_video(path).numpy()[None]
-    a = np.load(path, allow_pickle=False)  # never unpickle what a user hands us
+    try:
+        a = np.load(path, allow_pickle=False)  # never unpickle what a user hands us
+    except (ValueError, OSError, EOFError) as e:  # numpy's message would suggest allow_pickle=True: never
+        raise ValueError(f"{path} is not a numeric .npy array ({type(e).__name__}); expected a video array "
+                         f"saved with numpy.save (C,F,H,W) or (M,C,F,H,W); object arrays are never loaded") from None
     if a.ndim not in (4, 5):
         raise ValueError(f"{path}: expected a video (C,F,H,W) or (F,H,W,C), or a batch of them; got shape {a.shape}")
     if a.ndim == 4:
@@ -42,6 +48,74 @@ def load_video_array(path: Path) -> np.ndarray:
     if not np.isfinite(a).all() or a.min() < -1.01 or a.max() > 1.01:
         raise ValueError(f"{path}: float videos must hold values in [-1, 1], got [{np.nanmin(a):.3g}, {np.nanmax(a):.3g}]")
     return np.clip(a, -1.0, 1.0)
+
+
+SEPARATOR = 2
+"""Source pixels between the videos of a grid (io.video_io.make_grid, as generate --batch and
+compare write .mp4/.gif)."""
+
+
+BLOCK_RESIDUAL = 0.01
+"""Mean |frame - its k x k block means| (values in [-1, 1]) below which frames may be a k x
+nearest-neighbour upscale (~0.004 for resforce's H.264 files at their own factor)."""
+BLOCK_JUMP = 0.2
+"""...and at most this fraction of the residual at 2k: at twice the true factor the blocks cut
+through the content (0.049 vs 0.004 for a 16-px world written 8x), where content drawn at the
+finer size changes little between k and 2k."""
+
+
+def upscale_factor(v: np.ndarray) -> int:
+    """The largest k such that the frames are (up to codec noise) a k x nearest-neighbour
+    upscale, judged by the jump of the block residual from k to 2k."""
+    h, w = v.shape[-2:]
+    sample = v[..., :: max(1, v.shape[-3] // 8), :, :]  # a few frames are enough
+
+    def residual(k):
+        blocks = sample.reshape(*sample.shape[:-2], h // k, k, w // k, k).mean(axis=(-3, -1))
+        return float(np.abs(sample - blocks.repeat(k, -2).repeat(k, -1)).mean())
+
+    for k in range(min(h, w) // 2, 1, -1):
+        if h % (2 * k) or w % (2 * k):
+            continue
+        r = residual(k)
+        if r < BLOCK_RESIDUAL and r < BLOCK_JUMP * residual(2 * k):
+            return k
+    return 1
+
+
+def split_grid(v: np.ndarray, resolution: tuple[int, int], path, decoded: bool = True) -> tuple[np.ndarray, str]:
+    """Split a grid that resforce wrote (n videos of the world's size side by side, SEPARATOR
+    white source pixels apart, upscaled by an integer k, padded to even sides) into a batch of
+    n videos, each still k times the world's size. A single video is returned as it is; frames
+    of any other size are refused, naming both sizes."""
+    (h, w), (rh, rw) = v.shape[-2:], resolution
+    for k in range(1, h // rh + 1):
+        if h - k * rh not in (0, 1) or (h != k * rh and (k * rh) % 2 == 0):
+            continue
+        for pad in (0, 1):
+            src, rem = divmod(w - pad, k)
+            if rem or (pad and (w - pad) % 2 == 0):
+                continue
+            n, rem = divmod(src + SEPARATOR, rw + SEPARATOR)
+            if rem or n < 1:
+                continue
+            step = (rw + SEPARATOR) * k
+            if n > 1:
+                seps = np.concatenate([v[..., :k * rh, i * step - SEPARATOR * k:i * step] for i in range(1, n)], axis=-1)
+                if seps.mean() < 0.8:  # white (1.0) in a grid; codecs blur its edges a little
+                    continue
+            tiles = [v[..., :k * rh, i * step:i * step + rw * k] for i in range(n)]
+            batch = np.concatenate(tiles, axis=0)
+            native = upscale_factor(batch) if decoded else 1  # .npy: written at the world's size
+            if native > k:  # e.g. 8x of a 16-px world read as 4x of a 32-px one
+                nh, nw = batch.shape[-2] // native, batch.shape[-1] // native
+                raise ValueError(f"{path}: frames of {h}x{w} px are a {native}x upscale of {nh}x{nw} px videos, but "
+                                 f"the world scored against is {rh}x{rw} px (give the video's own run with --run RUN)")
+            note = f"a grid of {n} videos side by side: split into {n} samples" if n > 1 else ""
+            return batch, note
+    raise ValueError(f"{path}: frames are {h}x{w} px but the world scored against is {rh}x{rw} px: expected "
+                     f"that size, an integer multiple of it, or a grid of such videos that resforce wrote "
+                     f"(give the video's own run with --run RUN, whose config holds its world)")
 
 
 def to_world_resolution(v: np.ndarray, resolution: tuple[int, int]) -> tuple[np.ndarray, str]:
@@ -61,22 +135,45 @@ def _px(resolution: tuple[int, int]) -> str:
     return str(rh) if rh == rw else f"{rh}x{rw}"
 
 
+def _run_config(flag: str, path: str):
+    """The config of a run directory, checkpoint directory or weights file (its metadata), no tensor read."""
+    from resforce.io.weights import config_of_weights, read_header, resolve_weights
+
+    try:
+        return config_of_weights(read_header(resolve_weights(path)))
+    except FileNotFoundError as e:
+        raise ValueError(f"{flag} {path}: {e}") from None
+
+
 def _world_config(args):
+    """(config, where it came from or None for the default world config)."""
     from resforce.config import TrainConfig, load_config
 
-    if args.world not in WORLDS:
+    if args.run is not None and args.config is not None:
+        raise ValueError("--run and --config both give the world: pass one")
+    if args.world is not None and args.world not in WORLDS:
         raise ValueError(f"--world {args.world!r} is not a known world; known: {', '.join(WORLDS)} (own metrics: "
                          f"{', '.join(scoring_worlds())}; the others: generic metrics and --inverse-dynamics)")
-    if args.config is None:
+    if args.run is None and args.config is None:
+        if args.world is None:
+            raise ValueError("give --run RUN (the videos' own run: its config holds the world), --config "
+                             "config.yaml, or --world KIND (the default world config)")
         cfg = TrainConfig()
         cfg.data.kind = args.world
-        return cfg, False
-    if not Path(args.config).is_file():
-        raise FileNotFoundError(f"--config {args.config}: no such file (give a run's config.yaml)")
-    cfg = load_config(args.config)
-    if cfg.data.kind != args.world:
-        raise ValueError(f"--config {args.config}: data.kind is {cfg.data.kind!r}, not --world {args.world!r}")
-    return cfg, True
+        return cfg, None
+    flag, given = ("--run", args.run) if args.run is not None else ("--config", args.config)
+    p = Path(given)
+    if flag == "--run" or p.suffix == ".safetensors" or p.is_dir():
+        if flag == "--config" and p.is_dir() and not (p / "checkpoints").is_dir():
+            raise ValueError(f"--config {given} is a directory: expected a run's config.yaml (or --run RUN_DIR)")
+        cfg = _run_config(flag, given)
+    else:
+        if not p.is_file():
+            raise FileNotFoundError(f"--config {given}: no such file (give a run's config.yaml)")
+        cfg = load_config(given)
+    if args.world is not None and cfg.data.kind != args.world:
+        raise ValueError(f"{flag} {given}: data.kind is {cfg.data.kind!r}, not --world {args.world!r}")
+    return cfg, f"{flag} {given}"
 
 
 def score_files(paths: list[Path], cfg, prefix_frames: int = 2, segment_len: int | None = None,
@@ -100,11 +197,15 @@ def score_files(paths: list[Path], cfg, prefix_frames: int = 2, segment_len: int
         raise ValueError(f"--prefix-frames must be >= 1 (the given frames: the reference of the world's metrics), "
                          f"got {prefix_frames}")
     for p in paths:  # every file checked before any is decoded
+        if p.is_dir():
+            raise ValueError(f"{p} is a directory: expected a video file (.npy, .mp4, .gif, ...)")
         if not p.is_file():
             raise FileNotFoundError(f"video file not found: {p}")
     videos, notes = [], []
     for p in paths:
-        v, note = to_world_resolution(load_video_array(p), res)
+        tiles, grid_note = split_grid(load_video_array(p), res, p, decoded=p.suffix.lower() != ".npy")
+        v, note = to_world_resolution(tiles, res)
+        note = "; ".join(n for n in (grid_note, note) if n)
         if v.shape[1] != world.channels:
             raise ValueError(f"{p}: {world.title} are scored with {world.channels} channels; got {v.shape[1]} channel(s)")
         if videos and v.shape[1:] != videos[0][1].shape[1:]:
@@ -169,6 +270,7 @@ def cmd_score(args) -> None:
     cfg, from_run = _world_config(args)
     if args.inverse_dynamics is not None and not args.actions:
         raise ValueError("--inverse-dynamics scores videos against their actions: give --actions FILE (one per video)")
+    world_name = cfg.data.kind
     train = training_context_chunks(cfg) * cfg.model.frames_per_chunk if from_run else None
     paths = [Path(p) for p in args.videos]
     ev, notes = score_files(paths, cfg, args.prefix_frames, args.segment, train, args.frechet_reference)
@@ -182,8 +284,8 @@ def cmd_score(args) -> None:
         following = action_following(train_inverse_dynamics(world, steps=args.inverse_dynamics), videos, actions,
                                       world, given_frames=args.prefix_frames)
     s = ev.summary()
-    print(f"scored {s['samples']} video(s) of {s['frames']} frames with the {args.world} metrics "
-          f"({'world of ' + args.config if from_run else 'default world config'}); "
+    print(f"scored {s['samples']} video(s) of {s['frames']} frames with the {world_name} metrics "
+          f"({'world of ' + from_run if from_run else 'default world config'}); "
           f"{ev.world.reference_note(args.prefix_frames)}" + ("; * = beyond the run's training length" if train else ""))
     for note in notes:
         print(f"note: {note}")
@@ -194,7 +296,7 @@ def cmd_score(args) -> None:
     if following is not None:
         print(describe(following))
     if args.json:
-        extra = {'files': [str(p) for p in paths], 'world': args.world, 'notes': notes}
+        extra = {'files': [str(p) for p in paths], 'world': world_name, 'notes': notes}
         if following is not None:
             extra["action_following"] = following
         print(f"wrote {save_json(ev, args.json, extra=extra)}")
@@ -203,13 +305,16 @@ def cmd_score(args) -> None:
 def add_command(sub) -> None:
     s = sub.add_parser("score", help="score video files (.npy/.mp4/.gif) with a world's metrics, like eval")
     s.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, scored as the samples of one table")
-    s.add_argument("--world", required=True,
+    s.add_argument("--world", default=None,
                    help=f"the world whose metrics apply: {', '.join(WORLDS)} (own metrics: {', '.join(scoring_worlds())}; "
-                        f"the others: generic ones)")
+                        f"the others: generic ones; default: --run's or --config's)")
+    s.add_argument("--run", default=None,
+                   help="the videos' own run (run directory, checkpoint directory or .safetensors): its config "
+                        "(in the weights' metadata) gives the world's geometry and the training length")
     s.add_argument("--prefix-frames", type=int, default=2,
                    help="the first K frames are the given ones: the reference of the world's metrics (default 2)")
     s.add_argument("--config", default=None,
-                   help="a run's config.yaml: its world (data.<kind>: e.g. palette, background, resolution) "
+                   help="a run's config.yaml (or .safetensors): its world (data.<kind>: e.g. palette, background, resolution) "
                         "and training length; default: the default world config")
     s.add_argument("--segment", type=int, default=None, help="frames per table segment (default: training length)")
     s.add_argument("--json", default=None, help="also write the metrics here (like eval --json)")

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from resforce.training.checkpoint import load_model
+from resforce.io.weights import load_model
 from resforce.io.fileio import write_text_atomic
 from resforce.model.attention.policy import AttentionPolicy
 from resforce.generation.generate import world_clips

@@ -40,7 +40,7 @@ def run_demo(out: Path, samples: int, chunks: int, segment: int, retrain: bool =
 
 def retrain_demo_models(run_root: Path, config_dir: str) -> dict[str, Path]:
     """Train both demo models from scratch (shared teacher-forcing warm-up) and export them."""
-    from resforce.training.checkpoint import resolve_weights
+    from resforce.io.weights import resolve_weights
     from resforce.config import load_config
     from resforce.training.loop import train  # training only when asked
 

@@ -150,7 +150,7 @@ def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOve
     if sample.seed is None:
         sample = dataclasses.replace(sample, seed=0)
     digest = weights_sha256(path, options.get("prefer_ema", True))
-    g = generate(path, sample, batch=samples, prefix_chunks=prefix_chunks, with_ground_truth=True,
+    g = generate(path, sample, batch=samples, batch_flag="--samples", prefix_chunks=prefix_chunks, with_ground_truth=True,
                  progress=progress, **options)
     per_frame = score(g)
     frames = int(g.videos.shape[2])
@@ -166,7 +166,7 @@ def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOve
 
 def weights_sha256(path, prefer_ema: bool = True) -> str:
     """SHA-256 of the weights file that `generate` loads from a run, checkpoint or file."""
-    from resforce.training.checkpoint import resolve_weights
+    from resforce.io.weights import resolve_weights
 
     h = hashlib.sha256()
     with open(resolve_weights(path, prefer_ema), "rb") as f:

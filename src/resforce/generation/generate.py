@@ -6,6 +6,7 @@ Shared by `resforce generate`, `eval`, `compare` and `demo`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -14,7 +15,8 @@ import torch
 from tqdm import tqdm
 
 from resforce.actions import NULL_ACTION, actions_of
-from resforce.training.checkpoint import load_model
+from resforce.generation.budget import check_rollout_fits
+from resforce.io.weights import inspect_weights, load_model
 from resforce.io.checks import check_counts, check_finite_output, check_prefix_fits, check_video_values
 from resforce.model.attention.policy import AttentionPolicy
 from resforce.model.attention.config import HistoryAttentionConfig
@@ -122,7 +124,7 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
              progress: bool = True, with_ground_truth: bool = False,
              context: torch.Tensor | None = None, uncond_context: torch.Tensor | None = None,
              prompt: PromptOptions | None = None, vae: str | None = None,
-             actions: torch.Tensor | None = None) -> Generated:
+             actions: torch.Tensor | None = None, batch_flag: str = "--batch") -> Generated:
     """Roll out a run's model with its `sample` config changed by `sample`. attention: None =
     the history attention of the run's last training stage (dense, top-k routing or a window).
     context / uncond_context: text embeddings (batch or 1, tokens, text_dim) of the prompt and
@@ -137,6 +139,12 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     sample = sample or SampleOverrides()
     check_counts(SimpleNamespace(batch=batch, chunks=sample.chunks, steps=sample.steps, prefix_chunks=prefix_chunks))
     dev = resolve_device(device)
+    # the file checked against its header and the rollout against memory, before either is spent
+    _, header, cfg = inspect_weights(path, prefer_ema)
+    ahead = rolling_session(cfg, sample.apply(cfg.sample), attention).sample
+    params = sum(math.prod(shape) for _, shape in header.tensors.values())
+    check_rollout_fits(cfg, ahead, batch, prefix_chunks, with_ground_truth or bool(prefix_chunks), params, dev,
+                       batch_flag=batch_flag)
     model, cfg = load_model(path, dev, prefer_ema)
     if actions is not None:
         actions, sample = _given_actions(actions, model, cfg, sample, batch, prefix, prefix_chunks)

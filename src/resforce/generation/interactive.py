@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from resforce.actions import NO_ACTIONS, ActionSpace
-from resforce.training.checkpoint import load_model
+from resforce.io.weights import load_model
 from resforce.flow import euler_grid, grid_schedule
 from resforce.model.dit import CausalVideoDiT
 from resforce.rollout import video_actions, write_chunk, chunk_step

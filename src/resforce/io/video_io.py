@@ -83,7 +83,11 @@ def load_video(path: str | os.PathLike) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {str(path)!r}")
     if ext == ".npy":
-        array = np.load(path, allow_pickle=False)
+        try:
+            array = np.load(path, allow_pickle=False)  # never unpickle what a user hands us
+        except (ValueError, OSError, EOFError) as e:  # numpy's hint (allow_pickle=True) is unsafe: not forwarded
+            raise ValueError(f"{str(path)!r} is not a numeric .npy array ({type(e).__name__}); expected a "
+                             f"(C, F, H, W) float array saved with numpy.save; object arrays are never loaded") from None
         if array.ndim != 4:
             raise ValueError(f"{str(path)!r}: expected a (C, F, H, W) array, got shape {array.shape}")
         return torch.from_numpy(array.astype(np.float32, copy=False))

@@ -5,7 +5,8 @@ A checkpoint is a directory run_dir/checkpoints/step_00001234/ holding
   ema.safetensors    EMA weights (sampling) (same metadata)
   state.safetensors  optimizer tensors, RNG generator states (uint8 tensors)
   state.json         the rest of the resumable state: step, optimizer param_groups, data-stream
-                     positions, ..., with each tensor replaced by its key (statefile.py)
+                     positions, ..., with each tensor replaced by its key (statefile.py); and
+                     the SHA-256 of model, ema and state .safetensors. Written last.
   config.yaml        the run config, for people
 Nothing is pickled, so loading a checkpoint cannot run code. Checkpoints written before this
 format hold a pickled `state.pt`; it is read with torch's weights_only loader only, which
@@ -14,8 +15,11 @@ refuses anything but tensors and plain containers.
 Writing: into a hidden .tmp_step_* directory, every file fsynced, then renamed into place and
 the directory fsynced, so a crash or a full disk never leaves a half-written step_*; a failed
 write removes its temporary directory. Checkpoints with a NaN or inf anywhere are refused.
+Reading verifies each file against its SHA-256 in state.json first: a flipped byte makes the
+checkpoint damaged (resume falls back to the previous one, saying why), as a truncation does.
 Rotation (keep the last `keep`) orders by step number and never removes the one just written.
-A single .safetensors file is enough to generate: its metadata carries the config.
+A single .safetensors file is enough to generate: its metadata carries the config (the
+weights-file functions live in io/weights.py; they are re-exported here for the trainer).
 """
 
 from __future__ import annotations
@@ -26,14 +30,15 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
 
 from resforce.io.fileio import atomic_write, fsync_dir
-from resforce.training.statefile import StateFileError, check_safetensors_file, load_state, save_state, split_state
+from resforce.io.weights import (CKPT_DIR, STEP_DIR, DamagedFileError, WeightsMismatch, checkpoint_dirs,  # noqa: F401
+                                 export_weights, first_nonfinite, latest_checkpoint, load_model, read_weights,
+                                 resolve_weights, save_weights, step_of)
+from resforce.io.weights import check_fits as _check_fits
+from resforce.training.statefile import load_state, save_state, split_state, verify_checksums
 
-CKPT_DIR = "checkpoints"
-STEP_DIR = re.compile(r"^step_(\d+)$")
 FILES = ("model.safetensors", "ema.safetensors", "state.json", "state.safetensors")
 LEGACY_STATE = "state.pt"
 
@@ -46,7 +51,7 @@ class CheckpointDamaged(CheckpointError):
     """Missing, truncated or unreadable files, or NaN/inf values: resume may fall back."""
 
 
-class CheckpointMismatch(CheckpointError):
+class CheckpointMismatch(CheckpointError, WeightsMismatch):
     """A sound checkpoint of another model (other tensor names or shapes)."""
 
 
@@ -56,64 +61,6 @@ class NonFiniteCheckpoint(CheckpointError):
 
 class CheckpointWriteError(OSError):
     """Writing a checkpoint failed (e.g. disk full); the previous checkpoints are untouched."""
-
-
-# ----------------------------------------------------------------------------- weight files
-def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-
-
-def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], config_yaml: str) -> None:
-    """One safetensors file with the config in its metadata, written atomically."""
-    tensors = _contiguous(state_dict)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"config": config_yaml,
-                                                                          "format": "resforce"}))
-
-
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]:
-    """(state_dict, config YAML or None) of a safetensors file; a damaged file raises
-    StateFileError naming it and the size its header promises."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
-    check_safetensors_file(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return load_file(str(path), device="cpu"), meta.get("config")  # memory-mapped, on the CPU on every rank
-
-
-def first_nonfinite(tree, path: str = "") -> str | None:
-    """Path of the first floating tensor holding NaN or inf in a tree of dicts/lists, or None."""
-    if isinstance(tree, torch.Tensor):
-        bad = tree.is_floating_point() and not bool(torch.isfinite(tree).all())
-        return (path or "/") if bad else None
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
-    for k, v in items:
-        found = first_nonfinite(v, f"{path}/{k}" if path else str(k))
-        if found is not None:
-            return found
-    return None
-
-
-# ----------------------------------------------------------------------------- listing
-def step_of(ckpt_dir: str | Path) -> int:
-    m = STEP_DIR.match(Path(ckpt_dir).name)
-    if not m:
-        raise ValueError(f"{ckpt_dir} is not a checkpoint directory (expected a name like step_00000100)")
-    return int(m.group(1))
-
-
-def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
-    """The run's checkpoint directories, oldest first (by step number, not by name)."""
-    root = Path(run_dir) / CKPT_DIR
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)), key=step_of)
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    dirs = checkpoint_dirs(run_dir)
-    return dirs[-1] if dirs else None
 
 
 # ----------------------------------------------------------------------------- writing
@@ -138,8 +85,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model_sd, ema_sd, state: dic
         tmp.mkdir()
         save_weights(tmp / "model.safetensors", model_sd, config_yaml)
         save_weights(tmp / "ema.safetensors", ema_sd, config_yaml)
-        save_state(tmp, state)
         atomic_write(tmp / "config.yaml", lambda t: t.write_text(config_yaml))
+        save_state(tmp, state, checksum=("model.safetensors", "ema.safetensors"))  # state.json last: the checksums
         _swap_into_place(tmp, final)
     except (OSError, SafetensorError) as e:  # safetensors reports I/O errors (ENOSPC) as its own type
         shutil.rmtree(tmp, ignore_errors=True)
@@ -242,10 +189,12 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[dict, dict, dict]:
         raise CheckpointDamaged(f"checkpoint {d} is incomplete: {', '.join(missing)} missing "
                                 f"(expected {', '.join(needed)})")
     try:
+        if not legacy:
+            verify_checksums(d)  # every file against its SHA-256 in state.json, before reading any
         model_sd, _ = read_weights(d / "model.safetensors")
         ema_sd, _ = read_weights(d / "ema.safetensors")
         state = _load_legacy_state(d / LEGACY_STATE) if legacy else load_state(d)
-    except StateFileError as e:
+    except DamagedFileError as e:  # StateFileError too
         raise CheckpointDamaged(f"checkpoint {d}: {e}") from None
     for what, tree in (("model.safetensors", model_sd), ("ema.safetensors", ema_sd),
                        ("optimizer/RNG state", state)):
@@ -264,82 +213,13 @@ def _load_legacy_state(path: Path) -> dict:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # UnpicklingError, EOFError, RuntimeError (zip), ... : all "not data"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StateFileError(f"{path} (a pickled state from an older version) was refused by torch's "
-                             f"weights_only loader: {first}; expected tensors and plain containers only") from None
+        # torch's own message suggests weights_only=False (which would run the file's code): never forwarded
+        raise DamagedFileError(f"{path} (a pickled state from an older version) was refused by torch's "
+                               f"weights_only loader ({type(e).__name__}): it holds something other than tensors "
+                               f"and plain containers, or is damaged; it is never loaded any other way") from None
 
 
 def check_fits(source: str | Path, sd: dict, expected: dict) -> None:
     """CheckpointMismatch naming `source` unless `sd` has exactly the tensor names and shapes of
     `expected` (a model's state dict)."""
-    missing = [k for k in expected if k not in sd]
-    extra = [k for k in sd if k not in expected]
-    wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
-    if not (missing or extra or wrong):
-        return
-    parts = []
-    if wrong:
-        k = wrong[0]
-        parts.append(f"{len(wrong)} tensor(s) of another shape, e.g. {k}: {tuple(sd[k].shape)} there, "
-                     f"{tuple(expected[k].shape)} expected by this config")
-    if missing:
-        parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
-    if extra:
-        parts.append(f"{len(extra)} unexpected, e.g. {extra[0]}")
-    raise CheckpointMismatch(f"{source} holds another model than the config describes (model.*): "
-                             + "; ".join(parts))
-
-
-def resolve_weights(path: str | Path, prefer_ema: bool = True) -> Path:
-    """A weights file from a run directory (its latest checkpoint), a checkpoint directory,
-    or a .safetensors file."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist (expected a run directory, a checkpoint "
-                                f"directory or a .safetensors file)")
-    if (p / CKPT_DIR).is_dir():
-        latest = latest_checkpoint(p)
-        if latest is None:
-            raise FileNotFoundError(f"run directory {p} has no checkpoints yet")
-        p = latest
-    name = "ema.safetensors" if prefer_ema else "model.safetensors"
-    if (p / name).is_file():
-        return p / name
-    raise FileNotFoundError(f"{p} holds neither a checkpoint nor {name}")
-
-
-def load_model(path: str | Path, device="cpu", prefer_ema: bool = True):
-    """(model in eval mode, TrainConfig) from a run dir, checkpoint dir or weights file."""
-    from resforce.config import config_from_yaml
-    from resforce.model.dit import CausalVideoDiT
-
-    weights = resolve_weights(path, prefer_ema)
-    sd, cfg_yaml = read_weights(weights)
-    if cfg_yaml is None:
-        raise ValueError(f"{weights} carries no resforce config in its metadata")
-    bad = first_nonfinite(sd)
-    if bad is not None:
-        raise ValueError(f"{weights} holds NaN or inf (tensor {bad}): the run diverged; "
-                         f"use an earlier checkpoint")
-    cfg = config_from_yaml(cfg_yaml)
-    model = CausalVideoDiT(cfg.model)
-    check_fits(weights, sd, model.state_dict())
-    model.load_state_dict(sd)
-    return model.to(device).eval(), cfg
-
-
-def export_weights(path: str | Path, out: str | Path, dtype: str = "float16", prefer_ema: bool = True) -> Path:
-    """A single self-contained weights file (config in its metadata) from a run, in `dtype`
-    (float16 halves the size of shipped checkpoints; loading upcasts to the model's dtype)."""
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"export dtype must be float32, float16 or bfloat16, got {dtype!r}")
-    sd, cfg_yaml = read_weights(resolve_weights(path, prefer_ema))
-    if cfg_yaml is None:
-        raise ValueError(f"{path} carries no resforce config in its metadata")
-    cast = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in sd.items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(out, cast, cfg_yaml)
-    return out
+    _check_fits(source, sd, expected, error=CheckpointMismatch)

@@ -46,6 +46,10 @@ def _aside_name(run_dir: Path) -> Path:
 def open_run_dir(run_dir: str | os.PathLike, resume: bool, overwrite: bool = False) -> RunLock:
     """Lock run_dir for this trainer (steps 1-3 above); returns the held lock."""
     run_dir = Path(run_dir)
+    blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise NotADirectoryError(f"run_dir={run_dir}: {blocker} is a file, not a directory; expected a run "
+                                 f"directory (or a path where one can be made)")
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir).acquire()
     try:

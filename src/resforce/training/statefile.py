@@ -23,13 +23,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from resforce.io.fileio import atomic_write
+from resforce.io.weights import DamagedFileError, read_header, sha256_of
 
 FORMAT = "resforce-state-1"
+SHA256 = "sha256"
+"""Key of state.json's map file name -> SHA-256 (hex) of the checkpoint's files."""
 TENSOR, TUPLE, ITEMS = "__tensor__", "__tuple__", "__items__"
 _SCALARS = (bool, int, float, str, type(None))
 
 
-class StateFileError(ValueError):
+class StateFileError(DamagedFileError):
     """A state file is missing, damaged or not a resforce state; the message names the file."""
 
 
@@ -81,26 +84,11 @@ def join_state(tree, tensors: dict[str, torch.Tensor]):
 
 
 def check_safetensors_file(path: str | os.PathLike) -> None:
-    """Raise StateFileError naming `path` unless it is a whole safetensors file: its header
-    parses and the file is exactly as long as the header says (a truncated write is caught
-    here, with the expected and the found size, instead of as a raw parser error)."""
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if n < 2 or 8 + n > size:
-            raise StateFileError(f"{path} is truncated or not a safetensors file: {size} bytes, "
-                                 f"too short for the header it announces")
-        try:
-            header = json.loads(f.read(n))
-            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                      default=0)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            raise StateFileError(f"{path} has a damaged safetensors header ({e})") from None
-    if size != 8 + n + end:
-        raise StateFileError(f"{path} is truncated or damaged: its header promises {8 + n + end} "
-                             f"bytes, the file has {size}")
+    """StateFileError naming `path` unless it is a whole safetensors file (io.weights.read_header)."""
+    try:
+        read_header(path)
+    except DamagedFileError as e:
+        raise StateFileError(str(e)) from None
 
 
 def state_paths(directory: str | os.PathLike, name: str = "state") -> tuple[Path, Path]:
@@ -108,13 +96,41 @@ def state_paths(directory: str | os.PathLike, name: str = "state") -> tuple[Path
     return d / f"{name}.json", d / f"{name}.safetensors"
 
 
-def save_state(directory: str | os.PathLike, state, name: str = "state") -> None:
-    """Write `state` as <name>.safetensors + <name>.json into `directory` (atomically, durably)."""
+def save_state(directory: str | os.PathLike, state, name: str = "state", checksum: tuple[str, ...] = ()) -> None:
+    """Write `state` as <name>.safetensors + <name>.json into `directory` (atomically, durably).
+    The JSON, written last, records the SHA-256 of <name>.safetensors and of the files named
+    in `checksum` (already written into `directory`) under "sha256"."""
     tree, tensors = split_state(state)
     json_path, tensor_path = state_paths(directory, name)
     atomic_write(tensor_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
-    text = json.dumps({"format": FORMAT, "state": tree}, indent=1)
+    sums = {f: sha256_of(Path(directory) / f) for f in (*checksum, tensor_path.name)}
+    text = json.dumps({"format": FORMAT, SHA256: sums, "state": tree}, indent=1)
     atomic_write(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def verify_checksums(directory: str | os.PathLike, name: str = "state") -> int:
+    """StateFileError naming the file if a file listed in <name>.json's "sha256" is missing or
+    hashes to another value (bit rot, an edit, a copy cut short); the number of files checked
+    (0 for states written before checksums, and for a JSON that does not parse: load_state
+    reports that)."""
+    json_path = state_paths(directory, name)[0]
+    try:
+        sums = json.loads(json_path.read_text(encoding="utf-8")).get(SHA256) or {}
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return 0
+    if not isinstance(sums, dict):
+        raise StateFileError(f"{json_path}: \"{SHA256}\" is not a map of file name to SHA-256")
+    for file, want in sums.items():
+        path = Path(directory) / str(file)
+        if "/" in str(file) or not path.is_file():
+            raise StateFileError(f"{path} is missing (its SHA-256 is recorded in {json_path.name})")
+        if path.suffix == ".safetensors":
+            check_safetensors_file(path)  # a truncation says so, with the sizes
+        got = sha256_of(path)
+        if got != want:
+            raise StateFileError(f"{path} fails its checksum: SHA-256 {got[:16]}..., {json_path.name} recorded "
+                                 f"{str(want)[:16]}... (bit rot or an edit since it was written)")
+    return len(sums)
 
 
 def load_state(directory: str | os.PathLike, name: str = "state"):

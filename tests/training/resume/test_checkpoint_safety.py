@@ -230,7 +230,7 @@ def test_a_failed_write_leaves_no_temporary_directory(tmp_path, monkeypatch):
     sd = {"w": torch.ones(1)}
     save_checkpoint(tmp_path, 1, sd, sd, {"step": 1}, "")
 
-    def disk_full(directory, state, name="state"):
+    def disk_full(directory, state, name="state", checksum=()):
         (Path(directory) / "state.safetensors").write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
