@@ -21,6 +21,7 @@ from resforce.model.attention.config import HistoryAttentionConfig
 from resforce.device import PRECISIONS
 from resforce.training.distributed import GRAD_SYNCS
 from resforce.model.config import checkpoint_mode
+from resforce.model.lora import LoraConfig
 from resforce.rollout import SampleConfig
 from resforce.text_context import TextConfig
 from resforce.worlds import WORLDS, known_kinds, world_of
@@ -136,6 +137,9 @@ class TrainConfig:
     stand-in for worlds without text, caption dropout (resforce.text_context)."""
     init: InitConfig = field(default_factory=InitConfig)
     """Where a new run's weights come from: init.wan (a local Wan folder), else random."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Low-rank adapters (peft) on the transformer blocks; lora.rank > 0 trains the adapters
+    alone, the base weights frozen (resforce.model.lora). rank 0 (default): full fine-tuning."""
     run_dir: str = "runs/default"
     """Directory of the run: checkpoints/, metrics.jsonl, config.yaml (one trainer at a time)."""
     seed: int = 0
@@ -169,6 +173,10 @@ class TrainConfig:
         if self.optim.batch_size % self.optim.grad_accum:
             raise ConfigError(f"optim.batch_size={self.optim.batch_size} must be a multiple of "
                               f"optim.grad_accum={self.optim.grad_accum}")
+        try:
+            self.lora.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.optim.grad_sync not in GRAD_SYNCS:
             raise ConfigError(f"optim.grad_sync must be one of {GRAD_SYNCS}, got {self.optim.grad_sync!r}")
         if self.optim.schedule not in ("constant", "cosine"):

@@ -324,20 +324,35 @@ def load_model(path: str | Path, device="cpu", prefer_ema: bool = True):
         raise ValueError(f"{weights} holds NaN or inf (tensor {bad}): the run diverged; "
                          f"use an earlier checkpoint")
     cfg = config_from_yaml(cfg_yaml)
+    from resforce.model.lora import has_adapters, merge_lora_state_dict
+
+    if has_adapters(sd):  # a LoRA run: its adapters folded into the base weights
+        sd = merge_lora_state_dict(sd, cfg.lora)
     model = CausalVideoDiT(cfg.model)
     check_fits(weights, sd, model.state_dict())
     model.load_state_dict(sd)
     return model.to(device).eval(), cfg
 
 
-def export_weights(path: str | Path, out: str | Path, dtype: str = "float16", prefer_ema: bool = True) -> Path:
+def export_weights(path: str | Path, out: str | Path, dtype: str = "float16", prefer_ema: bool = True,
+                   merge_lora: bool = False) -> Path:
     """A single self-contained weights file (config in its metadata) from a run, in `dtype`
-    (float16 halves the size of shipped checkpoints; loading upcasts to the model's dtype)."""
+    (float16 halves the size of shipped checkpoints; loading upcasts to the model's dtype).
+    A LoRA run (lora.rank > 0) exports its adapters alone (lora_A / lora_B tensors), or with
+    merge_lora the full model with the adapters folded in (loads like any run's weights)."""
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"export dtype must be float32, float16 or bfloat16, got {dtype!r}")
     sd, cfg_yaml = read_weights(resolve_weights(path, prefer_ema))
     if cfg_yaml is None:
         raise ValueError(f"{path} carries no resforce config in its metadata")
+    from resforce.model.lora import adapter_state_dict, has_adapters, merge_lora_state_dict
+
+    if merge_lora and not has_adapters(sd):
+        raise ValueError(f"--merge-lora: {path} holds no LoRA adapters (a run with lora.rank 0, or weights already merged)")
+    if has_adapters(sd):
+        from resforce.config import config_from_yaml
+
+        sd = merge_lora_state_dict(sd, config_from_yaml(cfg_yaml).lora) if merge_lora else adapter_state_dict(sd)
     cast = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in sd.items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

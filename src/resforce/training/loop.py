@@ -92,7 +92,8 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - decay)
+        if p.requires_grad:  # frozen (LoRA base) weights never change
+            e.lerp_(p.detach(), 1 - decay)
 
 
 class Trainer(RunState):
