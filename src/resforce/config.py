@@ -154,6 +154,11 @@ class TrainConfig:
     """Multi-process data parallelism (resforce.training.distributed): 'auto' (ddp when launched by
     torchrun with WORLD_SIZE > 1, else none), 'none', 'ddp' or 'fsdp' (FSDP2, per block).
     optim.batch_size is the global batch, split evenly across the ranks."""
+    dist_timeout_minutes: float = 60.0
+    """Under torchrun: how long a collective may wait before the process group fails it
+    (init_process_group's timeout). Long, because the other ranks wait at a barrier while rank
+    0 writes a checkpoint gathered to it (minutes for 14B on a slow disk); torch's default
+    (10 min for NCCL) would kill a healthy run."""
     log_every: int = 10
     """Write a metrics.jsonl line every N steps (and at the end, and for skipped steps)."""
     ckpt_every: int = 250
@@ -177,6 +182,8 @@ class TrainConfig:
             self.lora.validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if not (math.isfinite(self.dist_timeout_minutes) and self.dist_timeout_minutes > 0):
+            raise ConfigError(f"dist_timeout_minutes must be a number > 0, got {self.dist_timeout_minutes!r}")
         if self.optim.grad_sync not in GRAD_SYNCS:
             raise ConfigError(f"optim.grad_sync must be one of {GRAD_SYNCS}, got {self.optim.grad_sync!r}")
         if self.optim.schedule not in ("constant", "cosine"):
