@@ -154,6 +154,9 @@ class TrainConfig:
     """Multi-process data parallelism (resforce.training.distributed): 'auto' (ddp when launched by
     torchrun with WORLD_SIZE > 1, else none), 'none', 'ddp' or 'fsdp' (FSDP2, per block).
     optim.batch_size is the global batch, split evenly across the ranks."""
+    compile: bool = False
+    """torch.compile each transformer block of the trained model (regional compilation,
+    resforce.training.compile); the layouts, history passes and EMA stay eager."""
     dist_timeout_minutes: float = 60.0
     """Under torchrun: how long a collective may wait before the process group fails it
     (init_process_group's timeout). Long, because the other ranks wait at a barrier while rank

@@ -140,6 +140,10 @@ class RunState:
         # forward goes through self.wrapped (DDP wrapper; the model itself under fsdp/none)
         # the online model only: the EMA never runs a backward (a no-op for 'none')
         apply_activation_checkpointing(self.model, cfg.model.gradient_checkpointing)
+        if cfg.compile:  # regional: each block, after checkpointing, before FSDP (torchtitan's order)
+            from resforce.training.compile import compile_blocks
+
+            compile_blocks(self.model)
         self.wrapped = parallel.wrap_model(self.model, mode, device)
         self.ema = parallel.shard_like_model(_meta_model(cfg).eval().requires_grad_(False), mode, device)
         copy_weights(self.ema, self.model)
