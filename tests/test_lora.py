@@ -123,3 +123,24 @@ def test_lora_fields_are_checked(tmp_path, override, match):
 def test_an_unknown_target_is_named():
     with pytest.raises(ValueError, match="attn9.to_q"):
         apply_lora(CausalVideoDiT(DiTConfig(**PRESETS["test"])), LoraConfig(rank=2, targets=["attn9.to_q"]))
+
+
+def test_bf16_base_weights_train_the_adapters(tmp_path):
+    """lora.base_dtype=bf16: frozen weights stored in bf16 (norms and AdaLN tables stay fp32),
+    adapters fp32, a bf16 step trains them; fp32 precision is refused."""
+    import warnings
+
+    from resforce.training.loop import Trainer
+
+    with pytest.raises(ConfigError, match="needs precision=bf16"):
+        _cfg(tmp_path, "lora.base_dtype=bf16")
+    cfg = _cfg(tmp_path, "lora.base_dtype=bf16", "precision=bf16", "stages.1.steps=0")
+    t = Trainer(cfg, progress=False)
+    dtypes = {n: p.dtype for n, p in t.model.named_parameters()}
+    assert dtypes["blocks.0.attn1.to_q.base_layer.weight"] == torch.bfloat16
+    assert dtypes["blocks.0.scale_shift_table"] == dtypes["blocks.0.attn1.to_q.lora_A.default.weight"] == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = t.train_step()
+    assert m["loss"] == m["loss"] and not m.get("skipped")
+    t.close()

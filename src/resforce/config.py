@@ -185,6 +185,9 @@ class TrainConfig:
             self.lora.validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.lora.enabled and self.lora.base_dtype != "fp32" and self.precision != "bf16":
+            raise ConfigError(f"lora.base_dtype={self.lora.base_dtype} needs precision=bf16 (the base "
+                              f"weights' matmuls run under bf16 autocast), got precision={self.precision}")
         if not (math.isfinite(self.dist_timeout_minutes) and self.dist_timeout_minutes > 0):
             raise ConfigError(f"dist_timeout_minutes must be a number > 0, got {self.dist_timeout_minutes!r}")
         if self.optim.grad_sync not in GRAD_SYNCS:

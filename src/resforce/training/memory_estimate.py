@@ -118,6 +118,8 @@ class MemoryPlan:
     """LoRA adapters of this rank on every block's linear layers (resforce.model.lora); 0: full
     fine-tuning. With adapters only they have gradients and AdamW state; on one GPU the EMA
     shares the frozen base with the model (the trainer's tie_frozen)."""
+    lora_base_dtype: str = "fp32"
+    """lora.base_dtype: storage of the frozen base weights ('fp32' or 'bf16')."""
     model_overrides: dict = field(default_factory=dict)
     """Any other DiTConfig fields (tests: tiny shapes)."""
 
@@ -289,7 +291,8 @@ def _train_step(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, raw, wrapp
         with _autocast(plan.precision):
             history, t_hist = build_history(history_cfg, raw, clean, None, context=context, attention=attention,
                                             gather_weights=parallel.unsharded)
-            history_peak = max(history_peak, _sum_devices(tracker.get_tracker_snapshot("peak")).get("Total", 0))
+            if k == 0:  # (the tracker's peak is cumulative: later micro-batches include earlier passes)
+                history_peak = _sum_devices(tracker.get_tracker_snapshot("peak")).get("Total", 0)
         with parallel.no_grad_sync(wrapped, skip):
             with _autocast(plan.precision):
                 loss = flow_matching_loss(wrapped, clean, history, t_hist, TimestepSampler(), None, context=context,
@@ -374,7 +377,7 @@ def _measure(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, mode: str, me
     """Build, wrap and step the model under the active FakeTensorMode; the report."""
     fsdp = "fsdp" if mesh is not None else "none"
     cpu = torch.device("cpu")
-    lora = LoraConfig(rank=plan.lora_rank)
+    lora = LoraConfig(rank=plan.lora_rank, base_dtype=plan.lora_base_dtype)
     model = _build(copy.deepcopy(cfg), lora)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -404,7 +407,8 @@ def _measure(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, mode: str, me
                  "checkpointing": mode, "attention_backend": cfg.attention_backend, "precision": plan.precision,
                  "resample_steps": plan.resample_steps, "resample_unsharded": plan.resample_unsharded,
                  "history_attention": _attention_name(plan), "grad_accum": plan.grad_accum,
-                 "grad_sync": _grad_sync_name(plan), "lora_rank": plan.lora_rank},
+                 "grad_sync": _grad_sync_name(plan), "lora_rank": plan.lora_rank,
+                 "lora_base_dtype": plan.lora_base_dtype},
         "parameters": params,
         "trainable_parameters": trainable,
         "tokens": {"per_chunk": geom.tokens_per_chunk, "clip": geom.clip_tokens,
@@ -454,7 +458,8 @@ def format_report(r: dict) -> str:
              f"{where}, checkpointing {p['checkpointing']}, attention {p['attention_backend']}, {p['precision']}",
              f"history attention {p['history_attention']}, grad_accum {p['grad_accum']} "
              f"(gradient sync: {p['grad_sync']})"
-             + (f", LoRA rank {p['lora_rank']} ({r['trainable_parameters'] / 1e6:.1f}M trainable)"
+             + (f", LoRA rank {p['lora_rank']} ({r['trainable_parameters'] / 1e6:.1f}M trainable, "
+                f"{p['lora_base_dtype']} base)"
                 if p["lora_rank"] else ""),
              f"peak {r['peak_gib']:.2f} GiB ({r['tracker']} under FakeTensorMode; {r['device']})",
              f"  (peak while building the history, {p['strategy']}: {r['history_peak_bytes'] / GIB:.2f} GiB)"]
