@@ -13,7 +13,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_CPU)
-	$(BIN)/pip install -q -e ".[test,atari]" "$(TORCH_CPU)"
+	$(BIN)/pip install -q -e ".[test,atari,lora]" "$(TORCH_CPU)"
 	touch $(STAMP)
 
 demo: venv

@@ -22,6 +22,7 @@ from resforce.model.attention.config import HistoryAttentionConfig
 from resforce.device import PRECISIONS
 from resforce.training.distributed import GRAD_SYNCS
 from resforce.model.config import checkpoint_mode
+from resforce.model.lora import LoraConfig
 from resforce.rollout import SampleConfig
 from resforce.text_context import TextConfig
 from resforce.worlds import WORLDS, known_kinds, world_of
@@ -137,6 +138,9 @@ class TrainConfig:
     stand-in for worlds without text, caption dropout (resforce.text_context)."""
     init: InitConfig = field(default_factory=InitConfig)
     """Where a new run's weights come from: init.wan (a local Wan folder), else random."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Low-rank adapters (peft) on the transformer blocks; lora.rank > 0 trains the adapters
+    alone, the base weights frozen (resforce.model.lora). rank 0 (default): full fine-tuning."""
     run_dir: str = "runs/default"
     """Directory of the run: checkpoints/, metrics.jsonl, config.yaml (one trainer at a time)."""
     seed: int = 0
@@ -151,6 +155,14 @@ class TrainConfig:
     """Multi-process data parallelism (resforce.training.distributed): 'auto' (ddp when launched by
     torchrun with WORLD_SIZE > 1, else none), 'none', 'ddp' or 'fsdp' (FSDP2, per block).
     optim.batch_size is the global batch, split evenly across the ranks."""
+    compile: bool = False
+    """torch.compile each transformer block of the trained model (regional compilation,
+    resforce.training.compile); the layouts, history passes and EMA stay eager."""
+    dist_timeout_minutes: float = 60.0
+    """Under torchrun: how long a collective may wait before the process group fails it
+    (init_process_group's timeout). Long, because the other ranks wait at a barrier while rank
+    0 writes a checkpoint gathered to it (minutes for 14B on a slow disk); torch's default
+    (10 min for NCCL) would kill a healthy run."""
     log_every: int = 10
     """Write a metrics.jsonl line every N steps (and at the end, and for skipped steps)."""
     ckpt_every: int = 250
@@ -170,6 +182,15 @@ class TrainConfig:
         if self.optim.batch_size % self.optim.grad_accum:
             raise ConfigError(f"optim.batch_size={self.optim.batch_size} must be a multiple of "
                               f"optim.grad_accum={self.optim.grad_accum}")
+        try:
+            self.lora.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.lora.enabled and self.lora.base_dtype != "fp32" and self.precision != "bf16":
+            raise ConfigError(f"lora.base_dtype={self.lora.base_dtype} needs precision=bf16 (the base "
+                              f"weights' matmuls run under bf16 autocast), got precision={self.precision}")
+        if not (math.isfinite(self.dist_timeout_minutes) and self.dist_timeout_minutes > 0):
+            raise ConfigError(f"dist_timeout_minutes must be a number > 0, got {self.dist_timeout_minutes!r}")
         if self.optim.grad_sync not in GRAD_SYNCS:
             raise ConfigError(f"optim.grad_sync must be one of {GRAD_SYNCS}, got {self.optim.grad_sync!r}")
         if self.optim.schedule not in ("constant", "cosine"):

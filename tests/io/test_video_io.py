@@ -182,3 +182,21 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(mask)
     assert os.stat(p).st_mode & 0o777 == 0o644
+
+
+def test_a_file_without_a_video_stream_is_a_value_error(tmp_path):
+    """An audio-only file (PyAV opens it, then finds no video stream: IndexError inside PyAV)
+    is one ValueError naming the file, never a traceback."""
+    import av
+
+    path = tmp_path / "sound.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    with pytest.raises(ValueError, match="sound.mp4"):
+        load_video(path)

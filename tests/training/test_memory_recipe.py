@@ -83,3 +83,15 @@ def test_grad_sync_is_a_checked_config_field(tmp_path):
     assert load_config("configs/bb_teacher.yaml", tiny(tmp_path / "r")).optim.grad_sync == "auto"
     with pytest.raises(ConfigError, match="optim.grad_sync"):
         load_config("configs/bb_teacher.yaml", tiny(tmp_path / "r", "optim.grad_sync=sometimes"))
+
+
+@pytest.mark.parametrize("gpus", [1, 8])
+def test_lora_holds_gradients_and_adam_state_for_the_adapters_only(gpus):
+    full = estimate_memory(MemoryPlan(**TINY, gpus=gpus))
+    lora = estimate_memory(MemoryPlan(**TINY, gpus=gpus, lora_rank=2))
+    assert lora["trainable_parameters"] < full["parameters"] / 4
+    opt = lambda r: sum(v for k, v in r["peak_breakdown_bytes"].items() if k.lower() == "optstate")  # noqa: E731
+    assert opt(lora) < opt(full) / 4
+    if gpus == 1:  # the EMA shares the frozen base: only the adapters' EMA is extra
+        assert lora["peak_breakdown_bytes"]["EMA"] < full["peak_breakdown_bytes"]["EMA"] / 4
+    assert lora["peak_bytes"] < full["peak_bytes"]

@@ -80,7 +80,8 @@ def cmd_generate(args) -> None:
 def cmd_export(args) -> None:
     from resforce.io.weights import export_weights
 
-    out = export_weights(args.run, args.out, args.dtype, prefer_ema=not args.online)
+    out = export_weights(args.run, args.out, args.dtype, prefer_ema=not args.online,
+                         merge_lora=args.merge_lora)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.dtype}, config in its metadata)")
 
 
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True)
     x.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     x.add_argument("--online", action="store_true", help="export the online weights, not the EMA")
+    x.add_argument("--merge-lora", action="store_true",
+                   help="a LoRA run: fold its adapters into the base weights and export the full model "
+                        "(default for a LoRA run: the adapters alone)")
     x.set_defaults(func=cmd_export)
 
     from resforce.cli import diagnose as cli_diagnose

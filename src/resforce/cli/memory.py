@@ -21,7 +21,8 @@ def cmd_memory(args) -> None:
                       attention_backend=args.attention, precision=args.precision,
                       resample_steps=args.resample_steps, resample_unsharded=not args.resample_per_call,
                       history_attention=args.history_attention, topk=args.topk, window=args.window,
-                      sink=args.sink, grad_accum=args.grad_accum, grad_sync=args.grad_sync)
+                      sink=args.sink, grad_accum=args.grad_accum, grad_sync=args.grad_sync,
+                      lora_rank=args.lora_rank, lora_base_dtype=args.lora_base_dtype)
     report = estimate_memory(plan)
     print(format_report(report))
     if args.json:
@@ -60,5 +61,9 @@ def add_command(sub) -> None:
     m.add_argument("--grad-sync", default="auto", choices=["auto", "every", "last"],
                    help="optim.grad_sync: reduce gradients every micro-batch or only the last "
                         "(auto: every under FSDP)")
+    m.add_argument("--lora-rank", type=int, default=0,
+                   help="LoRA adapters of this rank on every block's linear layers (lora.rank); 0: full fine-tuning")
+    m.add_argument("--lora-base-dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="lora.base_dtype: storage of the frozen base weights")
     m.add_argument("--json", default=None, help="also write the report here (.json)")
     m.set_defaults(func=cmd_memory)

@@ -274,7 +274,7 @@ def _decode_all(path: Path) -> np.ndarray:
     try:
         with av.open(str(path)) as container:
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    except (av.FFmpegError, ValueError) as err:  # ValueError: file without a video stream
+    except (av.FFmpegError, ValueError, IndexError) as err:  # a file without a video stream (PyAV: ValueError or IndexError)
         raise ValueError(f"cannot decode video {str(path)!r}: {err}") from err
     if not frames:
         raise ValueError(f"video {str(path)!r} contains no frames")

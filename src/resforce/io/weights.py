@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from resforce.model.lora import adapter_state_dict, base_names, has_adapters, is_adapter, merge_lora_state_dict
 from safetensors.torch import load_file, save_file
 
 from resforce.io.fileio import atomic_write
@@ -321,8 +323,17 @@ def check_header_fits(header: WeightsHeader, cfg) -> None:
         raise WeightsMismatch(f"{header.path}: its config says model.num_layers={cfg.model.num_layers}, its tensors "
                               f"hold {len(blocks)} block(s); expected the same")
     expected = expected_tensors(cfg.model)
-    check_fits(header.path, header.tensors, expected)
-    implied = sum(math.prod(s) * DTYPE_BYTES[header.tensors[k][0]] for k, s in expected.items())
+    tensors, adapters = header.tensors, {}
+    if has_adapters(tensors):  # a LoRA run: peft's base_layer names plus lora_A / lora_B of its rank
+        adapters = {k: v for k, v in tensors.items() if is_adapter(k)}
+        bad = [k for k, (_, s) in adapters.items() if len(s) != 2 or cfg.lora.rank not in s]
+        if bad:
+            raise WeightsMismatch(f"{header.path}: adapter {bad[0]} {adapters[bad[0]][1]} does not have the "
+                                  f"config's lora.rank={cfg.lora.rank}")
+        tensors = base_names(tensors)
+    check_fits(header.path, tensors, expected)
+    implied = sum(math.prod(s) * DTYPE_BYTES[tensors[k][0]] for k, s in expected.items())
+    implied += sum(math.prod(s) * DTYPE_BYTES[d] for d, s in adapters.values())
     if implied != header.data_bytes:  # names and shapes match, so only a header bug gets here
         raise WeightsMismatch(f"{header.path}: its config implies {implied} bytes of tensors, the file holds "
                               f"{header.data_bytes}")
@@ -349,20 +360,29 @@ def load_model(path: str | Path, device="cpu", prefer_ema: bool = True):
     if bad is not None:
         raise ValueError(f"{weights} holds NaN or inf (tensor {bad}): the run diverged; "
                          f"use an earlier checkpoint")
+    if has_adapters(sd):  # a LoRA run: its adapters folded into the base weights
+        sd = merge_lora_state_dict(sd, cfg.lora)
     model = CausalVideoDiT(cfg.model)
     check_fits(weights, sd, model.state_dict())
     model.load_state_dict(sd)
     return model.to(device).eval(), cfg
 
 
-def export_weights(path: str | Path, out: str | Path, dtype: str = "float16", prefer_ema: bool = True) -> Path:
+def export_weights(path: str | Path, out: str | Path, dtype: str = "float16", prefer_ema: bool = True,
+                   merge_lora: bool = False) -> Path:
     """A single self-contained weights file (config and data SHA-256 in its metadata) from a
     run, in `dtype` (float16 halves the size of shipped checkpoints; loading upcasts to the
-    model's dtype)."""
+    model's dtype). A LoRA run (lora.rank > 0) exports its adapters alone (lora_A / lora_B
+    tensors), or with merge_lora the full model with the adapters folded in (loads like any
+    run's weights)."""
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"export dtype must be float32, float16 or bfloat16, got {dtype!r}")
-    weights, header, _ = inspect_weights(path, prefer_ema)
+    weights, header, cfg = inspect_weights(path, prefer_ema)
     sd, cfg_yaml = read_weights(weights)
+    if merge_lora and not has_adapters(sd):
+        raise ValueError(f"--merge-lora: {path} holds no LoRA adapters (a run with lora.rank 0, or weights already merged)")
+    if has_adapters(sd):
+        sd = merge_lora_state_dict(sd, cfg.lora) if merge_lora else adapter_state_dict(sd)
     cast = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in sd.items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -106,9 +106,10 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
-def setup(mode: str, device: torch.device) -> tuple[str, torch.device]:
+def setup(mode: str, device: torch.device, timeout_minutes: float = 60.0) -> tuple[str, torch.device]:
     """(resolved mode, this rank's device). For ddp/fsdp: initialise the default process group
-    once (NCCL for CUDA - untested here -, Gloo otherwise); on CUDA the device becomes
+    once (NCCL for CUDA - untested here -, Gloo otherwise) with a collective timeout of
+    `timeout_minutes` (TrainConfig.dist_timeout_minutes); on CUDA the device becomes
     cuda:LOCAL_RANK and is made current."""
     mode = resolve_mode(mode)
     if mode == "none":
@@ -117,7 +118,10 @@ def setup(mode: str, device: torch.device) -> tuple[str, torch.device]:
         device = torch.device("cuda", local_rank())
         torch.cuda.set_device(device)
     if not is_distributed():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        import datetime
+
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return mode, device
 
 

@@ -92,7 +92,8 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - decay)
+        if p.requires_grad:  # frozen (LoRA base) weights never change
+            e.lerp_(p.detach(), 1 - decay)
 
 
 class Trainer(RunState):
@@ -103,7 +104,8 @@ class Trainer(RunState):
     def __init__(self, cfg: TrainConfig, resume: bool = True, progress: bool = True,
                  init_from: str | Path | None = None, overwrite: bool = False):
         self.cfg = cfg
-        self.parallel, self.device = parallel.setup(cfg.parallel, precision.resolve_device(cfg.device))
+        self.parallel, self.device = parallel.setup(cfg.parallel, precision.resolve_device(cfg.device),
+                                                    cfg.dist_timeout_minutes)
         precision.enable_tf32(self.device)
         self.rank, self.world, self.main = parallel.rank(), parallel.world_size(), parallel.is_main()
         o = cfg.optim

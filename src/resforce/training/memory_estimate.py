@@ -60,6 +60,7 @@ from resforce.model.attention.config import MODES as ATTENTION_MODES
 from resforce.model.attention.config import HistoryAttentionConfig
 from resforce.model.attention.policy import AttentionPolicy
 from resforce.model.dit import PRESETS, CausalVideoDiT, DiTConfig
+from resforce.model.lora import LoraConfig, apply_lora, tie_frozen
 from resforce.training.step_arithmetic import GIB, ClipGeometry, chunks_for_seconds, clip_geometry
 from resforce.training.loop import ema_update
 
@@ -113,6 +114,12 @@ class MemoryPlan:
     """Micro-batches per optimizer step (optim.grad_accum); `batch` clips each."""
     grad_sync: str = "auto"
     """optim.grad_sync: 'every', 'last' or 'auto' (every under FSDP, last on one GPU)."""
+    lora_rank: int = 0
+    """LoRA adapters of this rank on every block's linear layers (resforce.model.lora); 0: full
+    fine-tuning. With adapters only they have gradients and AdamW state; on one GPU the EMA
+    shares the frozen base with the model (the trainer's tie_frozen)."""
+    lora_base_dtype: str = "fp32"
+    """lora.base_dtype: storage of the frozen base weights ('fp32' or 'bf16')."""
     model_overrides: dict = field(default_factory=dict)
     """Any other DiTConfig fields (tests: tiny shapes)."""
 
@@ -178,6 +185,15 @@ def fake_process_group(world_size: int):
         dist.destroy_process_group()
 
 
+class _NoHook:
+    @staticmethod
+    def remove() -> None:
+        pass
+
+
+_NO_HOOK = _NoHook()
+
+
 def _lean(tracker_cls):
     """The tracker, keeping only what this report uses: the global peak and its breakdown.
 
@@ -194,6 +210,14 @@ def _lean(tracker_cls):
                 if self._peak_mem.get(dev, 0) < snap["Total"]:
                     self._peak_mem[dev] = snap["Total"]
                     self._peak_mem_snap[dev] = dict(snap)
+
+        def _track_module_params_and_buffers(self, module, *args, **kwargs):
+            # frozen parameters (a LoRA base) take no gradient hooks (torch refuses them):
+            # a handle that removes nothing stands in for theirs
+            for p in module.parameters():
+                if not p.requires_grad:
+                    self._param_to_grad_hook_handles.setdefault(p, (_NO_HOOK, _NO_HOOK))
+            return super()._track_module_params_and_buffers(module, *args, **kwargs)
 
         def _forget_earlier_call(self, module) -> None:
             if not self._mod_tracker.is_bw and module in self.memory_tracking:
@@ -230,9 +254,11 @@ def _tracker(model, opt, sharded: bool):
 
 def _fill_optimizer_state(model, opt) -> None:
     """Create AdamW's moments, as after a first step (torchtitan measures a second
-    iteration for the same reason): zero gradients, one step, gradients freed."""
+    iteration for the same reason): zero gradients, one step, gradients freed. Frozen
+    parameters (a LoRA base) never get a gradient, so AdamW keeps no state for them."""
     for p in model.parameters():
-        p.grad = torch.zeros_like(p)
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
     opt.step()
     opt.zero_grad(set_to_none=True)
 
@@ -265,7 +291,8 @@ def _train_step(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, raw, wrapp
         with _autocast(plan.precision):
             history, t_hist = build_history(history_cfg, raw, clean, None, context=context, attention=attention,
                                             gather_weights=parallel.unsharded)
-            history_peak = max(history_peak, _sum_devices(tracker.get_tracker_snapshot("peak")).get("Total", 0))
+            if k == 0:  # (the tracker's peak is cumulative: later micro-batches include earlier passes)
+                history_peak = _sum_devices(tracker.get_tracker_snapshot("peak")).get("Total", 0)
         with parallel.no_grad_sync(wrapped, skip):
             with _autocast(plan.precision):
                 loss = flow_matching_loss(wrapped, clean, history, t_hist, TimestepSampler(), None, context=context,
@@ -279,10 +306,36 @@ def _train_step(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, raw, wrapp
     return history_peak
 
 
-def _local_bytes(module) -> int:
-    """Bytes of this rank's parameters (a DTensor's local shard under FSDP)."""
+def _build(cfg: DiTConfig, lora: LoraConfig) -> CausalVideoDiT:
+    """The model (with its LoRA adapters) under the active FakeTensorMode. With adapters it is
+    built on the meta device (peft moves new adapters with module.to, which cannot swap meta
+    parameters for fake ones) and every tensor is then replaced by an empty one on the CPU."""
+    if not lora.enabled:
+        return CausalVideoDiT(cfg)
+    with torch.device("meta"):
+        model = apply_lora(CausalVideoDiT(cfg), lora)
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[name] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype),
+                                                              requires_grad=p.requires_grad)
+        for name, b in list(module._buffers.items()):
+            if b is not None:
+                module._buffers[name] = torch.empty(b.shape, dtype=b.dtype)
+    return model
+
+
+def _local_ids(module) -> set:
+    return {id(p) for p in module.parameters()}
+
+
+def _local_bytes(module, exclude: set = frozenset()) -> int:
+    """Bytes of this rank's parameters (a DTensor's local shard under FSDP), less those in
+    `exclude` (ids of parameters held by another module: a LoRA EMA's shared base)."""
     total = 0
     for p in module.parameters():
+        if id(p) in exclude:
+            continue
         local = p.to_local() if hasattr(p, "to_local") else p
         total += local.numel() * local.element_size()
     return total
@@ -324,9 +377,13 @@ def _measure(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, mode: str, me
     """Build, wrap and step the model under the active FakeTensorMode; the report."""
     fsdp = "fsdp" if mesh is not None else "none"
     cpu = torch.device("cpu")
-    model = CausalVideoDiT(copy.deepcopy(cfg))
+    lora = LoraConfig(rank=plan.lora_rank, base_dtype=plan.lora_base_dtype)
+    model = _build(copy.deepcopy(cfg), lora)
     params = sum(p.numel() for p in model.parameters())
-    ema = CausalVideoDiT(replace(cfg, gradient_checkpointing="none")).eval().requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    ema = _build(replace(cfg, gradient_checkpointing="none"), lora).eval().requires_grad_(False)
+    if lora.enabled and mesh is None:
+        tie_frozen(ema, model)
     apply_activation_checkpointing(model, mode)
     wrapped = parallel.wrap_model(model, fsdp, cpu, mesh=mesh)
     parallel.shard_like_model(ema, fsdp, cpu, mesh=mesh)
@@ -340,7 +397,7 @@ def _measure(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, mode: str, me
     ema_update(ema, model, 0.99)
     peak = _sum_devices(tracker.get_tracker_snapshot("peak"))
     after = _sum_devices(tracker.get_tracker_snapshot("current"))
-    ema_bytes = _local_bytes(ema)
+    ema_bytes = _local_bytes(ema, exclude=_local_ids(model))
     total = peak.pop("Total") + ema_bytes
     breakdown = {**{str(k): v for k, v in peak.items() if v}, "EMA": ema_bytes}
     return {
@@ -350,8 +407,10 @@ def _measure(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, mode: str, me
                  "checkpointing": mode, "attention_backend": cfg.attention_backend, "precision": plan.precision,
                  "resample_steps": plan.resample_steps, "resample_unsharded": plan.resample_unsharded,
                  "history_attention": _attention_name(plan), "grad_accum": plan.grad_accum,
-                 "grad_sync": _grad_sync_name(plan)},
+                 "grad_sync": _grad_sync_name(plan), "lora_rank": plan.lora_rank,
+                 "lora_base_dtype": plan.lora_base_dtype},
         "parameters": params,
+        "trainable_parameters": trainable,
         "tokens": {"per_chunk": geom.tokens_per_chunk, "clip": geom.clip_tokens,
                    "two_stream": geom.two_stream_tokens},
         "peak_bytes": total,
@@ -398,7 +457,10 @@ def format_report(r: dict) -> str:
              f"x {t['per_chunk']} tokens, two-stream sequence {t['two_stream']} tokens, batch {p['batch']}, "
              f"{where}, checkpointing {p['checkpointing']}, attention {p['attention_backend']}, {p['precision']}",
              f"history attention {p['history_attention']}, grad_accum {p['grad_accum']} "
-             f"(gradient sync: {p['grad_sync']})",
+             f"(gradient sync: {p['grad_sync']})"
+             + (f", LoRA rank {p['lora_rank']} ({r['trainable_parameters'] / 1e6:.1f}M trainable, "
+                f"{p['lora_base_dtype']} base)"
+                if p["lora_rank"] else ""),
              f"peak {r['peak_gib']:.2f} GiB ({r['tracker']} under FakeTensorMode; {r['device']})",
              f"  (peak while building the history, {p['strategy']}: {r['history_peak_bytes'] / GIB:.2f} GiB)"]
     for k, v in sorted(r["peak_breakdown_bytes"].items(), key=lambda kv: -kv[1]):

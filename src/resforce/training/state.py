@@ -21,6 +21,7 @@ from resforce.io.fileio import write_text_atomic
 from resforce.training.calibration import Calibration
 from resforce.training.previous_step_history import PreviousStepHistory
 from resforce.model.dit import CausalVideoDiT
+from resforce.model.lora import apply_lora, lora_state_dict_from_base, tie_frozen
 from resforce.training.rundir import METRICS, read_metrics
 
 
@@ -34,9 +35,10 @@ def copy_weights(dst: torch.nn.Module, src: torch.nn.Module) -> None:
 
 
 def _meta_model(cfg: TrainConfig) -> CausalVideoDiT:
-    """The run's model on the meta device: shapes only, no memory, no random numbers drawn."""
+    """The run's model on the meta device (with its LoRA adapters when cfg.lora.rank > 0):
+    shapes only, no memory, no random numbers drawn."""
     with torch.device("meta"):
-        return CausalVideoDiT(copy.deepcopy(cfg.model))
+        return apply_lora(CausalVideoDiT(copy.deepcopy(cfg.model)), cfg.lora)
 
 
 def check_start(cfg: TrainConfig, init_from, resume: bool = True) -> None:
@@ -131,16 +133,22 @@ class RunState:
         model's own (local) tensors, so it is never held in full under fsdp."""
         cfg, mode, device = self.cfg, self.parallel, self.device
         if random_init:
-            self.model = CausalVideoDiT(copy.deepcopy(cfg.model)).to(self.device)
+            self.model = apply_lora(CausalVideoDiT(copy.deepcopy(cfg.model)), cfg.lora).to(self.device)
         else:
             self.model = _meta_model(cfg)
         # self.model stays the raw model (history strategies, state dicts); the training
         # forward goes through self.wrapped (DDP wrapper; the model itself under fsdp/none)
         # the online model only: the EMA never runs a backward (a no-op for 'none')
         apply_activation_checkpointing(self.model, cfg.model.gradient_checkpointing)
+        if cfg.compile:  # regional: each block, after checkpointing, before FSDP (torchtitan's order)
+            from resforce.training.compile import compile_blocks
+
+            compile_blocks(self.model)
         self.wrapped = parallel.wrap_model(self.model, mode, device)
         self.ema = parallel.shard_like_model(_meta_model(cfg).eval().requires_grad_(False), mode, device)
         copy_weights(self.ema, self.model)
+        if cfg.lora.enabled and mode != "fsdp":  # LoRA: the frozen base is its own EMA, held once
+            tie_frozen(self.ema, self.model)
 
     def _start_from_wan(self) -> None:
         """Model and EMA from the Wan folder of init.wan (a new run: optimizer fresh, step 0).
@@ -149,7 +157,10 @@ class RunState:
         from resforce.wan.transformer import read_wan_state_dict
 
         def read():
-            return read_wan_state_dict(self.cfg.init.wan, self.cfg.model)
+            sd = read_wan_state_dict(self.cfg.init.wan, self.cfg.model)
+            if self.cfg.lora.enabled:  # peft's names, adapters at their initial values
+                sd = lora_state_dict_from_base(sd, _meta_model(self.cfg))
+            return sd
 
         sd = on_main(read) if self.parallel == "fsdp" else read()
         parallel.load_full_state_dict(self.model, sd, self.parallel)

@@ -54,7 +54,7 @@ from resforce.model.attention.tile_kernels import (KERNELS, autocast_inputs, bat
                                                    unbatched_tiles, pick_kernel)
 from resforce.model.attention.tile_plan import TileCall, host_chunk_mask, is_fake, plan_tiles
 
-__all__ = ["KERNELS", "TileCall", "as_one_op", "chunk_attention", "host_chunk_mask", "is_fake", "pick_kernel",
+__all__ = ["KERNELS", "TileCall", "as_one_op", "chunk_attention", "chunk_attention_planned", "plan_of", "host_chunk_mask", "is_fake", "pick_kernel",
            "plan_tiles"]
 
 
@@ -152,6 +152,58 @@ def _op_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: list[in
 _chunk_attention_forward = torch.library.custom_op(
     "resforce::chunk_attention_forward", _op_forward, mutates_args=())
 _chunk_attention_forward.register_fake(_op_forward)
+
+
+def _op_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 lse: torch.Tensor, aux: list[torch.Tensor], plan: list[int], tpc: int, scale: float | None,
+                 kernel: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    calls = _decode(tuple(plan))
+    # a compiled graph may hand over other strides than eager autograd does; the tiles are views
+    dout, q, k, v, out, lse = (t.contiguous() for t in (dout, q, k, v, out, lse))
+    with no_autocast(q.device):
+        return _backward(dout, q, k, v, out, lse, calls, _regroup(list(aux), calls), tpc, scale, KERNELS[kernel])
+
+
+def _op_backward_fake(dout, q, k, v, out, lse, aux, plan, tpc, scale, kernel):
+    # contiguous, as _backward returns them (whatever the inputs' strides)
+    return tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
+
+
+_chunk_attention_backward = torch.library.custom_op(
+    "resforce::chunk_attention_backward", _op_backward, mutates_args=())
+_chunk_attention_backward.register_fake(_op_backward_fake)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, plan, tpc, scale, kernel = inputs
+    out, lse, aux = output
+    ctx.save_for_backward(q, k, v, out, lse, *aux)
+    ctx.plan, ctx.tpc, ctx.scale, ctx.kernel = plan, tpc, scale, kernel
+
+
+def _op_autograd(ctx, dout, dlse, daux):
+    q, k, v, out, lse, *aux = ctx.saved_tensors
+    dq, dk, dv = torch.ops.resforce.chunk_attention_backward(dout, q, k, v, out, lse, aux, ctx.plan, ctx.tpc,
+                                                             ctx.scale, ctx.kernel)
+    return dq, dk, dv, None, None, None, None
+
+
+# the forward op differentiates through the backward op: how a compiled region (torch.compile
+# of a block) calls chunk attention, as two opaque ops it neither traces into nor breaks on
+_chunk_attention_forward.register_autograd(_op_autograd, setup_context=_setup_context)
+
+
+def chunk_attention_planned(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: list[int], tpc: int,
+                            scale: float | None = None, kernel: str | None = None) -> torch.Tensor:
+    """chunk_attention with the tile plan made beforehand on the host (`plan_of`), as one
+    autograd-aware op: what runs inside torch.compile'd blocks, so no planning is traced."""
+    q, k, v = autocast_inputs(q, k, v)
+    return torch.ops.resforce.chunk_attention_forward(q, k, v, plan, tpc, scale, kernel or pick_kernel(q))[0]
+
+
+def plan_of(chunk_mask: torch.Tensor) -> list[int]:
+    """The encoded tile plan of a (real CPU) chunk mask, for chunk_attention_planned."""
+    return _encode(plan_tiles(chunk_mask))
 
 
 def _regroup(flat: list, calls: tuple) -> list[tuple]:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from resforce.model.cache import KVCache
-from resforce.model.attention.chunked import chunk_attention, host_chunk_mask, is_fake
+from resforce.model.attention.chunked import chunk_attention, chunk_attention_planned, host_chunk_mask, is_fake, plan_of
 
 
 # ----------------------------------------------------------------------------- masks
@@ -93,6 +93,8 @@ class MaskedLayout:
         self.tokens_per_chunk = tokens_per_chunk
         self.backend = backend
         self._token_masks: dict = {}
+        # the tile plan, made here on the host: a torch.compile'd block reads it as a constant
+        self.plan = plan_of(chunk_mask) if backend == "chunked" else None
 
     def token_mask(self, device=None) -> torch.Tensor:
         """The (S, S) token mask of the "sdpa" reference (built once per device)."""
@@ -104,6 +106,8 @@ class MaskedLayout:
 
     def attend(self, layer, q, k, v):
         if self.backend == "chunked":
+            if torch.compiler.is_compiling():  # one opaque op: nothing host-side is traced
+                return chunk_attention_planned(q, k, v, self.plan, self.tokens_per_chunk)
             return chunk_attention(q, k, v, self.chunk_mask, self.tokens_per_chunk)
         if self.backend == "flex":
             block_mask = flex_block_mask(self.chunk_mask, self.tokens_per_chunk, q.shape[2],
