@@ -44,8 +44,8 @@ def _driver(run_dir: str) -> None:
     pause = int(os.environ.get("PAUSE_IN_SAVE", "0"))
     real_save_state, real_step = ck.save_state, Trainer.train_step
 
-    def save_state(directory, state, name="state"):
-        real_save_state(directory, state, name)
+    def save_state(directory, state, name="state", **kw):
+        real_save_state(directory, state, name, **kw)
         if state["step"] == pause:
             print(f"paused in save {pause}", flush=True)
             time.sleep(600)
