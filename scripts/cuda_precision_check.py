@@ -53,7 +53,7 @@ def main() -> None:
     model = build_model(preset="test", frames_per_chunk=2, patch_size=(1, 4, 4), text_dim=8, init="wan").to(dev).eval()
     ctx, null = torch.randn(2, 5, 8, device=dev), torch.zeros(1, 5, 8, device=dev)
     cfg = SampleConfig(chunks=4, steps=4, cfg_scale=3.0, history_noise=0.05, seed=0)
-    kw = dict(prefix=torch.randn(2, 3, 2, H, W, device=dev), context=ctx, uncond_context=null)
+    kw = dict(prefix=torch.randn(2, 3, 2, H, W, device=dev), text=ctx, uncond_text=null)
     made, new_cache = [], model.new_cache
     model.new_cache = lambda *a, **k: made.append(new_cache(*a, **k)) or made[-1]
     _rollout(model, "bf16", cfg, **kw)  # warm-up (cuBLAS handles, allocator)

@@ -70,16 +70,16 @@ class SampleConfig:
         return self.context - 1
 
 
-def guidance_context(context: torch.Tensor | None, uncond_context: torch.Tensor | None,
-                     batch: int) -> torch.Tensor:
-    """[context; uncond_context] on the batch dim, (2B, L, D): classifier-free guidance runs
-    the conditional and unconditional branches as one batch over one KV cache. A context of
-    batch 1 is shared by the B samples."""
-    if context is None or uncond_context is None:
-        raise ValueError("cfg_scale != 1 needs a context and an unconditional context (uncond_context)")
-    pair = [c.expand(batch, *c.shape[1:]) if c.shape[0] == 1 else c for c in (context, uncond_context)]
+def guidance_text(text: torch.Tensor | None, uncond_text: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """[text; uncond_text] embeddings on the batch dim, (2B, L, D): classifier-free guidance
+    runs the conditional and unconditional branches as one batch over one KV cache. Text of
+    batch 1 is shared by the B samples. (The model calls text embeddings `context`, Wan's name
+    for the cross-attention input.)"""
+    if text is None or uncond_text is None:
+        raise ValueError("cfg_scale != 1 needs text embeddings and unconditional ones (uncond_text)")
+    pair = [c.expand(batch, *c.shape[1:]) if c.shape[0] == 1 else c for c in (text, uncond_text)]
     if pair[0].shape != pair[1].shape or pair[0].shape[0] != batch:
-        raise ValueError(f"context {tuple(context.shape)} and uncond_context {tuple(uncond_context.shape)} "
+        raise ValueError(f"text {tuple(text.shape)} and uncond_text {tuple(uncond_text.shape)} "
                          f"must both be (batch={batch} or 1, tokens, dim) with the same tokens and dim "
                          f"(pad the unconditional prompt's embedding like the conditional one, as Wan does)")
     return torch.cat(pair, dim=0)
@@ -111,7 +111,7 @@ def chunk_step(model: CausalVideoDiT, x: torch.Tensor, schedule: EulerSchedule, 
     """One autoregressive step, shared by rollout and self-resampling (history.py): denoise
     chunk x (B, ...) along the Euler schedule while attending to the KV cache, then commit the
     finished chunk to it as history (unless commit=False). With guidance (cfg_scale != 1) the
-    cache has batch 2B and `context` is guidance_context(cond, uncond): both branches run as
+    cache has batch 2B and `context` (the text embeddings, Wan's name) is guidance_text(cond, uncond): both branches run as
     one batch of 2B. `actions`: the chunk's per-frame actions for an action model, (B,
     frames_per_chunk[, D]); with guidance (2B, ...): guidance_actions(actions), the null
     action in the unconditional half, which its history is written with too."""
@@ -131,8 +131,8 @@ def guidance_actions(actions: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: SampleConfig,
-            prefix: torch.Tensor | None = None, context: torch.Tensor | None = None,
-            uncond_context: torch.Tensor | None = None,
+            prefix: torch.Tensor | None = None, text: torch.Tensor | None = None,
+            uncond_text: torch.Tensor | None = None,
             attention: AttentionPolicy | None = None,
             callback: Callable[[int, torch.Tensor], None] | None = None,
             device=None, return_video: bool = True, precision: str = "fp32",
@@ -153,9 +153,9 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
     device = device or next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     guide = cfg.cfg_scale != 1.0
-    context, uncond_context = _text_contexts(mc, batch, device, context, uncond_context)
+    text, uncond_text = _text_pair(mc, batch, device, text, uncond_text)
     action_guide = guide and mc.action_kind != "none" and mc.text_dim == 0
-    ctx = guidance_context(context, uncond_context, batch) if guide and not action_guide else context
+    ctx = guidance_text(text, uncond_text, batch) if guide and not action_guide else text
     n_prefix = 0
     if prefix is not None:
         if prefix.shape[0] != batch or prefix.shape[-2:] != (height, width):
@@ -193,7 +193,7 @@ def rollout(model: CausalVideoDiT, batch: int, height: int, width: int, cfg: Sam
 @torch.no_grad()
 def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int,
                       cfg: SampleConfig, prefix: torch.Tensor | None = None,
-                      context: torch.Tensor | None = None, device=None,
+                      text: torch.Tensor | None = None, device=None,
                       precision: str = "fp32", actions: torch.Tensor | None = None) -> torch.Tensor:
     """The same generation without a cache (clean history, no guidance): every Euler step
     runs the block-causal model over [finished chunks at t = 0 | current chunk at t]; with a
@@ -201,7 +201,7 @@ def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int
     mc = model.config
     device = device or next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    context = _text_contexts(mc, batch, device, context, None)[0]
+    text = _text_pair(mc, batch, device, text, None)[0]
     fpc = mc.frames_per_chunk
     done = prefix.to(device) if prefix is not None else None
     grid = euler_grid(cfg.steps, cfg.shift)
@@ -219,7 +219,7 @@ def reference_rollout(model: CausalVideoDiT, batch: int, height: int, width: int
             def v(x, t, seen=seen, n_seen=n_seen, a=a):
                 full = x if seen is None else torch.cat([seen, x], dim=2)
                 t_full = torch.cat([torch.zeros(batch, n_seen, device=device), t], dim=1)
-                return model(full, t_full, context=context, attention=banded, actions=a)[:, :, -fpc:]
+                return model(full, t_full, context=text, attention=banded, actions=a)[:, :, -fpc:]
 
             chunk = euler_sample(v, torch.randn(shape, generator=generator, device=device), grid)
             done = chunk if done is None else torch.cat([done, chunk], dim=2)
@@ -242,17 +242,17 @@ def video_actions(model, actions, batch: int, frames: int, device, guide: bool =
     return guidance_actions(actions) if guide else actions
 
 
-def _text_contexts(mc, batch: int, device, context, uncond_context):
-    """(context, uncond_context) on `device`, each (batch, tokens, text_dim) (a batch-1 context
-    is shared by every sample); a model with cross-attention needs a context (ValueError)."""
+def _text_pair(mc, batch: int, device, text, uncond_text):
+    """(text, uncond_text) embeddings on `device`, each (batch, tokens, text_dim) (batch-1 text
+    is shared by every sample); a model with cross-attention needs text (ValueError)."""
     if mc.text_dim == 0:
-        return context, uncond_context
-    if context is None:
-        raise ValueError(f"this model has text cross-attention (model.text_dim={mc.text_dim}): pass a "
-                         f"context (batch, tokens, {mc.text_dim}); without a prompt, "
+        return text, uncond_text
+    if text is None:
+        raise ValueError(f"this model has text cross-attention (model.text_dim={mc.text_dim}): pass "
+                         f"text embeddings (batch, tokens, {mc.text_dim}); without a prompt, "
                          f"text_context.empty_prompt(...) is what the trainer used")
     return tuple(None if c is None else check_context(c.to(device), mc.text_dim, batch, name)
-                 for c, name in ((context, "context"), (uncond_context, "uncond_context")))
+                 for c, name in ((text, "text"), (uncond_text, "uncond_text")))
 
 
 def _banded(cfg: SampleConfig) -> AttentionPolicy | None:

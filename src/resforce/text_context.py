@@ -97,7 +97,7 @@ def training_text(info, text_dim: int, cfg: TextConfig, batch: int, device, gene
 @dataclass
 class PromptOptions:
     """The prompts of one generation (`resforce generate --prompt`): the run's world encodes
-    them (worlds.base.World.text_contexts); None everywhere: the run's defaults."""
+    them (worlds.base.World.text_embeddings); None everywhere: the run's defaults."""
 
     text: str | None = None
     """The prompt; None: the empty prompt."""

@@ -144,5 +144,5 @@ def test_generation_defaults_to_the_last_stage_attention(tmp_path):
                                                     "stages.1.attention.mode=window", "stages.1.attention.window=2",
                                                     "stages.1.attention.sink=1")])
     with_sink = generate(win, SampleOverrides(chunks=12, context=4), prefix_chunks=1, progress=False)
-    assert with_sink.context == 4 and with_sink.sink == 1
-    assert routed.sink == 0 and routed.context == 16  # the routed stage trains on 16-chunk clips
+    assert with_sink.context_chunks == 4 and with_sink.sink_chunks == 1
+    assert routed.sink_chunks == 0 and routed.context_chunks == 16  # the routed stage trains on 16-chunk clips

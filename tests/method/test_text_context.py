@@ -79,7 +79,7 @@ def test_a_text_model_trains_two_steps_on_a_world_without_text(tmp_path, strateg
     g = generate(tmp_path / "r", SampleOverrides(chunks=2, steps=2), progress=False)
     model, _ = load_model(tmp_path / "r")
     s = dataclasses.replace(cfg.sample, chunks=2, steps=2, context=3)
-    want = rollout(model, 1, 8, 8, s, context=empty_prompt(TEXT_DIM, TEXT_LEN, 1),
+    want = rollout(model, 1, 8, 8, s, text=empty_prompt(TEXT_DIM, TEXT_LEN, 1),
                    attention=AttentionPolicy(cfg.stages[-1].attention)).clamp(-1, 1)
     assert torch.equal(g.videos, want)
 
@@ -143,15 +143,15 @@ def test_the_context_reaches_every_cached_call_of_a_rollout(randomize):
     model = text_model(randomize)
     ctx_a, ctx_b = contexts()
     s = SampleConfig(chunks=3, steps=2, context=0)
-    a = rollout(model, 2, 8, 8, s, context=ctx_a)
-    assert torch.allclose(a, reference_rollout(model, 2, 8, 8, s, context=ctx_a), atol=1e-5)
-    assert (a - rollout(model, 2, 8, 8, s, context=ctx_b)).abs().max() > 1e-3
-    shared = rollout(model, 2, 8, 8, s, context=ctx_a[:1])  # one prompt for the whole batch
-    assert torch.allclose(shared, rollout(model, 2, 8, 8, s, context=ctx_a[:1].expand(2, -1, -1)))
-    with pytest.raises(ValueError, match=r"text_dim=8.*pass a context"):
+    a = rollout(model, 2, 8, 8, s, text=ctx_a)
+    assert torch.allclose(a, reference_rollout(model, 2, 8, 8, s, text=ctx_a), atol=1e-5)
+    assert (a - rollout(model, 2, 8, 8, s, text=ctx_b)).abs().max() > 1e-3
+    shared = rollout(model, 2, 8, 8, s, text=ctx_a[:1])  # one prompt for the whole batch
+    assert torch.allclose(shared, rollout(model, 2, 8, 8, s, text=ctx_a[:1].expand(2, -1, -1)))
+    with pytest.raises(ValueError, match=r"text_dim=8.*pass text embeddings"):
         rollout(model, 2, 8, 8, s)
-    with pytest.raises(ValueError, match=r"context must be .*text_dim=8.*got shape \(2, 3, 5\)"):
-        rollout(model, 2, 8, 8, s, context=torch.zeros(2, 3, 5))
+    with pytest.raises(ValueError, match=r"text must be .*text_dim=8.*got shape \(2, 3, 5\)"):
+        rollout(model, 2, 8, 8, s, text=torch.zeros(2, 3, 5))
 
 
 def test_caption_dropout_swaps_in_the_empty_prompt():

@@ -35,7 +35,7 @@ def test_rollout_makes_no_host_sync(randomize, attention):
         cfg = SampleConfig(chunks=n, steps=n, cfg_scale=2.0, history_noise=0.1, seed=0)
         policy = None if attention is None else AttentionPolicy(attention)
         with HostSyncs() as syncs:
-            rollout(model, 1, H, W, cfg, prefix=prefix, context=ctx, uncond_context=null, attention=policy)
+            rollout(model, 1, H, W, cfg, prefix=prefix, text=ctx, uncond_text=null, attention=policy)
         counts.append(syncs.calls)
     assert counts == [[], []], counts
 
@@ -71,7 +71,7 @@ def test_rope_tables_are_built_once_and_equal_the_reference(randomize):
     from resforce.model.rope import grid_positions, rope_cos_sin
 
     model = _model(randomize)
-    rollout(model, 1, H, W, SampleConfig(chunks=4, steps=4), context=torch.randn(1, 3, 8))
+    rollout(model, 1, H, W, SampleConfig(chunks=4, steps=4), text=torch.randn(1, 3, 8))
     assert model.rope_tables.builds == 3  # (t, h, w) axes; 4 chunks x (4 steps + 1 write) calls
     head_dim = model.config.attention_head_dim
     for offset in (0, 3, 5000):

@@ -111,12 +111,12 @@ def test_guidance_as_one_batch_equals_two_caches(randomize):
     prefix = torch.randn(2, 3, FPC, H, W)
     cfg = SampleConfig(chunks=3, steps=3, cfg_scale=4.0, history_noise=0.05, seed=2)
     made = spy_caches(model)
-    fast = rollout(model, 2, H, W, cfg, prefix=prefix, context=ctx, uncond_context=null)
+    fast = rollout(model, 2, H, W, cfg, prefix=prefix, text=ctx, uncond_text=null)
     slow = two_cache_guidance(model, cfg, prefix, ctx, null)
     assert len(made) == 3 and made[0][0].k.shape[:3] == (4, 2, 4)  # one cache of batch 2B
     assert (fast - slow).abs().max() < 1e-5
     plain = rollout(model, 2, H, W, SampleConfig(chunks=3, steps=3, history_noise=0.05, seed=2), prefix=prefix,
-                    context=ctx)
+                    text=ctx)
     assert (fast - plain).abs().max() > 0.1  # guidance changed the video
     with pytest.raises(ValueError, match="same tokens"):
-        rollout(model, 2, H, W, cfg, context=ctx, uncond_context=torch.zeros(1, 4, 8))
+        rollout(model, 2, H, W, cfg, text=ctx, uncond_text=torch.zeros(1, 4, 8))

@@ -183,12 +183,12 @@ def test_rollout_cfg_needs_uncond_and_guides(randomize):
     model = make(randomize, text_dim=8)
     ctx, null = torch.randn(1, 3, 8), torch.zeros(1, 3, 8)
     with pytest.raises(ValueError, match="uncond"):
-        rollout(model, 1, H, W, SampleConfig(chunks=1, steps=2, cfg_scale=3.0), context=ctx)
-    plain = rollout(model, 1, H, W, SampleConfig(chunks=2, steps=2), context=ctx)
-    same = rollout(model, 1, H, W, SampleConfig(chunks=2, steps=2, cfg_scale=1.0), context=ctx,
-                   uncond_context=null)
-    guided = rollout(model, 1, H, W, SampleConfig(chunks=2, steps=2, cfg_scale=3.0), context=ctx,
-                     uncond_context=null)
+        rollout(model, 1, H, W, SampleConfig(chunks=1, steps=2, cfg_scale=3.0), text=ctx)
+    plain = rollout(model, 1, H, W, SampleConfig(chunks=2, steps=2), text=ctx)
+    same = rollout(model, 1, H, W, SampleConfig(chunks=2, steps=2, cfg_scale=1.0), text=ctx,
+                   uncond_text=null)
+    guided = rollout(model, 1, H, W, SampleConfig(chunks=2, steps=2, cfg_scale=3.0), text=ctx,
+                     uncond_text=null)
     assert torch.equal(plain, same) and not torch.allclose(plain, guided)
 
 

@@ -295,8 +295,8 @@ def test_a_prompt_for_a_world_without_text_is_an_error_naming_the_flag():
     from resforce.worlds import world_of
 
     world = world_of(load_config(None, ["model.preset=test"]).data)
-    assert world.text_contexts(PromptOptions(), "cpu") is None and world.pixel_decoder(None, "cpu") is None
+    assert world.text_embeddings(PromptOptions(), "cpu") is None and world.pixel_decoder(None, "cpu") is None
     with pytest.raises(ValueError, match="--prompt.*data.kind=bouncing_balls has no text encoder"):
-        world.text_contexts(PromptOptions("a ball"), "cpu")
+        world.text_embeddings(PromptOptions("a ball"), "cpu")
     with pytest.raises(ValueError, match="--vae"):
         world.pixel_decoder("somewhere", "cpu")

@@ -58,12 +58,12 @@ def test_bf16_wan_runs_on_fp32_inputs_and_keeps_fp32_modules():
         cache = model.new_cache(H, W)
         model.write_cache(x[:, :, :2], cache, context=ctx)
         step = model.forward_chunk(x[:, :, 2:], t[:, 1:], cache, context=ctx)
-    video = rollout(model, 2, H, W, SampleConfig(chunks=2, steps=2, seed=1), context=ctx)
+    video = rollout(model, 2, H, W, SampleConfig(chunks=2, steps=2, seed=1), text=ctx)
     for y in (out, two, step, video):
         assert y.dtype == torch.float32 and torch.isfinite(y).all()
     assert cache[0].k.dtype == torch.bfloat16  # the cache holds the keys' dtype
     reference = rollout(load_wan(wan, frames_per_chunk=2), 2, H, W, SampleConfig(chunks=2, steps=2, seed=1),
-                        context=ctx)
+                        text=ctx)
     assert _rel(video, reference) < 2 * BF16_REL_TOL
 
 

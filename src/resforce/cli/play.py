@@ -40,7 +40,7 @@ def cmd_play(args) -> None:
             raise ValueError("--prefix starts a world model from a video; --world plays the ground truth from its own start")
         source = WorldSource(args.world, args.seed)
     else:
-        source = ModelSource.from_run(args.run, steps=args.steps, seed=args.seed, context=args.context,
+        source = ModelSource.from_run(args.run, steps=args.steps, seed=args.seed, context_chunks=args.context,
                              cfg_scale=args.cfg_scale, shift=args.shift, prefix=args.prefix)
     try:
         serve(source, port=args.port, seed=args.seed, fps=args.fps, allow_origins=args.allow_origin)

@@ -41,9 +41,9 @@ class Generated:
     """World states of the ground truth clips (whatever the world keeps), or None."""
     config: object
     recorder: RouterRecorder | None = None
-    context: int = 0
+    context_chunks: int = 0
     """Chunks the model saw at once (own chunk included); 0 = all history (dense)."""
-    sink: int = 0
+    sink_chunks: int = 0
     """First chunks kept in view for good when the context rolls (runs trained with a sink)."""
     attention: HistoryAttentionConfig | None = None
     """Which history chunks each query attended to in the rollout (dense, top-k, window)."""
@@ -122,12 +122,12 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
              batch: int = 1, prefix: torch.Tensor | None = None, prefix_chunks: int = 0,
              device: str = "auto", prefer_ema: bool = True, record_router: bool = False,
              progress: bool = True, with_ground_truth: bool = False,
-             context: torch.Tensor | None = None, uncond_context: torch.Tensor | None = None,
+             text: torch.Tensor | None = None, uncond_text: torch.Tensor | None = None,
              prompt: PromptOptions | None = None, vae: str | None = None,
              actions: torch.Tensor | None = None, batch_flag: str = "--batch") -> Generated:
     """Roll out a run's model with its `sample` config changed by `sample`. attention: None =
     the history attention of the run's last training stage (dense, top-k routing or a window).
-    context / uncond_context: text embeddings (batch or 1, tokens, text_dim) of the prompt and
+    text / uncond_text: text embeddings (batch or 1, tokens, text_dim) of the prompt and
     of the unconditional branch (guidance) for a model with cross-attention; None: the
     empty-prompt stand-in the trainer uses (text_context.empty_prompt). prompt: prompts the
     run's world encodes (a world with a text encoder; its empty prompt when not given). A world
@@ -157,9 +157,9 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     if decoder is not None and (prefix is not None or prefix_chunks):
         raise ValueError(f"--prefix / --prefix-chunks: a data.kind={cfg.data.kind} run generates from its prompt "
                          f"only (a pixel prefix would need encoding to latents: not supported)")
-    texts = world.text_contexts(prompt or PromptOptions(), dev)
-    if texts is not None and context is None:
-        context, uncond_context = texts[0], texts[1] if uncond_context is None else uncond_context
+    texts = world.text_embeddings(prompt or PromptOptions(), dev)
+    if texts is not None and text is None:
+        text, uncond_text = texts[0], texts[1] if uncond_text is None else uncond_text
     gt = states = None
     if prefix is None and (prefix_chunks or with_ground_truth):
         gt, states = world_clips(cfg, batch, (prefix_chunks + s.chunks) * fpc, s.seed)
@@ -175,8 +175,8 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     policy = AttentionPolicy(attention, recorder)
     if model.config.text_dim > 0:  # no prompt: what training used without text
         empty = empty_prompt(model.config.text_dim, cfg.text.text_len, 1, dev)
-        context = empty if context is None else context
-        uncond_context = empty if uncond_context is None else uncond_context
+        text = empty if text is None else text
+        uncond_text = empty if uncond_text is None else uncond_text
     bar = tqdm(total=s.chunks, desc="generate", disable=not progress, dynamic_ncols=True)
     enable_tf32(dev)
     # the run's precision on CUDA; on the CPU fp32 (bf16 autocast is ~29x slower there, and the
@@ -194,8 +194,8 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
             pixels.append(decoder.decode(chunk).cpu())
         bar.update(1)
 
-    videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, attention=policy, context=context,
-                     uncond_context=uncond_context, callback=finished, device=dev,
+    videos = rollout(model, batch, res[0], res[1], s, prefix=prefix, attention=policy, text=text,
+                     uncond_text=uncond_text, callback=finished, device=dev,
                      precision=prec, return_video=decoder is None, actions=actions)
     bar.close()
     videos = videos if decoder is None else torch.cat(pixels, dim=2)
@@ -205,4 +205,4 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
         train_frames = decoder.video_frames(train_frames)
     n_prefix = 0 if prefix is None else prefix.shape[2]
     return Generated(videos.clamp(-1, 1).cpu(), n_prefix, train_frames, gt, states, cfg, recorder,
-                     context=s.context, sink=s.sink, attention=attention)
+                     context_chunks=s.context, sink_chunks=s.sink, attention=attention)

@@ -67,7 +67,7 @@ class InteractiveSession:
     """A model played one chunk at a time (see the module doc)."""
 
     def __init__(self, model: CausalVideoDiT, cfg, steps: int = 4, shift: float | None = None,
-                 context: int | None = None, seed: int = 0, cfg_scale: float = 1.0, device="cpu",
+                 context_chunks: int | None = None, seed: int = 0, cfg_scale: float = 1.0, device="cpu",
                  prefix: np.ndarray | torch.Tensor | None = None) -> None:
         """`prefix`: the frames the session starts from (see `reset`); None: the world's."""
         if steps < 1:
@@ -75,15 +75,15 @@ class InteractiveSession:
         self.model, self.cfg, self.device = model.eval(), cfg, torch.device(device)
         self.world = world_of(cfg.data)
         self.steps, self.shift = steps, float(cfg.sample.shift if shift is None else shift)
-        if context is not None and context < 2:
-            raise ValueError(f"context must be >= 2 chunks (the chunk and some history), got {context}")
+        if context_chunks is not None and context_chunks < 2:
+            raise ValueError(f"context must be >= 2 chunks (the chunk and some history), got {context_chunks}")
         # the run's rolling session (context, sink, history attention, history noise), as
         # `generate` rolls it out; only the context can be changed here
-        sample = cfg.sample if context is None else dataclasses.replace(cfg.sample, context=context)
+        sample = cfg.sample if context_chunks is None else dataclasses.replace(cfg.sample, context=context_chunks)
         self.session = rolling_session(cfg, sample)
-        self.context = self.session.context_chunks
-        if self.context < 2:
-            raise ValueError(f"context must be >= 2 chunks (the chunk and some history), got {self.context}")
+        self.context_chunks = self.session.context_chunks
+        if self.context_chunks < 2:
+            raise ValueError(f"context must be >= 2 chunks (the chunk and some history), got {self.context_chunks}")
         self.policy = AttentionPolicy(self.session.attention)
         self.cfg_scale = cfg_scale
         if cfg_scale != 1.0 and model.config.action_kind == "none":
@@ -95,11 +95,11 @@ class InteractiveSession:
         self.reset(prefix=prefix)
 
     @classmethod
-    def from_run(cls, path, steps: int = 4, shift: float | None = None, context: int | None = None,
+    def from_run(cls, path, steps: int = 4, shift: float | None = None, context_chunks: int | None = None,
                  seed: int = 0, cfg_scale: float = 1.0, device="cpu", prefer_ema: bool = True) -> "InteractiveSession":
         """A session on a run directory, checkpoint directory or exported .safetensors file."""
         model, cfg = load_model(path, device, prefer_ema)
-        return cls(model, cfg, steps, shift, context, seed, cfg_scale, device)
+        return cls(model, cfg, steps, shift, context_chunks, seed, cfg_scale, device)
 
     # -- what the player can do -----------------------------------------------------------
     @property
@@ -130,8 +130,8 @@ class InteractiveSession:
                              f"{self.height} x {self.width}, got (C, F, H, W) = {tuple(video.shape)}")
         guide = self.cfg_scale != 1.0
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        keep, sink = self.context - 1, self.session.sink_chunks
-        self.cache = self.model.new_cache(self.height, self.width, keep, sink, capacity=self.context)
+        keep, sink = self.context_chunks - 1, self.session.sink_chunks
+        self.cache = self.model.new_cache(self.height, self.width, keep, sink, capacity=self.context_chunks)
         self.frame_index = video.shape[1]
         with torch.no_grad():
             for i in range(video.shape[1] // fpc):

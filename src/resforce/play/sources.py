@@ -112,10 +112,10 @@ class ModelSource:
         self.action_space = check_playable(session.action_space, what)
         guided = f", action guidance {guidance:g}" if guidance != 1.0 else ""
         self.description = (f"world model {what.removeprefix('RUN ')} ({session.steps} Euler steps a frame, "
-                            f"shift {session.shift:g}, context {session.context} chunks{guided})")
+                            f"shift {session.shift:g}, context {session.context_chunks} chunks{guided})")
 
     @classmethod
-    def from_run(cls, run: str | Path, steps: int | None = None, seed: int = 0, context: int | None = None,
+    def from_run(cls, run: str | Path, steps: int | None = None, seed: int = 0, context_chunks: int | None = None,
                  cfg_scale: float = 1.0, shift: float | None = None, prefix: str | Path | None = None) -> "ModelSource":
         """steps None: the session's default (4 Euler steps, what the agent recipes sample with);
         shift None: the run's sample.shift.
@@ -124,7 +124,7 @@ class ModelSource:
             raise ValueError(f"RUN {run}: no such run directory, checkpoint directory or .safetensors file")
         from resforce.generation.interactive import InteractiveSession
 
-        kwargs = {"seed": seed, "context": context, "cfg_scale": cfg_scale, "shift": shift}
+        kwargs = {"seed": seed, "context_chunks": context_chunks, "cfg_scale": cfg_scale, "shift": shift}
         if steps is not None:
             kwargs["steps"] = steps
         if prefix is None:

@@ -121,8 +121,8 @@ class World:
         """ValueError naming `key` when the world cannot give training clips of `frames` frames
         (checked for every stage when a config loads). Default: any length."""
 
-    def text_contexts(self, prompt, device):
-        """(context, uncond_context), each (1, tokens, text_dim), of a text_context.PromptOptions,
+    def text_embeddings(self, prompt, device):
+        """(text, uncond_text) embeddings, each (1, tokens, text_dim), of a text_context.PromptOptions,
         or None where the world has no text (its runs generate from the empty-prompt stand-in)."""
         if prompt.text is not None or prompt.negative is not None:
             raise ValueError(f"--prompt / --negative-prompt: this run's data.kind={self.kind} has no text "

@@ -114,7 +114,7 @@ class LatentsWorld(World):
     def stream(self, seed: int = 0) -> LatentStream:
         return LatentStream(self.dataset(require_complete=True), seed)
 
-    def text_contexts(self, prompt, device):
+    def text_embeddings(self, prompt, device):
         from resforce.wan.text_encoder import TextEncoder
 
         ds, cfg = self.dataset(), self.config
