@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -18,6 +20,9 @@ from resforce.history import HistoryConfig, build_history
 from resforce.loss import flow_matching_loss
 from resforce.model.dit import CausalVideoDiT
 from resforce.worlds import world_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import record  # noqa: E402  (benchmarks/summary.py: the table `make bench` ends with)
 
 
 def step(model, opt, cfg, clean, hist_cfg, gen):
@@ -64,6 +69,7 @@ def main():
     print(f"teacher-forcing step      {tf_m * 1000:8.1f} ms")
     print(f"resampling-forcing step   {rf_m * 1000:8.1f} ms   (of which resampling {rs_m * 1000:.1f} ms)")
     print(f"ratio RF / TF             {rf_m / tf_m:8.3f}   (goal <= 1.25)")
+    record("resampling", "RF / TF step", rf_m / tf_m, target="<= 1.25")
     print(f"resampling share of an RF step: {rs_m / rf_m:.1%}; the rest is the two-stream "
           f"forward + backward, identical in both")
 
