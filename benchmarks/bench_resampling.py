@@ -2,12 +2,15 @@
 
 Prints the median step times, their ratio (goal <= 1.25) and what the resampling part
 costs. Steps of the two kinds are interleaved so background load hits both alike.
-Usage: python benchmarks/bench_resampling.py [--config configs/bb_resampling.yaml] [--steps 6]
+Torch threads: --threads, else OMP_NUM_THREADS, else 2 (two threads that share a core with
+other work wait for each other at every small op: use one there).
+Usage: python benchmarks/bench_resampling.py [--config configs/bb_resampling.yaml] [--steps 6] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -41,7 +44,8 @@ def main():
     ap.add_argument("--config", default="configs/bb_resampling.yaml")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--chunks", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "").strip() or 2),
+                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)

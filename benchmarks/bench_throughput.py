@@ -43,8 +43,9 @@ they are given torch's own SDPA formulas (without that it counts no attention at
 
 Cost: 191 s of process CPU at 1 thread (289 s wall on a busy 2-core machine, of which dense
 rollout to 1024 chunks 140 s); elapsed wall and CPU time are printed. CPU only. On a busy
-machine use --threads 1: two OpenMP threads that wait for each other at every small op made a
-16-token rollout call 12x slower there (510 ms vs 42 ms, measured).
+machine use --threads 1 (or OMP_NUM_THREADS=1, the default's source): two OpenMP threads that
+wait for each other at every small op made a 16-token rollout call 12x slower there (510 ms vs
+42 ms, measured).
     python benchmarks/bench_throughput.py [--threads 2] [--json FILE] [--quick]
 """
 
@@ -345,7 +346,8 @@ def measure(sz: Sizes, config: str, threads: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2, help="torch threads for everything (default 2)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "").strip() or 2),
+                    help="torch threads for everything (default: OMP_NUM_THREADS, else 2)")
     ap.add_argument("--config", default="configs/bb_resampling.yaml",
                     help="model, batch and training context (RF's config; TF shares its model)")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write every number to FILE")
