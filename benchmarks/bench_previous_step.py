@@ -40,7 +40,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     extra = []
     if a.tiny:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
         from tiny import TINY
         extra = TINY
     times = {k: [] for k in KINDS}
