@@ -25,8 +25,20 @@ test: venv browser
 test-slow: venv browser
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -m slow --durations=10
 
+# Every script in benchmarks/ (CUDA-only ones print one "skipped" line on the CPU), each
+# recording its headline ratios; then one table of them, targets met or missed.
+BENCH_SUMMARY := outputs/bench_summary.jsonl
+
 bench: venv
-	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+	@mkdir -p $(dir $(BENCH_SUMMARY)) && rm -f $(BENCH_SUMMARY)
+	@for b in benchmarks/*.py; do \
+	  [ $$b = benchmarks/summary.py ] && continue; \
+	  echo "== $$b"; t=$$(date +%s); \
+	  RESFORCE_BENCH_SUMMARY=$(BENCH_SUMMARY) $(BIN)/python $$b || exit 1; \
+	  echo "== $$b: $$(( $$(date +%s) - t )) s"; \
+	done
+	@echo "== summary ($(BENCH_SUMMARY))"
+	@$(BIN)/python benchmarks/summary.py $(BENCH_SUMMARY)
 
 # Headless Chromium for the report test; best effort: the test skips with a reason without it.
 browser:

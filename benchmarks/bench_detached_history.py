@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,6 +27,9 @@ from resforce.history import HistoryConfig, build_history_and_cache
 from resforce.loss import flow_matching_loss
 from resforce.model.dit import CausalVideoDiT
 from resforce.worlds import world_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import record  # noqa: E402  (benchmarks/summary.py: the table `make bench` ends with)
 
 
 def step(model, opt, cfg, clean, hist_cfg, history_grad, gen):
@@ -94,6 +99,9 @@ def main():
                               ("RF / TF, two-stream", "RF two-stream", "TF two-stream", ""),
                               ("RF / TF, detached", "RF detached", "TF detached", "")]:
         print(f"ratio {label:28s} {med[a] / med[b]:6.3f}    {med_cpu[a] / med_cpu[b]:6.3f}{goal}")
+    record("detached_history", "RF detached / TF two-stream step", med["RF detached"] / med["TF two-stream"],
+           target="<= 0.9")
+    record("detached_history", "RF / TF step, two-stream", med["RF two-stream"] / med["TF two-stream"])
 
 
 if __name__ == "__main__":

@@ -15,12 +15,17 @@ Usage: python benchmarks/bench_memory_14b.py [--measure] [--gpus 8] [--seconds 5
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 from resforce.training.memory_estimate import MemoryPlan, estimate_memory
 from resforce.model.dit import PRESETS, DiTConfig
 from resforce.training.step_arithmetic import (GIB, chunks_for_seconds, clip_geometry, parameter_count, state_bytes,
                                       step_flops, step_seconds)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import record  # noqa: E402  (benchmarks/summary.py: the table `make bench` ends with)
 
 
 
@@ -37,13 +42,16 @@ def arithmetic(preset: str, seconds: list[float], mfu: float) -> None:
         geom = clip_geometry(cfg, chunks_for_seconds(sec, cfg.frames_per_chunk), 60, 104)
         print(f"  {sec:g} s: {geom.chunks} chunks x {geom.tokens_per_chunk} tokens, two-stream "
               f"{geom.two_stream_tokens} tokens")
+        flops = {}
         for strategy in ("teacher", "resampling"):
-            f = step_flops(cfg, geom, strategy)
+            flops[strategy] = f = step_flops(cfg, geom, strategy)
             share = f["forward_self_attention"] / f["training_forward"]
             print(f"    {strategy:<10} {f['model_step'] / 1e15:6.2f} PFLOP per clip (training forward "
                   f"{f['training_forward'] / 1e15:.2f}, self-attention {share:.0%} of it; resampling pass "
                   f"{f['resampling'] / 1e15:.2f}; recompute {f['recompute'] / 1e15:.2f}): "
                   f"{step_seconds(f['model_step'], 1, mfu):5.1f} s per clip on one H100 at {mfu:.0%} MFU")
+        record("memory_14b", f"{preset} RF / TF step FLOPs, {sec:g} s",
+               flops["resampling"]["model_step"] / flops["teacher"]["model_step"])
         dense = step_flops(cfg, geom, "teacher", dense_mask=True)
         print(f"    (a masked dense attention scores all S x S pairs: training forward "
               f"{dense['training_forward'] / 1e15:.2f} PFLOP, self-attention "
@@ -59,6 +67,7 @@ def measure(preset: str, seconds: list[float], strategies: list[str], gpus: int)
             parts = ", ".join(f"{k} {v / GIB:.1f}" for k, v in top)
             print(f"  measured {sec:g} s {strategy:<10} gpus={gpus}: peak {r['peak_gib']:6.1f} GiB per GPU "
                   f"({parts}) [{time.perf_counter() - t0:.0f} s on the CPU]", flush=True)
+            record("memory_14b", f"{preset} {strategy} peak per GPU, {sec:g} s, {gpus} GPU(s)", r["peak_gib"], "GiB")
 
 
 def main() -> None:

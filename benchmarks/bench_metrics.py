@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +23,9 @@ from resforce.metrics.frechet import frame_features
 from resforce.metrics.video import evaluate_generic
 from resforce.worlds.bouncing_balls.metrics import evaluate_bouncing_balls
 from resforce.worlds.bouncing_balls.simulator import render
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import record  # noqa: E402  (benchmarks/summary.py: the table `make bench` ends with)
 
 PALETTE = [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.4, 1.0), (1.0, 1.0, 0.0)]
 BG = (0.0, 0.0, 0.0)
@@ -54,6 +59,7 @@ def main() -> None:
     for name, t in rows:
         print(f"  {name:42s} {t * 1000:8.1f} ms")
     print(f"  {'total':42s} {sum(t for _, t in rows) * 1000:8.1f} ms")
+    record("metrics", f"render + metrics of {a.frames} frames", sum(t for _, t in rows) * 1000, "ms")
 
 
 if __name__ == "__main__":

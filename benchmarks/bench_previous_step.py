@@ -20,6 +20,9 @@ import torch
 from resforce.config import load_config
 from resforce.training.loop import Trainer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import record  # noqa: E402  (benchmarks/summary.py: the table `make bench` ends with)
+
 KINDS = {
     "resampling": ["stages.0.history.strategy=resampling", "stages.0.history.resample_shift=0.6"],
     "previous_step": ["stages.0.history.strategy=teacher", "stages.0.history.history_from_previous_step=true"],
@@ -37,7 +40,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     extra = []
     if a.tiny:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
         from tiny import TINY
         extra = TINY
     times = {k: [] for k in KINDS}
@@ -63,6 +66,8 @@ def main(argv=None):
           f"median of {a.steps} steps:")
     for k, v in med.items():
         print(f"  {k:14s} {v:.3f} s/step   ratio to resampling {v / med['resampling']:.2f}")
+    record("previous_step", "previous_step / resampling step", med["previous_step"] / med["resampling"])
+    record("previous_step", "teacher / resampling step", med["teacher"] / med["resampling"])
     print(f"previous_step / resampling step-time ratio: {med['previous_step'] / med['resampling']:.2f} "
           f"(new clips per step: previous_step {b - b // 2}, resampling {b})")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,9 @@ import numpy as np
 
 from resforce.worlds.video_folder import reader as videos
 from resforce.io.video_io import save_video
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import record  # noqa: E402  (benchmarks/summary.py: the table `make bench` ends with)
 
 
 def main() -> None:
@@ -43,6 +47,7 @@ def main() -> None:
     med = statistics.median(times)
     print(f"probe of {len(files)} files ({len(data) / 1e3:.0f} KB each): median {med:.2f} s "
           f"({1e3 * med / len(files):.2f} ms per file; passes: {', '.join(f'{t:.2f}' for t in times)})")
+    record("probe", f"header probe of {len(files)} files", med, "s")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,19 @@
 
 Prints the median step times, their ratio (goal <= 1.25) and what the resampling part
 costs. Steps of the two kinds are interleaved so background load hits both alike.
-Usage: python benchmarks/bench_resampling.py [--config configs/bb_resampling.yaml] [--steps 6]
+Torch threads: --threads, else OMP_NUM_THREADS, else 2 (two threads that share a core with
+other work wait for each other at every small op: use one there).
+Usage: python benchmarks/bench_resampling.py [--config configs/bb_resampling.yaml] [--steps 6] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -18,6 +23,9 @@ from resforce.history import HistoryConfig, build_history
 from resforce.loss import flow_matching_loss
 from resforce.model.dit import CausalVideoDiT
 from resforce.worlds import world_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import record  # noqa: E402  (benchmarks/summary.py: the table `make bench` ends with)
 
 
 def step(model, opt, cfg, clean, hist_cfg, gen):
@@ -36,7 +44,8 @@ def main():
     ap.add_argument("--config", default="configs/bb_resampling.yaml")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--chunks", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "").strip() or 2),
+                    help="torch threads (default: OMP_NUM_THREADS, else 2)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
@@ -64,6 +73,7 @@ def main():
     print(f"teacher-forcing step      {tf_m * 1000:8.1f} ms")
     print(f"resampling-forcing step   {rf_m * 1000:8.1f} ms   (of which resampling {rs_m * 1000:.1f} ms)")
     print(f"ratio RF / TF             {rf_m / tf_m:8.3f}   (goal <= 1.25)")
+    record("resampling", "RF / TF step", rf_m / tf_m, target="<= 1.25")
     print(f"resampling share of an RF step: {rs_m / rf_m:.1%}; the rest is the two-stream "
           f"forward + backward, identical in both")
 

@@ -16,6 +16,10 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import record  # noqa: E402  (benchmarks/summary.py: the table `make bench` ends with)
 
 CHILD = """
 import dataclasses, json, resource, sys, torch
@@ -58,6 +62,8 @@ def main() -> None:
         ratio = rows[(context, 1024)]["peak_mib"] / rows[(context, 64)]["peak_mib"]
         goal = "  (goal <= 1.10)" if context == "train" else ""
         print(f"{label}: peak memory 1024 / 64 chunks = {ratio:.2f}x{goal}")
+        record("rolling_memory", f"{label} peak memory, 1024 / 64 chunks", ratio,
+               target="<= 1.1" if context == "train" else None)
 
 
 if __name__ == "__main__":

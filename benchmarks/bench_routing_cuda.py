@@ -4,6 +4,9 @@ peak memory against the naive masked layout, and one layer at Wan2.1-1.3B's 5 s 
     PYTHONPATH=src python benchmarks/bench_routing_cuda.py            # CUDA
     PYTHONPATH=src python benchmarks/bench_routing_cuda.py --smoke    # tiny sizes, any device
 
+Without CUDA (and without --smoke) it prints one "skipped" line and exits 0, so `make bench`
+runs on the CPU; it records nothing for the summary table.
+
 1. fp32, TF32 off: grouped == naive (two-stream top-2 and window 2 + sink 1, forward and q/k/v
    gradients) and cached rollout == routed_reference, max abs errors printed.
 2. Host syncs: torch.cuda.set_sync_debug_mode("error") around building the layout and its
@@ -141,6 +144,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (any device): checks the script runs")
     args = ap.parse_args(argv)
+    if not torch.cuda.is_available() and not args.smoke:
+        print("bench_routing_cuda: skipped (no CUDA device; --smoke runs tiny sizes on the CPU)")
+        return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator(device=device).manual_seed(0)
     t0 = time.perf_counter()

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import weakref
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -30,6 +32,9 @@ from resforce.model.attention import (HistoryAttentionConfig, RoutedCachedLayout
                                     routed_reference, routed_two_stream_layout)
 from resforce.model.attention.routing_grouped import merge_routes
 from resforce.model.attention.varlen import attention_lse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import record  # noqa: E402  (benchmarks/summary.py: the table `make bench` ends with)
 
 HEADS, DIM = 4, 32
 TRAIN_SIZES = ((8, 32), (16, 32), (32, 32))  # (chunks N, tokens per chunk L): S = 512 .. 2048
@@ -114,6 +119,9 @@ def training_table(repeats: int, g: torch.Generator) -> None:
             (tn, mn), (tg, mg) = res["naive"], res["grouped"]
             print(f"{name:>10} {f'{n}x{L}':>8} {s:>6} | {tn:>9.1f} {tg:>10.1f} {tn / tg:>7.2f} | "
                   f"{mn:>9.1f} {mg:>11.1f} {mn / mg:>6.1f} | {s * s * 4 / 2**20:>12.1f}")
+            if (n, L) == TRAIN_SIZES[-1]:
+                record("routing_layouts", f"training {name}, S = {s}: naive / grouped time", tn / tg)
+                record("routing_layouts", f"training {name}, S = {s}: naive / grouped peak memory", mn / mg)
 
 
 def rollout_table(repeats: int, g: torch.Generator, topk: int = 2) -> None:
@@ -136,6 +144,9 @@ def rollout_table(repeats: int, g: torch.Generator, topk: int = 2) -> None:
                            "grouped": lambda: RoutedCachedLayout(cache, False, cfg).attend(0, q, k, v)}, repeats)
         (tn, mn), (tp, mp), (tg, mg) = res["naive"], res["per-token"], res["grouped"]
         print(f"{f'{n}x{L}':>9} | {tn:>9.1f} {tp:>12.1f} {tg:>10.1f} | {mn:>9.1f} {mp:>13.1f} {mg:>11.1f}")
+        if (n, L) == ROLLOUT_SIZES[-1]:
+            record("routing_layouts", f"rollout top-{topk}, {n} x {L}: per-token / grouped time", tp / tg)
+            record("routing_layouts", f"rollout top-{topk}, {n} x {L}: naive / grouped peak memory", mn / mg)
 
 
 def main(argv=None) -> None:

@@ -13,11 +13,16 @@ on the CPU by default; the first line checks that both give the same frames.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from resforce.wan.vae import StreamingDecoder, decode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from summary import record  # noqa: E402  (benchmarks/summary.py: the table `make bench` ends with)
 
 
 def main() -> None:
@@ -53,6 +58,7 @@ def main() -> None:
           f"{streamed.shape[3]}x{streamed.shape[4]})")
     print(f"{a.chunks} chunks: streaming {t1 - t0:.2f} s, re-decoding {t2 - t1:.2f} s "
           f"({(t2 - t1) / (t1 - t0):.1f}x; chunk decodes {a.chunks} vs {a.chunks * (a.chunks + 1) // 2})")
+    record("streaming_decode", f"re-decoding / streaming time, {a.chunks} chunks", (t2 - t1) / (t1 - t0))
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ they are given torch's own SDPA formulas (without that it counts no attention at
 
 Cost: 191 s of process CPU at 1 thread (289 s wall on a busy 2-core machine, of which dense
 rollout to 1024 chunks 140 s); elapsed wall and CPU time are printed. CPU only. On a busy
-machine use --threads 1: two OpenMP threads that wait for each other at every small op made a
-16-token rollout call 12x slower there (510 ms vs 42 ms, measured).
+machine use --threads 1 (or OMP_NUM_THREADS=1, the default's source): two OpenMP threads that
+wait for each other at every small op made a 16-token rollout call 12x slower there (510 ms vs
+42 ms, measured).
     python benchmarks/bench_throughput.py [--threads 2] [--json FILE] [--quick]
 """
 
@@ -74,6 +75,7 @@ from resforce.generation.session import training_context_chunks  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_detached_history as detached  # noqa: E402  (reused, not copied: the brief's rule)
+from summary import record  # noqa: E402  (benchmarks/summary.py: the table `make bench` ends with)
 
 aten = torch.ops.aten
 FLASH_CPU = (aten._scaled_dot_product_flash_attention_for_cpu,
@@ -283,6 +285,18 @@ def _rows(r: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def record_headlines(r: dict) -> None:
+    """The headline numbers for `make bench`'s summary table (benchmarks/summary.py)."""
+    record("throughput", "TF step MFU", 100 * r["mfu"]["mfu"], "%")
+    if "skipped" not in r["diffusers"]:
+        record("throughput", "ours / diffusers Wan, fwd+bwd time", r["diffusers"]["ratio_per_clip_t"])
+    n, ctx = max(r["roll_lengths"]), r["context"]
+    record("throughput", f"rollout frames/s rolling / dense, {n} chunks",
+           r["rollout_fps"][f"{n}/{ctx}"] / r["rollout_fps"][f"{n}/0"])
+    s = r["steps"]
+    record("throughput", "RF detached / TF two-stream step", s["RF detached"] / s["TF two-stream"], target="<= 0.9")
+
+
 def markdown(r: dict) -> str:
     lines = ["| quantity | value | detail |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in _rows(r)]
@@ -332,7 +346,8 @@ def measure(sz: Sizes, config: str, threads: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2, help="torch threads for everything (default 2)")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "").strip() or 2),
+                    help="torch threads for everything (default: OMP_NUM_THREADS, else 2)")
     ap.add_argument("--config", default="configs/bb_resampling.yaml",
                     help="model, batch and training context (RF's config; TF shares its model)")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write every number to FILE")
@@ -349,6 +364,7 @@ def main(argv=None):
           f"torch {torch.__version__}{', QUICK sizes' if args.quick else ''}; load average "
           f"{load[0]:.1f} -> {load[1]:.1f} on {result['cpus']} CPUs")
     print(markdown(result))
+    record_headlines(result)
     print(f"elapsed {result['elapsed_s']:.0f} s wall, {result['cpu_s']:.0f} s process CPU (imports included)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=str))
