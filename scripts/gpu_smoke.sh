@@ -53,7 +53,7 @@ if [ "$CUDA" = 1 ]; then
       tests/test_detached_history.py tests/test_bf16_routed.py -k "cuda or bf16"
   run "precision check" 120 "." $PY scripts/cuda_precision_check.py
   run "routed bf16 pass (CUDA)" 120 "routed bf16" $PY -c "$ROUTED_CUDA"
-  run "1.3B 5 s step (time, peak)" 240 "s/step|GiB" $PY benchmarks/gpu_wan_step.py --strategies resampling \
+  run "1.3B 5 s step (time, peak)" 240 "." $PY benchmarks/gpu_wan_step.py --strategies resampling \
       --warmup 1 --steps 1
   run "routing benchmark" 180 "." $PY benchmarks/bench_routing_cuda.py
   run "tiny prepare/train/generate" 180 "generate|train" $PY scripts/tiny_recipe_run.py --device cuda
