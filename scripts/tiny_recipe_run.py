@@ -1,5 +1,5 @@
 """The paper's recipe end to end at toy size: tiny random Wan VAE / umT5 folders
-(tests/latent_fixtures.py) -> `resforce prepare` -> the four stages of
+(tests/support/latent_fixtures.py) -> `resforce prepare` -> the four stages of
 configs/wan2.1_1.3b_rf.yaml in bf16 (teacher 5 s, resampling 5 s, resampling 15 s, routed 15 s,
 shrunk to a 2-layer model, 2-3 chunk clips, one step each) -> `resforce generate --prompt`.
 Prints one line per phase and exits non-zero on failure. Used by scripts/gpu_smoke.sh.
@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+sys.path.insert(0, str(ROOT / "tests" / "wan"))  # the shrunk four-stage recipe of test_recipe_bf16
 
 
 def main(argv=None) -> None:

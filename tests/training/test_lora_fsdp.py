@@ -16,12 +16,12 @@ import torch
 
 pytest.importorskip("peft", reason="peft is not installed (pip install -e '.[lora]')")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = str(ROOT / "configs" / "bb_resampling.yaml")
 
 
 def _overrides(run_dir, mode, *extra):
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
     from tiny import tiny
     return tiny(run_dir, "stages.0.steps=2", "stages.1.steps=2", "optim.grad_accum=2", "optim.lr=1e-2",
                 "optim.warmup_steps=0", "model.init=wan", "lora.rank=2", "lora.alpha=4",
@@ -65,5 +65,5 @@ def test_lora_under_fsdp_on_two_ranks(tmp_path):
 
 
 if __name__ == "__main__":  # run by torchrun from the test
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
     _driver(sys.argv[1])
