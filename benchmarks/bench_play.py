@@ -120,7 +120,7 @@ def instrument(model) -> Stopwatch:
 def encode(frames) -> bytes:
     """What the server does to a frame before sending it."""
     from resforce.play.sources import display_frames
-    from resforce.play.server import HEADER
+    from resforce.play.protocol import HEADER
 
     return b"".join(HEADER.pack(0, i, 0, 0, 1.0) + f.tobytes() for i, f in enumerate(display_frames(frames)))
 

@@ -22,8 +22,8 @@ from websockets.sync.client import connect  # noqa: E402
 from resforce.actions import ActionSpace  # noqa: E402
 from resforce.cli.main import build_parser, main  # noqa: E402
 from resforce.play.sources import WorldSource, display_frames  # noqa: E402
-from resforce.play.server import (HEADER, MAX_QUEUED_INPUTS, Controls, PlayServer, parse_message,  # noqa: E402
-                                  serving)
+from resforce.play.protocol import HEADER, MAX_QUEUED_INPUTS, Controls, parse_message  # noqa: E402
+from resforce.play.server import PlayServer, serving  # noqa: E402
 
 SPACE = ActionSpace(kind="discrete", n=3, names=["noop", "left", "right"], keys={"ArrowLeft": "left"}, default=0)
 

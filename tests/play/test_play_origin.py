@@ -18,7 +18,8 @@ from test_play import CountingSource, frame, frames_until  # noqa: E402
 
 from resforce.cli.main import main  # noqa: E402
 from resforce.play import server as play_server  # noqa: E402
-from resforce.play.server import MAX_MESSAGE_BYTES, PlayServer, check_origin, serving  # noqa: E402
+from resforce.play.protocol import MAX_MESSAGE_BYTES  # noqa: E402
+from resforce.play.server import PlayServer, check_origin, serving  # noqa: E402
 
 
 @pytest.fixture

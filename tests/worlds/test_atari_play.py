@@ -14,7 +14,7 @@ websockets = pytest.importorskip("websockets", reason="the test client needs web
 
 from websockets.sync.client import connect  # noqa: E402
 
-from resforce.play.server import HEADER  # noqa: E402
+from resforce.play.protocol import HEADER  # noqa: E402
 from resforce.play.sources import WorldSource, display_frames  # noqa: E402
 
 
