@@ -368,7 +368,8 @@ def _wan_fields(wan: str) -> dict:
     """The model fields of a Wan folder's config.json (ConfigError naming init.wan if unreadable)."""
     import dataclasses
 
-    from resforce.wan.transformer import WanConversionError, config_from_diffusers, read_wan_config
+    from resforce.wan.folder import read_wan_config
+    from resforce.wan.transformer import WanConversionError, config_from_diffusers
     try:
         folder, cfg_dict = read_wan_config(wan)
         fields = dataclasses.asdict(config_from_diffusers(cfg_dict))

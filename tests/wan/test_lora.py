@@ -100,7 +100,7 @@ def test_lora_starts_from_wan_weights(tmp_path):
     pytest.importorskip("diffusers")
     from test_wan_start import wan_config, write_wan
     from resforce.training.loop import Trainer
-    from resforce.wan.transformer import read_wan_state_dict
+    from resforce.wan.folder import read_wan_state_dict
 
     wan = write_wan(tmp_path / "wan")
     cfg = wan_config(tmp_path, wan, "r", "lora.rank=2", "parallel=none")

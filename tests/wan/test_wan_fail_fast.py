@@ -76,7 +76,8 @@ def test_weights_of_another_shape_are_named(tmp_path, no_model_built):
 def test_the_header_check_reads_no_tensor_data(tmp_path, monkeypatch):
     """check_wan_weights never calls safetensors' loader, and agrees with the full read."""
     import safetensors.torch
-    from resforce.wan.transformer import check_wan_weights, read_wan_shapes, read_wan_state_dict
+    from resforce.wan.folder import read_wan_state_dict
+    from resforce.wan.transformer import check_wan_weights, read_wan_shapes
 
     wan = write_wan(tmp_path / "wan")
     cfg = wan_config(tmp_path, wan, "r")

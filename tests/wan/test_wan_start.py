@@ -46,7 +46,7 @@ def wan_config(tmp: Path, wan: Path, run: str, *extra):
 
 
 def converted(wan: Path, cfg) -> dict:
-    from resforce.wan.transformer import read_wan_state_dict
+    from resforce.wan.folder import read_wan_state_dict
     return read_wan_state_dict(wan, cfg.model)
 
 
@@ -155,9 +155,9 @@ def _driver(out: str) -> None:
 
     from resforce.training import distributed as parallel
 
-    from resforce.training import loop as train
+    from resforce.training import state as train
 
-    from resforce.wan import transformer as wan_mod
+    from resforce.wan import folder as wan_mod
     from resforce.config import config_from_yaml
 
     out = Path(out)

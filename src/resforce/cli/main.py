@@ -17,7 +17,7 @@ def cmd_train(args) -> None:
     if init_from is not None:
         import json
 
-        from resforce.wan.transformer import is_wan_folder
+        from resforce.wan.folder import is_wan_folder
 
         if is_wan_folder(init_from):  # a diffusers Wan folder: its config.json sets the model's shape
             overrides, init_from = overrides + [f"init.wan={json.dumps(str(init_from))}"], None

@@ -47,7 +47,8 @@ def check_start(cfg: TrainConfig, init_from, resume: bool = True) -> None:
     (present, complete, keys and shapes fit the config), before any model is built or the run
     directory is created; a run that will resume from its own checkpoint does not read them.
     Called on every rank (after the process group is up); rank 0 reads the folder."""
-    from resforce.wan.transformer import check_wan_weights, is_wan_folder
+    from resforce.wan.folder import is_wan_folder
+    from resforce.wan.transformer import check_wan_weights
 
     if init_from is None:
         if cfg.init.wan is not None and not (resume and checkpoint_dirs(cfg.run_dir)):
@@ -154,7 +155,7 @@ class RunState:
         """Model and EMA from the Wan folder of init.wan (a new run: optimizer fresh, step 0).
         fsdp: rank 0 alone reads the folder and each tensor is broadcast, every rank keeping
         its shard; none/ddp: every rank reads it (each holds the full model anyway)."""
-        from resforce.wan.transformer import read_wan_state_dict
+        from resforce.wan.folder import read_wan_state_dict
 
         def read():
             sd = read_wan_state_dict(self.cfg.init.wan, self.cfg.model)

@@ -34,7 +34,7 @@ from resforce.wan.local import component_folder
 from resforce.model.dit import CausalVideoDiT, DiTConfig
 
 __all__ = ["config_from_diffusers", "convert_state_dict", "load_wan", "weight_dtype", "KEEP_IN_FP32",
-           "WanConversionError", "is_wan_folder", "read_wan_config", "read_wan_state_dict", "check_wan_weights",
+           "WanConversionError", "check_wan_weights",
            "read_wan_shapes"]
 
 
@@ -214,7 +214,7 @@ _WEIGHT_FILES = ("diffusion_pytorch_model{v}.safetensors", "diffusion_pytorch_mo
                  "model{v}.safetensors")
 
 
-def _resolve_dir(path: Path) -> Path:
+def resolve_dir(path: Path) -> Path:
     """The folder holding the transformer's config.json: `path` itself (or the folder of a file
     in it) or path/transformer (a Wan pipeline folder); the local-folder rule of wan/local.py."""
     if not path.exists():
@@ -224,7 +224,7 @@ def _resolve_dir(path: Path) -> Path:
                             "diffusers WanTransformer3DModel", "Wan folder")
 
 
-def _load_tensors(folder: Path, variant: str | None, load_file=None) -> dict[str, torch.Tensor]:
+def load_tensors(folder: Path, variant: str | None, load_file=None) -> dict[str, torch.Tensor]:
     """Every tensor of the folder's weight files (single or sharded); `load_file(path)` reads
     one .safetensors file (default: safetensors' load_file, on the CPU)."""
     if load_file is None:
@@ -292,7 +292,7 @@ _safetensors_header.header_only = True
 def read_wan_shapes(path, variant: str | None = None) -> dict[str, torch.Tensor]:
     """The raw (diffusers-named) tensors of a local Wan folder as meta tensors: names and shapes
     from the safetensors headers (a .bin is memory-mapped), no weights read or allocated."""
-    return _load_tensors(_resolve_dir(Path(path).expanduser()), variant, load_file=_safetensors_header)
+    return load_tensors(resolve_dir(Path(path).expanduser()), variant, load_file=_safetensors_header)
 
 
 def check_wan_weights(path, config: DiTConfig, variant: str | None = None) -> None:
@@ -301,7 +301,7 @@ def check_wan_weights(path, config: DiTConfig, variant: str | None = None) -> No
     safetensors headers only (milliseconds, no allocation), so the trainer calls it before it
     builds a model or creates the run directory. Raises FileNotFoundError or WanConversionError
     naming the folder and every mismatch."""
-    folder = _resolve_dir(Path(path).expanduser())
+    folder = resolve_dir(Path(path).expanduser())
     try:
         convert_state_dict(read_wan_shapes(folder, variant), config)
     except WanConversionError as e:
@@ -349,12 +349,12 @@ def load_wan(path_or_model, frames_per_chunk: int = 3, dtype: torch.dtype = torc
         cfg_dict, raw = _from_module(path_or_model)
         where = f"in-memory {type(path_or_model).__name__}"
     else:
-        folder = _resolve_dir(Path(path_or_model).expanduser())
+        folder = resolve_dir(Path(path_or_model).expanduser())
         try:
             cfg_dict = json.loads((folder / "config.json").read_text())
         except json.JSONDecodeError as e:
             raise WanConversionError(f"{str(folder / 'config.json')!r} is not valid JSON: {e}") from e
-        raw = _load_tensors(folder, variant)
+        raw = load_tensors(folder, variant)
         where = str(folder)
     try:
         config = config_from_diffusers(cfg_dict, frames_per_chunk=frames_per_chunk, **config_overrides)
@@ -369,35 +369,3 @@ def load_wan(path_or_model, frames_per_chunk: int = 3, dtype: torch.dtype = torc
     if leftover:  # cannot happen with strict=True unless the model grows non-persistent buffers
         raise RuntimeError(f"tensors left uninitialised after loading Wan weights: {leftover}")
     return model.eval()
-
-
-# ----------------------------------------------------------------------------- the trainer's start
-def is_wan_folder(path) -> bool:
-    """Whether `path` is a local diffusers Wan transformer (or pipeline) folder: a config.json
-    (there or in transformer/) naming WanTransformer3DModel. Resforce runs hold config.yaml."""
-    try:
-        folder = _resolve_dir(Path(path).expanduser())
-        return json.loads((folder / "config.json").read_text()).get("_class_name") == "WanTransformer3DModel"
-    except (OSError, ValueError):
-        return False
-
-
-def read_wan_config(path) -> tuple[Path, dict]:
-    """(transformer folder, its config.json as a dict) of a local Wan folder; nothing else is
-    read (the trainer takes the model's shape from it when its config loads)."""
-    folder = _resolve_dir(Path(path).expanduser())
-    try:
-        return folder, json.loads((folder / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise WanConversionError(f"{str(folder / 'config.json')!r} is not valid JSON: {e}") from e
-
-
-def read_wan_state_dict(path, config: DiTConfig, variant: str | None = None) -> dict[str, torch.Tensor]:
-    """The Wan weights of a local folder as a CausalVideoDiT state dict for `config`, on the
-    CPU in the file's dtype (loading casts them into the model's float32 parameters), checked
-    key by key and shape by shape (WanConversionError naming the folder and every mismatch)."""
-    folder = _resolve_dir(Path(path).expanduser())
-    try:
-        return convert_state_dict(_load_tensors(folder, variant), config)
-    except WanConversionError as e:
-        raise WanConversionError(f"{folder}: {e}") from None
