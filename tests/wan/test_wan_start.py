@@ -155,7 +155,8 @@ def _driver(out: str) -> None:
 
     from resforce.training import distributed as parallel
 
-    from resforce.training import state as train
+    from resforce.training import loop as train
+    from resforce.training import state as train_state
 
     from resforce.wan import folder as wan_mod
     from resforce.config import config_from_yaml
@@ -170,10 +171,10 @@ def _driver(out: str) -> None:
             return fn(*a, **k)
         return wrapper
 
-    monkey = [(wan_mod, "read_wan_state_dict"), (train, "load_checkpoint")]
+    monkey = [(wan_mod, "read_wan_state_dict"), (train_state, "load_checkpoint")]
     originals = {(m, n): getattr(m, n) for m, n in monkey}
     wan_mod.read_wan_state_dict = counted("wan", originals[(wan_mod, "read_wan_state_dict")])
-    train.load_checkpoint = counted("checkpoint", originals[(train, "load_checkpoint")])
+    train_state.load_checkpoint = counted("checkpoint", originals[(train_state, "load_checkpoint")])
 
     t = train.Trainer(cfg, progress=False)
     r = parallel.rank()
