@@ -265,8 +265,7 @@ def unsharded(model: nn.Module):
             m.set_reshard_after_forward(m is not model, recurse=False)
 
 
-GRAD_SYNCS = ("auto", "every", "last")
-"""optim.grad_sync: when gradient-accumulation micro-batches reduce their gradients."""
+from resforce.config.recipe import GRAD_SYNCS  # noqa: E402  (the recipe owns the choices)
 
 
 def skips_grad_sync(mode: str, grad_sync: str, micro: int, grad_accum: int) -> bool:
