@@ -9,7 +9,7 @@ The empty prompt. A text model trained on a world without text (bouncing balls, 
 videos) sees `empty_prompt(...)`: zeros of (text_len, text_dim). It is a STAND-IN until real
 umT5 embeddings arrive with the latents data: Wan's own unconditional input is the umT5
 embedding of "" (one end-of-sequence token, then zero padding), which only a text encoder
-can make. The stand-in is used the same way in training and in generation (sampling.py), so
+can make. The stand-in is used the same way in training and in generation (generation/generate.py), so
 a run trained on it generates with what it was trained on. Why not an error: today's worlds
 have no text at all, and a text model fine-tuned without prompts is a real use (Wan knows an
 empty prompt from its caption dropout); the trainer warns once, naming the fields.

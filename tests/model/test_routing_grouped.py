@@ -1,4 +1,4 @@
-"""Routing without S x S tensors: the grouped layouts (routing_grouped.py, varlen_attention.py)
+"""Routing without S x S tensors: the grouped layouts (routing_grouped.py, model/attention/varlen.py)
 equal the naive masked reference (routing_naive.py) forward and backward, in the tiny
 model's two-stream loss too, and allocate no (S, S)-sized tensor nor keys per query token
 (the numel of every op output is recorded under a TorchDispatchMode). Seconds in all."""

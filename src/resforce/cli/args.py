@@ -1,4 +1,4 @@
-"""Argument helpers shared by the `resforce` commands (cli.py, cli_eval.py, cli_score.py):
+"""Argument helpers shared by the `resforce` commands (cli/main.py, cli/eval.py, cli/score.py):
 flags in, library option objects out."""
 
 from __future__ import annotations

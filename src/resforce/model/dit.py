@@ -168,7 +168,7 @@ class CausalVideoDiT(nn.Module):
         two-stream training pass: noisy chunk i sees history chunks < i and itself.
         With `history_kv` instead (a KVCache of the history chunks' keys/values, made without
         gradient: `write_history`, or self-resampling's cache) it is the detached-history
-        training pass: the same attention pattern, only x's tokens run (detached_layout.py).
+        training pass: the same attention pattern, only x's tokens run (model/attention/detached.py).
         Without either, x is one block-causal stream: chunk i sees chunks <= i.
         `attention`: the history attention policy (AttentionPolicy: routed top-k or window
         layouts, via its `masked(kind, ...)`); None = dense.

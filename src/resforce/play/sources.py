@@ -1,6 +1,6 @@
 """What `resforce play` plays: a FrameSource makes frames one action at a time.
 
-The play server (play_server.py) knows only this protocol, so the same page plays the
+The play server (play/server.py) knows only this protocol, so the same page plays the
 ground truth of a built-in world (`WorldSource`: the world's simulator, for comparison and to
 develop without a trained model) and a trained world model (`ModelSource`: an
 InteractiveSession rolling out chunk by chunk over a rolling KV cache).

@@ -15,7 +15,7 @@ warning; a step whose loss or gradient is NaN/inf is skipped (weights, optimizer
 untouched), and more than `max_nonfinite_skips` in a row stop the run with an error naming the
 step; checkpoints are never written with NaN/inf in them (checkpoint.py).
 
-Under torchrun (cfg.parallel, see parallel.py) every rank runs this loop on its share of the
+Under torchrun (cfg.parallel, see training/distributed.py) every rank runs this loop on its share of the
 global batch (optim.batch_size / ranks per step) with its own data and noise streams (seeds
 offset by rank * parallel.RANK_SEED_STRIDE; rank 0's are the single-process streams). A
 checkpoint holds the full (unsharded) weights, EMA and optimizer state, written by rank 0,
@@ -25,7 +25,7 @@ re-derived from (seed, step, rank). The EMA is kept in the layout of the online 
 on every rank (none/ddp), sharded like the model (fsdp), so its update is local.
 
 Starting points: random weights (seeded), a checkpoint (resume, --init-from), or a local Wan
-folder (init.wan; wan.py). When the weights will be loaded, the model and EMA are built on the
+folder (init.wan; wan/transformer.py). When the weights will be loaded, the model and EMA are built on the
 meta device, sharded (fsdp), and only then allocated, so under fsdp no rank ever holds them in
 full on its device; rank 0 alone reads the checkpoint or Wan folder (on the CPU) and each
 tensor is broadcast, every rank keeping its shard (parallel.load_full_state_dict). A noise

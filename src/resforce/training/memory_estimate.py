@@ -8,7 +8,7 @@ the whole model (Wan2.1-1.3B or 14B) and a 196k-token step fit on a laptop. torc
 and keep the peak, broken down into parameters, gradients, optimizer state, activations,
 temporaries (backward) and FSDP's all-gather / reduce-scatter buffers.
 
-The step is the trainer's (train.py `train_step`), built from the same functions, so a
+The step is the trainer's (training/loop.py `train_step`), built from the same functions, so a
 change to the model, the attention layouts, checkpointing or FSDP wrapping shows up here:
   model (fp32 master weights) + EMA (fp32, sharded like the model under FSDP)
   -> parallel.apply_activation_checkpointing(model, mode) -> parallel.wrap_model
@@ -171,7 +171,7 @@ def _autocast(precision: str):
 
 
 def _train_step(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, raw, wrapped, opt, tracker) -> int:
-    """train.py's step: per micro-batch history, two-stream loss, backward (gradient sync as
+    """training/loop.py's step: per micro-batch history, two-stream loss, backward (gradient sync as
     the trainer does it), then clip and AdamW. (The EMA update that follows is in place and
     allocates nothing: see _measure.) Returns the peak while the history was built (the
     resampling pass and its KV cache)."""

@@ -49,4 +49,4 @@ class HistoryAttentionConfig:
         # temporal / low-frequency components; we accept this (the paper does not say).
         if self.descriptor != "post_rope":
             raise NotImplementedError(f"history_attention.descriptor={self.descriptor!r}: only "
-                                      f"'post_rope' is implemented (see history_attention_config.py)")
+                                      f"'post_rope' is implemented (see model/attention/config.py)")

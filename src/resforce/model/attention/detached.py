@@ -8,7 +8,7 @@ WITHOUT gradient, so only the noisy half of the tokens runs with autograd:
   history stream of the two-stream pass does, so the cache holds what that stream computes.
   (Self-resampling's cache already holds them; the trainer reuses it, see detached_history.py.)
 - `DetachedLayout`: the training pass over the noisy chunks only; noisy chunk i sees cached
-  history chunks < i plus its own keys (`detached_attention`: chunk_attention.py's
+  history chunks < i plus its own keys (`detached_attention`: model/attention/chunked.py's
   block-sparse kernel under a (N, 2N - 1) chunk mask; `detached_attention_reference`, one
   SDPA call per chunk, is the naive reference and the routed path).
 - `HistoryDetachedTwoStream`: the naive reference, the two-stream layout with the history

@@ -10,7 +10,7 @@ A transformer block computes q, k, v (after RoPE) and hands them to `layout.atte
 q, k, v)`; the layout decides which keys each query may see. Layouts never hold weights.
 
 Backends for the masked layouts (a) and (c), all computing the same numbers:
-- "chunked" (default): chunk_attention.py, block-sparse. Only the allowed (query chunk, key
+- "chunked" (default): model/attention/chunked.py, block-sparse. Only the allowed (query chunk, key
   chunk) tiles are computed, by flash kernels merged by log-sum-exp, forward and backward;
   no tensor of size S x S (S = tokens) exists. CPU and CUDA.
 - "sdpa": the naive reference. The chunk mask expanded to an (S, S) boolean token mask and

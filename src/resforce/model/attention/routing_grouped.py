@@ -6,7 +6,7 @@ window mode's fixed chunks) plus its own chunk. Instead of a (B, heads, S, S) ma
 reference, routing_naive.py) or keys gathered per query token:
 1. each route (b, head, token, s) names one key chunk row (b, head, j);
 2. the routes are sorted by that row, so every key chunk gets the run of queries that chose
-   it, and each run attends to its chunk's L keys (varlen_attention.py: gather queries, not
+   it, and each run attends to its chunk's L keys (model/attention/varlen.py: gather queries, not
    keys) giving (out, lse) per route;
 3. the routes go back to their tokens and a token's routes merge by log-sum-exp in float32,
    which is one softmax over the union of its chunks, i.e. exactly the naive masked softmax.

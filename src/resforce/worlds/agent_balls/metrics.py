@@ -15,7 +15,7 @@ d the measured displacement:
 sticky random action stream (CHANCE_SEED) of the world's policy: what a model that ignores
 the actions scores.
 
-Persistence. The balls and the agent are the bouncing-balls metrics' (ball_metrics.py) with
+Persistence. The balls and the agent are the bouncing-balls metrics' (worlds/bouncing_balls/metrics.py) with
 the agent's colour added to the palette: `count_error`, `lost`, `spawned`, `identity_error`
 (collapse-aware: a vanished object is lost), `color_integrity`, `background_noise`.
 """

@@ -1,7 +1,7 @@
 """The built-in controllable world: an agent the actions move, among bouncing balls
 (data/agent_balls.py simulates it).
 
-Scored on two things (agent_metrics.py): whether the agent moves as commanded (action
+Scored on two things (worlds/agent_balls/metrics.py): whether the agent moves as commanded (action
 following, with a chance baseline) and whether the balls and the agent persist (the
 bouncing-balls identity metrics, which count a vanished object as lost). A play server drives
 its ground truth with `simulator(seed)`; `action_space` says what the actions are.

@@ -1,7 +1,7 @@
 """The built-in procedural world: bouncing balls (data/worlds.py simulates it).
 
 Scored against what the world allows (ball count, colour, size, shape, background, steady
-motion; ball_metrics.py) and, where the world states are known, against them; the generic
+motion; worlds/bouncing_balls/metrics.py) and, where the world states are known, against them; the generic
 metrics get a ``generic_`` prefix.
 """
 
