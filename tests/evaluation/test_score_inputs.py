@@ -12,6 +12,7 @@ import pytest
 import resforce
 from resforce.cli.main import main
 from resforce.cli.score import _run_config, score_files
+from cli_errors import cli_error  # noqa: E402
 
 SHIPPED = Path(resforce.__file__).parent / "assets" / "demo" / "teacher_forcing.safetensors"
 CODEC_TOLERANCE = 0.02
@@ -42,13 +43,6 @@ def rows_failure(paths, cfg):
     return ev, notes
 
 
-def cli_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def mean_failure(ev) -> float:

@@ -23,6 +23,7 @@ from resforce.model import dit
 from resforce.training.checkpoint import CheckpointDamaged, latest_checkpoint, load_checkpoint
 from resforce.training.loop import Trainer, train
 from tiny import tiny
+from cli_errors import cli_error  # noqa: E402
 
 RECIPE = "configs/bb_teacher.yaml"
 
@@ -57,13 +58,6 @@ def crafted(path: Path, config_yaml: str | None, tensors: dict | None = None, ex
     return path
 
 
-def cli_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture
