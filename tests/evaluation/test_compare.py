@@ -56,7 +56,7 @@ def test_compare_writes_page_with_every_asset(runs, tmp_path):
     assert "failure (bouncing balls" in html and "drift_vs_horizon" not in html
     # the page leads with a verdict computed from the paired numbers of the last segment
     assert '<p class="verdict">At ' in html and "RF − TF = " in html and "shared rollouts" in html
-    assert "ball-count error" in html and "given balls lost per frame" in html
+    assert "ball-count error" in html and "identity error" in html
     import av
     with av.open(str(out / "rf.mp4")) as f:  # large: each 8 px sample upscaled to 128 px
         assert f.streams.video[0].width >= 2 * 128  # 2 samples side by side
@@ -95,19 +95,19 @@ def test_verdict_is_computed_from_paired_numbers():
     def paired_verdict(evs):
         return verdict(evs, BouncingBallsWorld.verdict_metrics)
 
-    def ev(name, count, lost=None):
+    def ev(name, count, identity=None):
         segs = {"count_error": [[0.0, x] for x in count]}
-        if lost is not None:
-            segs["lost"] = [[0.0, x] for x in lost]
+        if identity is not None:
+            segs["identity_error"] = [[0.0, x] for x in identity]
         return SimpleNamespace(name=name, per_sample_segments=lambda: segs, rows=[{"start": 0, "end": 8},
                                {"start": 8, "end": 16}], generated=SimpleNamespace(train_frames=4))
 
-    tf = ev("TF", [1.0, 0.9, 1.1, 1.0], lost=[1.0, 1.0, 1.0, 1.0])
-    rf = ev("RF", [0.2, 0.3, 0.1, 0.2], lost=[1.3, 0.6, 1.4, 0.7])
+    tf = ev("TF", [1.0, 0.9, 1.1, 1.0], identity=[1.0, 1.0, 1.0, 1.0])
+    rf = ev("RF", [0.2, 0.3, 0.1, 0.2], identity=[1.3, 0.6, 1.4, 0.7])
     line = paired_verdict([tf, rf])
     assert line.startswith("At 4x the training length (frames 8-16, 4 shared rollouts, ± s.e.): ")
     assert "RF keeps the number of balls better (ball-count error RF 0.20, TF 1.00, paired RF − TF = -0.80 ± 0.08)" in line
-    assert "; no clear difference in given balls lost per frame" in line
+    assert "; no clear difference in identity error" in line
     swapped = paired_verdict([rf, tf])  # the order of the pair changes the sign, not the winner
     assert "RF keeps the number of balls better" in swapped and "TF − RF = +0.80" in swapped
     assert paired_verdict([tf]) == "" and paired_verdict([tf, ev("RF", [0.1])]) == ""

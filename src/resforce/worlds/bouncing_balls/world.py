@@ -36,7 +36,8 @@ class BouncingBallsWorld(World):
                           "background_noise", "position_error")
     summary_definition = FAILURE_DEFINITION
     verdict_metrics = {"count_error": ("keeps the number of balls better", "ball-count error"),
-                       "lost": ("keeps more of the given balls (same colour)", "given balls lost per frame")}
+                       "identity_error": ("keeps the balls' identity better (a recoloured ball is lost and spawned)",
+                                          "identity error")}
     title = "bouncing balls"
     scores_files = True
 
