@@ -140,3 +140,13 @@ def test_a_rollout_that_cannot_fit_in_memory_is_refused_up_front(tmp_path, capsy
 def test_eval_names_samples_when_its_rollout_cannot_fit(tmp_path, capsys):
     err = cli_error(["eval", str(SHIPPED), "--samples", "100000", "--chunks", "10000000"], capsys)
     assert "--samples 100000 x --chunks 10000000: the rollout needs about" in err
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 8, 16, 16), (3, 0, 16, 16), (3, 4, 0, 16)])
+def test_an_empty_video_array_is_named(tmp_path, capsys, shape):
+    """An empty batch, no frames or no rows: one error line naming the file and its shape, not
+    numpy's 'zero-size array to reduction operation'."""
+    v = tmp_path / "empty.npy"
+    np.save(v, np.zeros(shape, np.float32))
+    err = cli_error(["score", str(v), "--run", str(SHIPPED)], capsys)
+    assert f"{v}: an empty video array of shape {shape}" in err

@@ -34,6 +34,9 @@ def load_video_array(path: Path) -> np.ndarray:
                          f"saved with numpy.save (C,F,H,W) or (M,C,F,H,W); object arrays are never loaded") from None
     if a.ndim not in (4, 5):
         raise ValueError(f"{path}: expected a video (C,F,H,W) or (F,H,W,C), or a batch of them; got shape {a.shape}")
+    if 0 in a.shape:
+        raise ValueError(f"{path}: an empty video array of shape {a.shape}: expected at least one sample of at "
+                         f"least one frame of at least 1x1 pixel")
     if a.ndim == 4:
         a = a[None]
     if a.shape[1] not in (1, 3) and a.shape[-1] in (1, 3):

@@ -90,6 +90,9 @@ def load_video(path: str | os.PathLike) -> torch.Tensor:
                              f"(C, F, H, W) float array saved with numpy.save; object arrays are never loaded") from None
         if array.ndim != 4:
             raise ValueError(f"{str(path)!r}: expected a (C, F, H, W) array, got shape {array.shape}")
+        if 0 in array.shape:
+            raise ValueError(f"{str(path)!r}: an empty video of shape {array.shape}: expected at least one frame "
+                             f"of at least 1x1 pixel")
         return torch.from_numpy(array.astype(np.float32, copy=False))
     pixels = _decode_all(path)  # (F, H, W, 3) uint8
     video = pixels.astype(np.float32).transpose(3, 0, 1, 2) / 127.5 - 1.0
