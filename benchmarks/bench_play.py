@@ -136,7 +136,7 @@ def play(model, cfg, steps: int, frames: int, memo: bool = True, cfg_scale: floa
     memo = memoize_conditioning(model) if memo else None
     session = InteractiveSession(model, cfg, steps=steps, seed=0, cfg_scale=cfg_scale)
     actions = ["left", "left", "up", "noop", "right", "down"]
-    for i in range(max(5, session.context)):  # warm up and fill the rolling context
+    for i in range(max(5, session.context_chunks)):  # warm up and fill the rolling context
         session.step(actions[i % len(actions)])
     watch = instrument(model)
     enc = 0.0
