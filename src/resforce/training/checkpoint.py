@@ -213,7 +213,7 @@ def _load_legacy_state(path: Path) -> dict:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # UnpicklingError, EOFError, RuntimeError (zip), ... : all "not data"
-        # torch's own message suggests weights_only=False (which would run the file's code): never forwarded
+        # torch's own message suggests turning the weights-only check off (which would run the file's code): never forwarded
         raise DamagedFileError(f"{path} (a pickled state from an older version) was refused by torch's "
                                f"weights_only loader ({type(e).__name__}): it holds something other than tensors "
                                f"and plain containers, or is damaged; it is never loaded any other way") from None
