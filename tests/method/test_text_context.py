@@ -59,7 +59,8 @@ class TextStream:
 def test_a_text_model_trains_two_steps_on_a_world_without_text(tmp_path, strategy):
     """TF then RF (self- or parallel resampling): no error, the empty-prompt warning once,
     finite losses, cross-attention weights that moved; generation uses the same stand-in."""
-    from resforce.training.checkpoint import latest_checkpoint, load_checkpoint, load_model
+    from resforce.io.weights import load_model
+    from resforce.training.checkpoint import latest_checkpoint, load_checkpoint
     from resforce.model.attention.policy import AttentionPolicy
     from resforce.model.dit import build_model
     from resforce.rollout import rollout

@@ -258,7 +258,7 @@ def test_old_sdpa_checkpoint_loads_and_agrees():
     the chunked backend gives it the same velocities."""
     from pathlib import Path
 
-    from resforce.training.checkpoint import load_model
+    from resforce.io.weights import load_model
 
     demo = Path(__file__).parents[2] / "src/resforce/assets/demo/teacher_forcing.safetensors"
     model, cfg = load_model(demo)

@@ -44,7 +44,7 @@ def _driver(mode: str, out: str) -> None:
     from torch.distributed.tensor import DTensor
 
     from resforce.training import distributed as parallel
-    from resforce.training.checkpoint import load_model
+    from resforce.io.weights import load_model
     from resforce.config import load_config
     from resforce.history import autoregressive_resample
     from resforce.training.loop import Trainer

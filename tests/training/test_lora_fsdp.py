@@ -41,7 +41,8 @@ def _driver(out: str) -> None:
 def test_lora_under_fsdp_on_two_ranks(tmp_path):
     from resforce.config import load_config
     from resforce.model.lora import is_adapter
-    from resforce.training.checkpoint import latest_checkpoint, load_checkpoint, load_model
+    from resforce.io.weights import load_model
+    from resforce.training.checkpoint import latest_checkpoint, load_checkpoint
     from resforce.training.loop import Trainer
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}

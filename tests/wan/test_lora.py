@@ -77,7 +77,7 @@ def test_export_adapters_and_merged_and_generate(tmp_path, capsys):
     from safetensors import safe_open
 
     from resforce.cli.main import main
-    from resforce.training.checkpoint import load_model
+    from resforce.io.weights import load_model
     from resforce.training.loop import train
 
     run = train(_cfg(tmp_path), progress=False)

@@ -129,7 +129,7 @@ class ModelSource:
             kwargs["steps"] = steps
         if prefix is None:
             return cls(InteractiveSession.from_run(run, **kwargs), f"RUN {run}", cfg_scale)
-        from resforce.training.checkpoint import load_model
+        from resforce.io.weights import load_model
         from resforce.worlds import world_of
 
         model, cfg = load_model(run, "cpu", True)

@@ -33,9 +33,8 @@ import torch
 from safetensors import SafetensorError
 
 from resforce.io.fileio import atomic_write, fsync_dir
-from resforce.io.weights import (CKPT_DIR, STEP_DIR, DamagedFileError, WeightsMismatch, checkpoint_dirs,  # noqa: F401
-                                 export_weights, first_nonfinite, latest_checkpoint, load_model, read_weights,
-                                 resolve_weights, save_weights, step_of)
+from resforce.io.weights import (CKPT_DIR, DamagedFileError, WeightsMismatch, checkpoint_dirs, first_nonfinite,
+                                 latest_checkpoint, read_weights, save_weights)
 from resforce.io.weights import check_fits as _check_fits
 from resforce.training.statefile import load_state, save_state, split_state, verify_checksums
 
