@@ -190,6 +190,10 @@ def test_one_rank_group_matches_single_process(tmp_path, one_rank_group, mode):
     t = Trainer(cfg("dist", mode), progress=False)
     from resforce.training import distributed as parallel
     assert t.parallel == mode and parallel.is_distributed() and parallel.world_size() == 1
+    # one model handle: data parallelism is applied in place, no wrapper and no name prefix
+    from resforce.model.dit import CausalVideoDiT
+    assert isinstance(t.model, CausalVideoDiT) and hasattr(t.model, "set_requires_gradient_sync")
+    assert not hasattr(t, "wrapped") and not any(k.startswith("module.") for k in t.model.state_dict())
     t.run(stop_at=2)
     Trainer(cfg("dist", mode), progress=False).run()  # resume inside the resampling stage
     m_dist = _ckpt_step(tmp_path / "dist", 3)

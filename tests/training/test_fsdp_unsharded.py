@@ -60,7 +60,7 @@ def _sharded_model():
     model = build_model(preset="test", patch_size=(1, 4, 4), text_dim=8)
     for p in model.parameters():  # the zero-initialised gates would hide the history
         p.data.normal_(0, 0.2)
-    parallel.wrap_model(model, "fsdp", torch.device("cpu"))
+    parallel.apply_data_parallel(model, "fsdp", torch.device("cpu"))
     return model
 
 

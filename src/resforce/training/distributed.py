@@ -6,30 +6,29 @@ The model code (model/dit.py) knows nothing of this module; the trainer asks it 
    environment), initialise the default process group - NCCL when the device is CUDA (each
    rank takes the GPU of its LOCAL_RANK), Gloo on the CPU - and resolve the mode;
 2. after activation checkpointing (activation_checkpoint.py) is applied,
-   `wrap_model(model, mode, device)`: "none" returns the model; "ddp" wraps it in
-   `DistributedDataParallel`; "fsdp" applies FSDP2 `fully_shard` to every transformer block
-   and then to the root, in place;
-   A model built on the meta device (weights to be loaded) is allocated by `wrap_model`
-   after sharding (`allocate`), so each rank only ever allocates its shards;
+   `apply_data_parallel(model, mode, device)`, in place, torchtitan's composable way: "none"
+   leaves the model as it is; "ddp" applies `replicate` (DDP's gradient all-reduce as hooks on
+   the module itself); "fsdp" applies FSDP2 `fully_shard` to every transformer block and then
+   to the root. A model built on the meta device (weights to be loaded) is allocated after
+   sharding (`allocate`), so each rank only ever allocates its shards;
 3. save and load *full* (unsharded) state dicts, so a checkpoint of a 2-rank FSDP run is the
    same file a single-process run writes (`full_state_dict`, `load_full_state_dict`,
    `full_optim_state_dict`, `load_full_optim_state_dict`). Under fsdp only rank 0 holds the
    full state, on the CPU: saving gathers to it (cpu_offload), loading broadcasts from it
    tensor by tensor (broadcast_from_rank0), each rank keeping its shard on its own device.
 
-Non-forward calls. The history strategies call `model.forward_chunk(...)` and
-`model.write_cache(...)` (and `model(...)`) on the *raw* model under no_grad, and read
-`model.config`. The trainer therefore keeps two handles:
-- `raw`: the CausalVideoDiT itself. For DDP it is `ddp.module` (plain parameters, identical on
-  every rank, nothing to synchronise in a no-grad pass). For FSDP2 it is the model after
-  `fully_shard`, which mutates the module in place; `wrap_model` registers forward_chunk and
-  write_cache with `register_fsdp_forward_method`, so they run FSDP's pre/post-forward hooks
-  like `forward` does: the root's parameters (patch embedding, condition embedder, head) are
-  all-gathered before the call, each block all-gathers its own as it is entered (its own
-  hooks) and reshards after it. Without this the root-level layers would see sharded
-  DTensor parameters and fail.
-- the wrapped module, for the training forward (loss) only. The DDP wrapper here forwards
-  unknown attributes to the wrapped module, so `wrapped.config` works as on the raw model.
+One model handle. Both APIs change the module in place, so the trainer holds one object, the
+CausalVideoDiT itself, for the training forward, the history passes, `.config` and state
+dicts; no wrapper, no module prefix in parameter names. The history strategies call
+`model.forward_chunk(...)`, `model.write_cache(...)` and `model(...)` under no_grad:
+- ddp: the parameters are plain and identical on every rank; DDP's hooks do nothing without
+  gradient, so nothing is synchronised in these passes.
+- fsdp: `apply_data_parallel` registers forward_chunk, write_cache and write_history with
+  `register_fsdp_forward_method`, so they run FSDP's pre/post-forward hooks like `forward`
+  does: the root's parameters (patch embedding, condition embedder, head) are all-gathered
+  before the call, each block all-gathers its own as it is entered (its own hooks) and
+  reshards after it. Without this the root-level layers would see sharded DTensor
+  parameters and fail.
 
 Gradient averaging: DDP all-reduces and FSDP2 reduce-scatters the *mean* gradient over ranks;
 with the same local batch on every rank that is the gradient of the mean loss over the global
@@ -166,38 +165,29 @@ def to_floats(*xs) -> list[float]:
 
 
 # ----------------------------------------------------------------------------- wrapping
-class _DDP(nn.parallel.DistributedDataParallel):
-    """DistributedDataParallel whose unknown attributes (e.g. `.config`) come from the module."""
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.module, name)
-
-
 FORWARD_METHODS = ("forward_chunk", "write_cache", "write_history")
 """Methods other than forward that run the model; FSDP2 must unshard around them."""
 
 
-def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None,
-               forward_methods=FORWARD_METHODS, mesh=None) -> nn.Module:
-    """The module to run the training forward on.
+def apply_data_parallel(model: nn.Module, mode: str, device: torch.device | None = None,
+                        forward_methods=FORWARD_METHODS, mesh=None) -> nn.Module:
+    """Make `model` train data-parallel, in place; returns `model` itself (one handle).
 
-    none: `model`. ddp: DistributedDataParallel(model) (the raw model stays `model`; parameters
-    are broadcast from rank 0 at construction). fsdp: FSDP2 on a 1-D mesh of all ranks,
-    `fully_shard` per block of `model.blocks`, then the root, in place (so the return value IS
-    `model`); `forward_methods` are registered as FSDP forward methods. Build the optimizer
-    AFTER wrapping: fully_shard replaces the parameters by sharded DTensors. `mesh`: a device
+    none: nothing. ddp: composable `replicate` (DDP as hooks on the module: gradients are
+    all-reduced in backward; the parameters are broadcast from rank 0 at the first forward).
+    fsdp: FSDP2 on a 1-D mesh of all ranks, `fully_shard` per block of `model.blocks`, then
+    the root; `forward_methods` are registered as FSDP forward methods. Build the optimizer
+    AFTER this: fully_shard replaces the parameters by sharded DTensors. `mesh`: a device
     mesh built beforehand (memory_estimate builds it outside FakeTensorMode); default: all ranks."""
     if mode not in ("none", "ddp", "fsdp"):
-        raise ValueError(f"wrap_model mode must be none, ddp or fsdp, got {mode!r}")
+        raise ValueError(f"apply_data_parallel mode must be none, ddp or fsdp, got {mode!r}")
     device = device or next(model.parameters()).device
     if mode == "none":
         return allocate(model, device)
     if mode == "ddp":
-        ids = [device.index] if device.type == "cuda" else None  # cuda: untested here
-        return _DDP(allocate(model, device), device_ids=ids)
+        from torch.distributed._composable.replicate import replicate  # torchtitan's DDP
+
+        return replicate(allocate(model, device), device_id=device)  # cuda: untested here
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
@@ -229,7 +219,7 @@ def shard_like_model(module: nn.Module, mode: str, device: torch.device | None =
     full otherwise (DDP / none: every rank holds the full, identical EMA). A module on the
     meta device is allocated after sharding, so under fsdp no rank ever holds it in full."""
     if mode == "fsdp":
-        return wrap_model(module, "fsdp", device, forward_methods=(), mesh=mesh)
+        return apply_data_parallel(module, "fsdp", device, forward_methods=(), mesh=mesh)
     return allocate(module, device or next(module.parameters()).device)
 
 
@@ -243,7 +233,7 @@ def unsharded(model: nn.Module):
     meanwhile (its fp32 weights: 5.3 GiB for Wan2.1-1.3B; 53 GiB for 14B, too many there).
 
     Every FSDP module is unsharded up front and told not to reshard after its forward; on
-    exit all are resharded and get back fully_shard's default as wrap_model applies it
+    exit all are resharded and get back fully_shard's default as apply_data_parallel applies it
     (reshard_after_forward=None: the root keeps its parameters after forward, every block
     reshards). The gathered values are the ones each call would gather, so outputs are
     bitwise those of the per-call gathers. Any other model (none / ddp): nothing happens."""
@@ -282,22 +272,18 @@ def skips_grad_sync(mode: str, grad_sync: str, micro: int, grad_accum: int) -> b
 
 
 @contextlib.contextmanager
-def no_grad_sync(wrapped: nn.Module, skip: bool):
+def no_grad_sync(model: nn.Module, skip: bool):
     """Skip the gradient all-reduce / reduce-scatter inside (gradient-accumulation micro-batches
-    but the last); the gradients still accumulate locally and sync on the last one."""
-    if not skip:
+    but the last); the gradients still accumulate locally and sync on the last one. Both
+    replicate (ddp) and fully_shard (fsdp) give the module `set_requires_gradient_sync`."""
+    if not skip or not hasattr(model, "set_requires_gradient_sync"):
         yield
-    elif isinstance(wrapped, nn.parallel.DistributedDataParallel):
-        with wrapped.no_sync():
-            yield
-    elif hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
-        wrapped.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            wrapped.set_requires_gradient_sync(True)
-    else:
+        return
+    model.set_requires_gradient_sync(False)
+    try:
         yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 # ----------------------------------------------------------------------------- state dicts
@@ -367,6 +353,6 @@ def load_full_optim_state_dict(model: nn.Module, opt: torch.optim.Optimizer, sd:
 __all__ = ["MODES", "RANK_SEED_STRIDE", "launched_by_torchrun", "env_world_size", "is_distributed",
            "world_size", "rank", "local_rank", "is_main", "barrier", "resolve_mode", "setup",
            "shutdown", "gather_objects", "broadcast_object", "to_floats",
-           "mean_over_ranks", "wrap_model", "allocate", "shard_like_model", "unsharded", "GRAD_SYNCS",
+           "mean_over_ranks", "apply_data_parallel", "allocate", "shard_like_model", "unsharded", "GRAD_SYNCS",
            "skips_grad_sync", "no_grad_sync", "full_state_dict",
            "load_full_state_dict", "full_optim_state_dict", "load_full_optim_state_dict"]

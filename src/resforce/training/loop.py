@@ -136,7 +136,7 @@ class Trainer(RunState):
         micro = o.batch_size // o.grad_accum // self.world
         t0 = time.perf_counter()
         resample_time, loss_sum = 0.0, 0.0
-        self.wrapped.train()
+        self.model.train()
         self.opt.zero_grad(set_to_none=True)
         forward = lambda: precision.autocast(cfg.precision, self.device)  # noqa: E731 (forward passes only)
         for k in range(o.grad_accum):
@@ -161,9 +161,9 @@ class Trainer(RunState):
                                                                      gather_weights=parallel.unsharded)
                     kv = history_kv(stage.history, self.model, history, t_hist, cache, attention, context, actions)
             resample_time += time.perf_counter() - t1
-            with parallel.no_grad_sync(self.wrapped, parallel.skips_grad_sync(self.parallel, o.grad_sync, k, o.grad_accum)):
+            with parallel.no_grad_sync(self.model, parallel.skips_grad_sync(self.parallel, o.grad_sync, k, o.grad_accum)):
                 with forward():
-                    loss = flow_matching_loss(self.wrapped, clean, history, t_hist, cfg.timesteps, self.gen,
+                    loss = flow_matching_loss(self.model, clean, history, t_hist, cfg.timesteps, self.gen,
                                               context=context, space=cfg.loss_space, attention=attention,
                                               history_kv=kv, actions=actions)
                 (loss / o.grad_accum).backward()

@@ -11,7 +11,7 @@ temporaries (backward) and FSDP's all-gather / reduce-scatter buffers.
 The step is the trainer's (training/loop.py `train_step`), built from the same functions, so a
 change to the model, the attention layouts, checkpointing or FSDP wrapping shows up here:
   model (fp32 master weights) + EMA (fp32, sharded like the model under FSDP)
-  -> parallel.apply_activation_checkpointing(model, mode) -> parallel.wrap_model
+  -> parallel.apply_activation_checkpointing(model, mode) -> parallel.apply_data_parallel
   -> AdamW (foreach, as torch picks on CUDA; its state exists: this is step >= 2)
   -> per micro-batch: history.build_history (teacher: the clip; resampling: the no-grad
      self-resampling pass, under FSDP with the weights gathered once for it:
@@ -170,7 +170,7 @@ def _autocast(precision: str):
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-def _train_step(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, raw, wrapped, opt, tracker) -> int:
+def _train_step(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, model, opt, tracker) -> int:
     """training/loop.py's step: per micro-batch history, two-stream loss, backward (gradient sync as
     the trainer does it), then clip and AdamW. (The EMA update that follows is in place and
     allocates nothing: see _measure.) Returns the peak while the history was built (the
@@ -188,18 +188,18 @@ def _train_step(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, raw, wrapp
         clean = torch.randn(b, cfg.in_channels, geom.latent_frames, geom.latent_height, geom.latent_width)
         context = torch.randn(b, plan.text_tokens, cfg.text_dim) if cfg.text_dim > 0 else None
         with _autocast(plan.precision):
-            history, t_hist = build_history(history_cfg, raw, clean, None, context=context, attention=attention,
+            history, t_hist = build_history(history_cfg, model, clean, None, context=context, attention=attention,
                                             gather_weights=parallel.unsharded)
             if k == 0:  # (the tracker's peak is cumulative: later micro-batches include earlier passes)
                 history_peak = _sum_devices(tracker.get_tracker_snapshot("peak")).get("Total", 0)
-        with parallel.no_grad_sync(wrapped, skip):
+        with parallel.no_grad_sync(model, skip):
             with _autocast(plan.precision):
-                loss = flow_matching_loss(wrapped, clean, history, t_hist, TimestepSampler(), None, context=context,
+                loss = flow_matching_loss(model, clean, history, t_hist, TimestepSampler(), None, context=context,
                                           attention=attention)
             del history, t_hist
             (loss / plan.grad_accum).backward()
         del loss, clean, context
-    torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0, foreach=True)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return history_peak
@@ -284,13 +284,13 @@ def _measure(plan: MemoryPlan, cfg: DiTConfig, geom: ClipGeometry, mode: str, me
     if lora.enabled and mesh is None:
         tie_frozen(ema, model)
     apply_activation_checkpointing(model, mode)
-    wrapped = parallel.wrap_model(model, fsdp, cpu, mesh=mesh)
+    parallel.apply_data_parallel(model, fsdp, cpu, mesh=mesh)
     parallel.shard_like_model(ema, fsdp, cpu, mesh=mesh)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
     _fill_optimizer_state(model, opt)
     tracker = _tracker(model, opt, sharded=mesh is not None)
     with tracker:
-        history_peak = _train_step(plan, cfg, geom, model, wrapped, opt, tracker)
+        history_peak = _train_step(plan, cfg, geom, model, opt, tracker)
     # the EMA is resident from the start and its update (lerp_) is in place: outside the
     # tracker, which would count the first in-place write to an untracked storage as new
     ema_update(ema, model, 0.99)

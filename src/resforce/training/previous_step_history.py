@@ -75,9 +75,9 @@ class PreviousStepHistory:
         else:
             clean = torch.cat([fresh, kept.to(trainer.device)])
             history = torch.cat([fresh, self.pred[k].to(trainer.device)])
-        with parallel.no_grad_sync(trainer.wrapped, parallel.skips_grad_sync(trainer.parallel, o.grad_sync, k, o.grad_accum)):
+        with parallel.no_grad_sync(trainer.model, parallel.skips_grad_sync(trainer.parallel, o.grad_sync, k, o.grad_accum)):
             with forward():
-                loss, x0_hat = loss_and_prediction(trainer.wrapped, clean, history, cfg.timesteps, trainer.gen,
+                loss, x0_hat = loss_and_prediction(trainer.model, clean, history, cfg.timesteps, trainer.gen,
                                                    space=cfg.loss_space, attention=attention)
             (loss / o.grad_accum).backward()
         self.clean[k], self.pred[k] = fresh[:half].detach(), x0_hat[:half].float()

@@ -126,8 +126,8 @@ class RunState:
             self._trim_metrics()
 
     def _new_models(self, random_init: bool) -> None:
-        """self.model (and self.wrapped, the module of the training forward) and self.ema, laid
-        out for the parallel mode. random_init: the seeded initial weights, built in full on
+        """self.model and self.ema, laid out for the parallel mode (in place: one handle for
+        the training forward, the history passes and the state dicts). random_init: the seeded initial weights, built in full on
         every rank (a run from scratch); else the model is built on the meta device, sharded
         (fsdp) and only then allocated, its values left for a checkpoint or Wan to fill. The
         EMA is always built on the meta device, laid out like the model and filled from the
@@ -137,15 +137,13 @@ class RunState:
             self.model = apply_lora(CausalVideoDiT(copy.deepcopy(cfg.model)), cfg.lora).to(self.device)
         else:
             self.model = _meta_model(cfg)
-        # self.model stays the raw model (history strategies, state dicts); the training
-        # forward goes through self.wrapped (DDP wrapper; the model itself under fsdp/none)
         # the online model only: the EMA never runs a backward (a no-op for 'none')
         apply_activation_checkpointing(self.model, cfg.model.gradient_checkpointing)
         if cfg.compile:  # regional: each block, after checkpointing, before FSDP (torchtitan's order)
             from resforce.training.compile import compile_blocks
 
             compile_blocks(self.model)
-        self.wrapped = parallel.wrap_model(self.model, mode, device)
+        parallel.apply_data_parallel(self.model, mode, device)
         self.ema = parallel.shard_like_model(_meta_model(cfg).eval().requires_grad_(False), mode, device)
         copy_weights(self.ema, self.model)
         if cfg.lora.enabled and mode != "fsdp":  # LoRA: the frozen base is its own EMA, held once
