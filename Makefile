@@ -19,11 +19,15 @@ $(STAMP): pyproject.toml Makefile
 demo: venv
 	$(BIN)/resforce demo
 
+# Two test workers of one thread each (pytest-xdist) use two cores better than one process of
+# two threads: most tests are small. Tests that open process groups share one worker.
+XDIST := -n $(or $(TEST_WORKERS),2) --dist loadgroup
+
 test: venv browser
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -x --durations=10
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -x $(XDIST) --durations=10
 
 test-slow: venv browser
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q -m slow --durations=10
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow $(XDIST) --durations=10
 
 # Every script in benchmarks/ (CUDA-only ones print one "skipped" line on the CPU), each
 # recording its headline ratios; then one table of them, targets met or missed.

@@ -76,7 +76,37 @@ def main(argv=None) -> None:
                     d, se = paired_difference(v[m][:, s], b[m][:, s])
                     cells.append(f"{d:+.3f} ± {se:.3f}")
             out.append(f"| {p.stem.removeprefix('bb_')} − {name} | " + " | ".join(cells) + " |")
+    out += across_seeds(variants, base)
     print("\n".join(out))
+
+
+def across_seeds(variants: list[Path], base: Path) -> list[str]:
+    """Per variant trained in 2+ seeds: the paired difference to each baseline of the same seed,
+    averaged over the seeds (mean ± s.e. over seeds: the training seed is the unit here), and
+    in how many seeds the variant is better (a negative difference)."""
+    by_variant: dict[str, list[tuple[str, Path]]] = {}
+    for p in variants:
+        name, seed = p.stem.removeprefix("bb_").rsplit("_s", 1)
+        by_variant.setdefault(name, []).append((seed, p))
+    rows = []
+    for name, runs in sorted(by_variant.items()):
+        for key, label_ in BASELINES.items():
+            pairs = [(segments(p), segments(base / f"bb_{key}_s{seed}.json"))
+                     for seed, p in runs if (base / f"bb_{key}_s{seed}.json").is_file()]
+            if len(pairs) < 2:
+                continue
+            cells = []
+            for m in METRICS:
+                for s in SEGMENTS:
+                    d = np.array([np.nanmean(v[m][:, s] - b[m][:, s]) for v, b in pairs])
+                    cells.append(f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} ({(d < 0).sum()}/{len(d)})")
+            rows.append(f"| {name} − {label_} ({len(pairs)} seeds) | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", "Across training seeds (per seed the paired difference over its 64 rollouts; mean ± s.e. over "
+            "the seeds; in brackets: seeds where the variant is better):", "",
+            "| variant − baseline | " + " | ".join(f"{m} {label(s)}" for m in METRICS for s in SEGMENTS) + " |",
+            "|---|" + "---:|" * (len(METRICS) * len(SEGMENTS)), *rows]
 
 
 if __name__ == "__main__":

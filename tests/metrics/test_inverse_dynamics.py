@@ -42,10 +42,18 @@ def test_pairs_score_the_action_that_produced_the_second_frame():
         train_inverse_dynamics(world_of(DataConfig(kind="bouncing_balls")))
 
 
-def test_score_reports_ceiling_videos_and_floor_for_atari(tmp_path, capsys):
+def test_score_reports_ceiling_videos_and_floor_for_atari(tmp_path, capsys, monkeypatch):
     pytest.importorskip("ale_py", reason="the atari world needs ale-py: pip install 'resforce[atari]'")
+    import functools
+
     from resforce.cli.main import main
+    from resforce.metrics import inverse_dynamics
     from resforce.worlds.atari.world import AtariConfig
+
+    # the CLI's wiring, not the classifier's quality (the agent-world test above): few clips,
+    # since every clip of the atari stream starts its own emulator (~0.2 s to load the ROM)
+    monkeypatch.setattr(inverse_dynamics, "train_inverse_dynamics",
+                        functools.partial(inverse_dynamics.train_inverse_dynamics, clips=8, held_out=4))
 
     world = world_of(DataConfig(kind="atari", atari=AtariConfig(episode_frames=200)))
     videos, states = world.clips(3, 8, seed=1)

@@ -12,6 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_distributed import one_rank_group  # noqa: E402,F401  (fixture)
 from tiny import tiny  # noqa: E402
 
+# process groups and torchrun launches run on one test worker (make test runs two: pytest-xdist)
+pytestmark = pytest.mark.xdist_group("processes")
+
 
 def test_init_process_group_gets_the_configured_timeout(one_rank_group, monkeypatch):  # noqa: F811
     import torch.distributed as dist

@@ -16,6 +16,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+# process groups and torchrun launches run on one test worker (make test runs two: pytest-xdist)
+pytestmark = pytest.mark.xdist_group("processes")
+
 CHUNKS = 3
 
 

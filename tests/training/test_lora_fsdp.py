@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# process groups and torchrun launches run on one test worker (make test runs two: pytest-xdist)
+pytestmark = pytest.mark.xdist_group("processes")
+
 pytest.importorskip("peft", reason="peft is not installed (pip install -e '.[lora]')")
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 from tiny import TINY  # noqa: E402
 
+# process groups and torchrun launches run on one test worker (make test runs two: pytest-xdist)
+pytestmark = pytest.mark.xdist_group("processes")
+
 DATA = [o for o in TINY if not o.startswith("model.")]  # the Wan folder gives the model
 RECIPE = """\
 stages:
