@@ -151,3 +151,86 @@ class LatentDataset:
         from safetensors.torch import load_file
         return load_file(str(self.root / EMPTY_PROMPT))["text"].float()
 
+
+_IGNORED_CONFIG = ("torch_dtype", "dtype", "transformers_version")
+"""Config entries that say how a model was loaded, not what it computes."""
+
+
+def _comparable(config: dict | None) -> dict:
+    return {k: v for k, v in (config or {}).items() if not k.startswith("_") and k not in _IGNORED_CONFIG}
+
+
+class LatentDatasets:
+    """Several prepared datasets read as one: their clips one after the other, in the order of
+    the roots. They must agree on what a clip is for the model (latent channels and size, text
+    width and length, VAE and text-encoder configs); their clip lengths may differ, and then
+    every clip is cut to the shortest (the latents of a clip's first frames, as for a shorter
+    stage). The first root's index gives the VAE and text encoder of generation and the stored
+    empty prompt."""
+
+    def __init__(self, roots: list[str | Path], what: str = "data.latents.root", require_complete: bool = True):
+        if not roots:
+            raise ValueError(f"{what}: expected at least one dataset folder")
+        names = [what] if len(roots) == 1 else [f"{what}[{i}]" for i in range(len(roots))]
+        self.parts = [LatentDataset(r, n, require_complete) for r, n in zip(roots, names)]
+        first = self.parts[0]
+        for name, part in zip(names[1:], self.parts[1:]):
+            _check_compatible(names[0], first, name, part)
+        self.clips = [(k, i) for k, part in enumerate(self.parts) for i in range(len(part))]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
+    def root(self) -> Path:
+        """The first dataset's folder."""
+        return self.parts[0].root
+
+    @property
+    def index(self) -> dict:
+        """The first dataset's index (its VAE and text encoder serve every root)."""
+        return self.parts[0].index
+
+    @property
+    def complete(self) -> bool:
+        return all(p.complete for p in self.parts)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(C, T, h, w): T is the shortest clip length of the datasets."""
+        c, _, h, w = self.parts[0].latent_shape
+        return c, min(p.latent_shape[1] for p in self.parts), h, w
+
+    @property
+    def text_len(self) -> int:
+        return self.parts[0].text_len
+
+    @property
+    def text_dim(self) -> int:
+        return self.parts[0].text_dim
+
+    def clip(self, i: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(latents (C, T, h, w) float32 with T = latent_shape[1], text (L, D), the clip's entry)."""
+        k, j = self.clips[i]
+        latents, text, entry = self.parts[k].clip(j)
+        return latents[:, :self.latent_shape[1]], text, entry
+
+    def empty_prompt(self) -> torch.Tensor:
+        return self.parts[0].empty_prompt()
+
+
+def _check_compatible(name_a: str, a: LatentDataset, name_b: str, b: LatentDataset) -> None:
+    ia, ib = a.index, b.index
+    checks = [("latent channels and size (C, h, w)", [a.latent_shape[i] for i in (0, 2, 3)],
+               [b.latent_shape[i] for i in (0, 2, 3)]),
+              ("text width", ia.get("text_dim"), ib.get("text_dim")),
+              ("text length", ia.get("text_encoder", {}).get("text_len"), ib.get("text_encoder", {}).get("text_len")),
+              ("VAE config", _comparable(ia.get("vae", {}).get("config")), _comparable(ib.get("vae", {}).get("config"))),
+              ("text-encoder config", _comparable(ia.get("text_encoder", {}).get("config")),
+               _comparable(ib.get("text_encoder", {}).get("config")))]
+    for what, va, vb in checks:
+        if va != vb:
+            shown = "" if isinstance(va, dict) else f": {va} vs {vb}"
+            raise ValueError(f"{name_b}={str(b.root)!r} cannot be read with {name_a}={str(a.root)!r}: their "
+                             f"{what} differ{shown}; prepare them with the same VAE, text encoder, --size "
+                             f"and --text-len")
