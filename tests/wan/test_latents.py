@@ -7,6 +7,7 @@ dropout and guidance."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def parts(tmp_path_factory):
 
 def prepare_args(parts, out, *extra):
     return ["prepare", str(parts / "videos"), "--vae", str(parts / "vae"), "--text-encoder", str(parts / "wan"),
-            "--out", str(out), "--chunks", "3", "--size", "32", "32", "--batch", "2", "--shard-size", "2",
+            "--out", str(out), "--chunks", "3", "--size", "32", "32", "--batch", "2",
             "--clips-per-video", "0", "--dtype", "float32", "--quiet", *extra]
 
 
@@ -134,35 +135,45 @@ def test_a_killed_prepare_resumes_where_it_stopped(parts, tmp_path):
     from resforce.worlds.latents.dataset import LatentDataset
     from resforce.worlds.latents.prepare import PrepareOptions, prepare
 
+    videos = shutil.copytree(parts / "videos", tmp_path / "videos")
+
     def opts(out, chunks=3):
-        return PrepareOptions(str(parts / "videos"), str(parts / "vae"), str(parts / "wan"), str(out), chunks=chunks,
-                              size=(32, 32), batch=2, shard_size=1, clips_per_video=0, dtype="float32")
+        return PrepareOptions(str(videos), str(parts / "vae"), str(parts / "wan"), str(out), chunks=chunks,
+                              size=(32, 32), batch=2, clips_per_video=0, dtype="float32", workers=2)
 
     class Killed(BaseException):
         pass
 
-    def kill_after_first(k):
+    def kill_after_first(source):
         raise Killed
 
     with pytest.raises(Killed):
-        prepare(opts(tmp_path / "ds"), after_shard=kill_after_first, progress=False)
+        prepare(opts(tmp_path / "ds"), after_video=kill_after_first, progress=False)
     index = json.loads((tmp_path / "ds" / "index.json").read_text())
-    assert not index["complete"] and len(index["shards"]) == 1 and index["done"] == ["clip0.mp4"]
+    assert not index["complete"] and index["shards"] == [] and index["done"] == []
+    written = [p for p in (tmp_path / "ds" / "clips").rglob("*") if p.is_file()]
+    assert len(written) == 1  # the one video done before the kill
     with pytest.raises(ValueError, match="incomplete"):
         LatentDataset(tmp_path / "ds")
-    first = (tmp_path / "ds" / "shard-00000.safetensors").stat().st_mtime_ns
-    (tmp_path / "ds" / "shard-00001.safetensors").write_bytes(b"half a shard")  # a kill mid-write (unlisted)
+    first = written[0].stat().st_mtime_ns
+    stale = tmp_path / "ds" / "clips" / ".clip1.mp4.safetensors.x1y2.tmp.safetensors"
+    stale.write_bytes(b"half a file")  # a kill mid-write
     with pytest.raises(ValueError, match="--chunks was 3, now 2"):
         prepare(opts(tmp_path / "ds", chunks=2), progress=False)
 
     prepare(opts(tmp_path / "ds"), progress=False)  # the same command again
     prepare(opts(tmp_path / "whole"), progress=False)  # never stopped
     resumed, whole = LatentDataset(tmp_path / "ds"), LatentDataset(tmp_path / "whole")
-    assert (tmp_path / "ds" / "shard-00000.safetensors").stat().st_mtime_ns == first  # not redone
+    assert written[0].stat().st_mtime_ns == first and not stale.exists()  # not redone; the temp file gone
     assert resumed.index["shards"] == whole.index["shards"] and len(resumed) == 4
     assert resumed.index["skipped"] == whole.index["skipped"] and resumed.index["done"] == whole.index["done"]
     for i in range(len(whole)):
         assert all(torch.equal(a, b) for a, b in zip(resumed.clip(i)[:2], whole.clip(i)[:2]))
+    make_video(videos / "later" / "clip4.mp4", 33, seed=4, caption="a ball moves right")
+    prepare(opts(tmp_path / "ds"), progress=False)  # a video added since: prepared alone, then listed
+    grown = LatentDataset(tmp_path / "ds")
+    assert len(grown) == 5 and "later/clip4.mp4" in grown.index["done"]
+    assert written[0].stat().st_mtime_ns == first
 
 
 def tiny_vae(parts):

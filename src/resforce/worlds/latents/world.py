@@ -29,8 +29,11 @@ from resforce.worlds.base import World
 class LatentsConfig:
     """A dataset written by `resforce prepare`."""
 
-    root: str = ""
-    """The dataset folder (index.json + shards)."""
+    root: str | list[str] = ""
+    """The dataset folder (index.json + per-video files), or a list of them read as one dataset
+    (`root: [data/a, data/b]`; training draws uniformly from all their clips). They must agree on
+    the latent channels and size, the text width and length, and the VAE and text-encoder
+    configs; the first one's VAE, text encoder and empty prompt serve generation."""
     negative_prompt: str = ""
     """The unconditional branch of classifier-free guidance at generation time (generate's
     --negative-prompt overrides it); "" = the empty prompt, which caption dropout trains."""
@@ -40,6 +43,27 @@ class LatentsConfig:
     """Local umT5 folder for prompts; None: the one recorded in the dataset's index."""
     tokenizer: str | None = None
     """Tokenizer folder; None: the one recorded in the dataset's index."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def roots(self) -> list[str]:
+        """The dataset folders ([] when root is unset)."""
+        if isinstance(self.root, str):
+            return [self.root] if self.root else []
+        return [str(r) for r in self.root]
+
+    def validate(self) -> None:
+        """Raise ValueError naming data.latents.root for a value that names no folders."""
+        if isinstance(self.root, str):
+            return
+        roots = list(self.root) if isinstance(self.root, (list, tuple)) else None
+        if not roots or not all(isinstance(r, str) and r for r in roots):
+            raise ValueError(f"data.latents.root={self.root!r}: expected a dataset folder or a non-empty list "
+                             f"of them, e.g. [data/a, data/b]")
+        if len(set(roots)) != len(roots):
+            raise ValueError(f"data.latents.root={roots!r}: a folder is listed twice")
 
 
 class LatentStream:
@@ -84,14 +108,14 @@ class LatentsWorld(World):
         super().__init__(data_cfg)
         self._dataset = None
 
-
     def dataset(self, require_complete: bool = False):
-        from resforce.worlds.latents.dataset import LatentDataset
+        from resforce.worlds.latents.dataset import LatentDatasets
 
-        if not self.config.root:
-            raise ValueError("data.latents.root must name a dataset written by `resforce prepare` when data.kind=latents")
-        if self._dataset is None or (require_complete and not self._dataset.index.get("complete")):
-            self._dataset = LatentDataset(self.config.root, "data.latents.root", require_complete)
+        if not self.config.roots:
+            raise ValueError("data.latents.root must name a dataset written by `resforce prepare` (or a list of "
+                             "them) when data.kind=latents")
+        if self._dataset is None or (require_complete and not self._dataset.complete):
+            self._dataset = LatentDatasets(self.config.roots, "data.latents.root", require_complete)
         return self._dataset
 
     @property
@@ -149,5 +173,6 @@ def _pad(text: torch.Tensor, text_len: int) -> torch.Tensor:
 
 
 def _too_long(frames: int, have: int, root) -> str:
+    shown = repr(root) if isinstance(root, list) else repr(str(root))
     return (f"a training clip of {frames} latent frames (clip_chunks x model.frames_per_chunk) was asked for, "
-            f"but the clips of data.latents.root={str(root)!r} have {have} (prepare them with a larger --chunks)")
+            f"but the clips of data.latents.root={shown} have {have} (prepare them with a larger --chunks)")
