@@ -50,6 +50,7 @@ def _driver(parts: str, out: str, log: str) -> None:
                                                          "clips": throughput.clips, "ranks": throughput.ranks}))
 
 
+@pytest.mark.xdist_group("processes")  # torchrun launches share one test worker
 def test_two_ranks_split_the_videos_and_write_what_one_process_writes(parts, tmp_path):
     from resforce.worlds.latents.prepare import prepare
 
