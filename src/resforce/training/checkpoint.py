@@ -20,6 +20,10 @@ checkpoint damaged (resume falls back to the previous one, saying why), as a tru
 Rotation (keep the last `keep`) orders by step number and never removes the one just written.
 A single .safetensors file is enough to generate: its metadata carries the config (the
 weights-file functions live in io/weights.py; they are re-exported here for the trainer).
+
+checkpoint_format: sharded writes another layout into the same step_* directories, each rank
+its own pieces (sharded_checkpoint.py, io/sharded_weights.py); it shares the temporary
+directory, the rename into place, the rotation and the clean-up after a crash defined here.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 from safetensors import SafetensorError
 
 from resforce.io.fileio import atomic_write, fsync_dir
+from resforce.io.sharded_weights import is_sharded
 from resforce.io.weights import (CKPT_DIR, DamagedFileError, WeightsMismatch, checkpoint_dirs, first_nonfinite,
                                  latest_checkpoint, read_weights, save_weights)
 from resforce.io.weights import check_fits as _check_fits
@@ -210,10 +215,15 @@ def move_aside(ckpt_dir: str | Path) -> Path:
 def load_checkpoint(ckpt_dir: str | Path) -> tuple[dict, dict, dict]:
     """(model_sd, ema_sd, state) of a checkpoint directory. CheckpointDamaged (naming the
     directory, the file and what was expected) if a file is missing, truncated, unreadable or
-    holds NaN/inf."""
+    holds NaN/inf. A sharded checkpoint is merged in this process into the same form (full
+    tensors; sharded_checkpoint.read_sharded_checkpoint); the trainer loads it piecewise instead."""
     d = Path(ckpt_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"checkpoint directory {d} does not exist")
+    if is_sharded(d):
+        from resforce.training.sharded_checkpoint import read_sharded_checkpoint
+
+        return read_sharded_checkpoint(d)
     legacy = not (d / "state.json").is_file() and (d / LEGACY_STATE).is_file()
     needed = FILES[:2] + ((LEGACY_STATE,) if legacy else FILES[2:])
     missing = [n for n in needed if not (d / n).is_file()]
