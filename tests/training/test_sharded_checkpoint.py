@@ -8,7 +8,7 @@ second trains an uninterrupted run, the same run stopped at step 4 and resumed b
 Trainer, resumes the killed run, resumes a checkpoint saved by one process, and dumps the state
 gathered in full (FSDP's full state dicts) to compare the shards with. The tests then check the
 files: data only, exact resume, resume on another number of ranks (2 -> 1 in this process,
-1 -> 2 in the launch), the kill, damaged shards and rotation.
+1 -> 2 in the launch), the kill, damaged shards, rotation and `resforce export`.
 NCCL / CUDA is not tested here (CPU-only).
 """
 
@@ -330,10 +330,47 @@ def test_a_shard_damaged_on_one_rank_makes_both_ranks_fall_back(runs):
     assert (out / "damaged" / "checkpoints" / f"step_{STEPS:08d}.damaged").is_dir()
 
 
+def test_export_merges_the_shards_in_one_process(runs, tmp_path, capsys):
+    """`resforce export` on a sharded run (no torchrun): the EMA (or --online, the weights) in
+    one file, equal to the state gathered in full; generate names export on a sharded run."""
+    from cli_errors import cli_error
+
+    from resforce.cli.main import main
+    from resforce.io.weights import load_model, read_weights
+    from resforce.training.statefile import load_state
+
+    out, _, _ = runs
+    gathered = load_state(out / "gathered_full")
+    for flag, want in (([], gathered["ema"]), (["--online"], gathered["model"])):
+        f = tmp_path / f"export{len(flag)}.safetensors"
+        main(["export", str(out / "full"), "--out", str(f), "--dtype", "float32", *flag])
+        sd, config = read_weights(f)
+        _equal_trees(want, sd)
+        assert "checkpoint_format: sharded" in config
+    model, _ = load_model(tmp_path / "export0.safetensors")  # generate / eval / play load the file
+    _equal_trees(gathered["ema"], model.state_dict())
+    capsys.readouterr()
+    err = cli_error(["generate", str(out / "full"), "--out", str(tmp_path / "v.npy")], capsys)
+    assert "sharded checkpoint" in err and f"resforce export {out / 'full'} --out" in err
+
+
+def test_export_refuses_a_damaged_shard_naming_it(runs, tmp_path):
+    from resforce.io.weights import DamagedFileError, export_weights
+
+    out, _, _ = runs
+    run = tmp_path / "full"
+    shutil.copytree(out / "full", run)
+    _flip(run / "checkpoints" / f"step_{STEPS:08d}" / "shards" / SHARD1, back=8)
+    with pytest.raises(DamagedFileError, match=rf"{SHARD1} fails its checksum"):
+        export_weights(run, tmp_path / "x.safetensors")
+
+
 def test_checkpoint_format_is_checked(tmp_path):
     from resforce.config import ConfigError, load_config
 
     assert load_config(RECIPE, [f"run_dir={tmp_path}"]).checkpoint_format == "full"
+    import yaml
+    assert yaml.safe_load((ROOT / "configs" / "wan2.1_1.3b_rf.yaml").read_text())["checkpoint_format"] == "sharded"
     with pytest.raises(ConfigError, match="checkpoint_format must be one of .*got 'zero'"):
         load_config(RECIPE, [f"run_dir={tmp_path}", "checkpoint_format=zero"])
 

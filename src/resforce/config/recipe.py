@@ -173,7 +173,8 @@ class TrainConfig:
     """'full': the full weights, EMA and optimizer state, gathered to rank 0 and written by it
     (model.safetensors, ema.safetensors, state.*: one file generates). 'sharded': every rank
     writes its own pieces with torch.distributed.checkpoint, nothing is gathered (for large
-    models under fsdp); it resumes on any number of ranks (resforce.training.sharded_checkpoint).
+    models under fsdp); it resumes on any number of ranks, and `resforce export RUN` merges it
+    into one weights file for generate / eval / play (resforce.training.sharded_checkpoint).
     Both layouts resume either kind of checkpoint."""
     max_nonfinite_skips: int = 3
     """Steps in a row whose loss or gradient is NaN/inf that are skipped (no update of the

@@ -91,6 +91,17 @@ def is_sharded(ckpt_dir: str | Path) -> bool:
     return (d / MANIFEST).is_file() or (d / SHARDS).is_dir()
 
 
+def sharded_checkpoint_of(path: str | Path) -> Path | None:
+    """The sharded checkpoint `path` names (a run directory: its latest checkpoint; a checkpoint
+    directory), or None when it names a full checkpoint, a weights file or nothing."""
+    from resforce.io.weights import CKPT_DIR, latest_checkpoint
+
+    p = Path(path)
+    if p.is_dir() and (p / CKPT_DIR).is_dir():
+        p = latest_checkpoint(p) or p
+    return p if p.is_dir() and is_sharded(p) else None
+
+
 def manifest(sha256: dict[str, str], world_size: int, config_yaml: str) -> dict:
     """The shards.json document (the caller writes it atomically)."""
     return {"format": FORMAT, "world_size": world_size, "sha256": dict(sorted(sha256.items())),
@@ -218,3 +229,27 @@ def read_group(ckpt: ShardedCheckpoint, group: str) -> dict[str, torch.Tensor]:
                 where = tuple(slice(o, o + s) for o, s in zip(p.offsets, p.shape))
                 out[key[len(prefix):]][where] = f.get_tensor(key)
     return out
+
+
+
+
+def read_sharded_weights(ckpt_dir: str | Path, prefer_ema: bool = True):
+    """(EMA or online state dict, config YAML, TrainConfig) of a sharded checkpoint, merged in
+    this process.
+    Checked like a weights file (io.weights: the config parses, its sizes are within limits,
+    the tensors' names and shapes are the model's) before any tensor is read, and every shard
+    it reads is verified against its SHA-256 (ShardedCheckpointError naming a damaged one)."""
+    from resforce.io.weights import WeightsHeader, check_header_fits, config_of_weights
+
+    verify_manifest(ckpt_dir)
+    ckpt = inspect_sharded(ckpt_dir)
+    group = "ema" if prefer_ema else "model"
+    prefix = group + "."
+    mine = {k[len(prefix):]: t for k, t in ckpt.tensors.items() if k.startswith(prefix)}
+    header = WeightsHeader(ckpt.directory, {k: (t.dtype, t.size) for k, t in mine.items()},
+                           {"config": ckpt.config_yaml}, 0, sum(math.prod(t.size) * TORCH_DTYPES[t.dtype].itemsize
+                                                               for t in mine.values()))
+    cfg = config_of_weights(header)
+    check_header_fits(header, cfg)
+    verify_shards(ckpt_dir, ckpt.sha256, sorted({p.file.name for t in mine.values() for p in t.pieces}))
+    return read_group(ckpt, group), ckpt.config_yaml, cfg
