@@ -150,6 +150,8 @@ def inspect_sharded(ckpt_dir: str | Path) -> ShardedCheckpoint:
         try:
             info = json.loads(header.metadata[SHARDING_KEY])
             for key, (dtype, shape) in header.tensors.items():
+                if key.partition(".")[0] not in GROUPS:
+                    raise ValueError(f"{key} belongs to none of {', '.join(GROUPS)}")
                 offsets = tuple(int(o) for o in info[key]["saved_offsets"])
                 if len(offsets) != len(shape) or any(o < 0 for o in offsets):
                     raise ValueError(f"{key}: offsets {list(offsets)} for shape {list(shape)}")

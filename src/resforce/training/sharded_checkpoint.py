@@ -180,6 +180,11 @@ def inspect_for_resume(ckpt_dir: str | Path) -> tuple[dict[str, tuple[int, ...]]
     """Rank 0's checks of a sharded checkpoint that read no tensor of the shards: (model
     tensor names -> shapes, the state of state.json with its tensors). CheckpointDamaged
     naming the file otherwise. The shards' hashes: verify_sharded_checkpoint."""
+    c, state = _inspect(ckpt_dir)
+    return c.shapes("model"), state
+
+
+def _inspect(ckpt_dir: str | Path):
     d = Path(ckpt_dir)
     try:
         if not (d / "state.json").is_file():
@@ -195,7 +200,7 @@ def inspect_for_resume(ckpt_dir: str | Path) -> tuple[dict[str, tuple[int, ...]]
                                 f"of other names or shapes; expected the same")
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or PARAM_GROUPS not in state:
         raise CheckpointDamaged(f"checkpoint {d}: its state has no integer 'step' or no {PARAM_GROUPS}")
-    return model, state
+    return c, state
 
 
 def verify_sharded_checkpoint(ckpt_dir: str | Path) -> str | None:
@@ -241,9 +246,8 @@ def read_sharded_checkpoint(ckpt_dir: str | Path) -> tuple[dict, dict, dict]:
     in torch's own format (parameters numbered in param_groups order). Every file is verified
     first; CheckpointDamaged naming a damaged one."""
     d = Path(ckpt_dir)
-    _, state = inspect_for_resume(d)
+    c, state = _inspect(d)
     try:
-        c = inspect_sharded(d)
         verify_shards(d, c.sha256)
     except DamagedFileError as e:
         raise CheckpointDamaged(f"checkpoint {d}: {e}") from None
@@ -254,6 +258,9 @@ def read_sharded_checkpoint(ckpt_dir: str | Path) -> tuple[dict, dict, dict]:
     per_param: dict[int, dict] = {}
     for key, v in optim.items():
         name, _, field = key.rpartition(".")
+        if name not in index:
+            raise CheckpointDamaged(f"checkpoint {d}: optimizer tensor {key} belongs to no parameter of its "
+                                    f"{PARAM_GROUPS}")
         per_param.setdefault(index[name], {})[field] = v
     state["optimizer"] = {"state": dict(sorted(per_param.items())),
                           "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in groups]}
