@@ -54,12 +54,15 @@ def prepare_args(parts, out, *extra):
 
 @pytest.fixture(scope="module")
 def trained(parts, tmp_path_factory):
-    """prepare -> train (TF 2 steps at 2 chunks, then RF 2 steps at 3 chunks), through the CLI."""
+    """prepare -> train (TF 2 steps at 2 chunks, then RF 2 steps at 3 chunks) -> export, through
+    the CLI. The recipe writes sharded checkpoints: export merges the EMA into model.safetensors,
+    which generate reads."""
     from resforce.cli.main import main
 
     d = tmp_path_factory.mktemp("latents_run")
     main(prepare_args(parts, d / "ds"))
     main(["train", RECIPE, *TINY_RF, f"data.latents.root={d / 'ds'}", f"run_dir={d / 'run'}"])
+    main(["export", str(d / "run"), "--out", str(d / "model.safetensors"), "--dtype", "float32"])
     return d
 
 
@@ -83,7 +86,7 @@ def test_prepare_train_generate_end_to_end_through_the_cli(trained, parts, tmp_p
     assert [s for s in stages if s] == ["teacher_5s"] * 2 + ["resampling_5s"] * 2
 
     out = tmp_path / "x.mp4"
-    main(["generate", str(trained / "run"), "--prompt", "a red ball moves left", "--negative-prompt", "blue square",
+    main(["generate", str(trained / "model.safetensors"), "--prompt", "a red ball moves left", "--negative-prompt", "blue square",
           "--cfg-scale", "5", "--chunks", "3", "--steps", "2", "--device", "cpu", "--fps", "16", "--out", str(out)])
     assert "1 video(s) of 33 frames" in capsys.readouterr().out  # 3 chunks x 3 latent frames: 1 + 4 x 8 frames
     video = load_video(out)
@@ -102,7 +105,7 @@ def generated(run, prompt=None, negative=None, cfg=5.0):
 def test_guidance_uses_the_prompt_and_the_negative_prompt(trained):
     """CFG: the prompt and the negative prompt both change the video; without guidance
     (cfg 1) the negative prompt is never used."""
-    run = trained / "run"
+    run = trained / "model.safetensors"
     a = generated(run, "a red ball moves left")
     assert a.shape == (1, 3, 21, 32, 32)  # 2 chunks: 1 + 4 x 5 frames
     assert (a - generated(run, "blue square")).abs().max() > 1e-3

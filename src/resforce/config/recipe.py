@@ -24,6 +24,8 @@ from resforce.worlds import WORLDS, known_kinds, world_of
 
 GRAD_SYNCS = ("auto", "every", "last")
 """optim.grad_sync: when gradient-accumulation micro-batches reduce their gradients."""
+CHECKPOINT_FORMATS = ("full", "sharded")
+"""checkpoint_format: how a checkpoint lays out the weights, EMA and optimizer state."""
 
 
 class ConfigError(ValueError):
@@ -167,6 +169,13 @@ class TrainConfig:
     """Save a checkpoint every N steps (and at the end and at every stage change)."""
     keep_last: int = 3
     """Checkpoints kept in run_dir/checkpoints (0 keeps all); the newest is never removed."""
+    checkpoint_format: str = "full"
+    """'full': the full weights, EMA and optimizer state, gathered to rank 0 and written by it
+    (model.safetensors, ema.safetensors, state.*: one file generates). 'sharded': every rank
+    writes its own pieces with torch.distributed.checkpoint, nothing is gathered (for large
+    models under fsdp); it resumes on any number of ranks, and `resforce export RUN` merges it
+    into one weights file for generate / eval / play (resforce.training.sharded_checkpoint).
+    Both layouts resume either kind of checkpoint."""
     max_nonfinite_skips: int = 3
     """Steps in a row whose loss or gradient is NaN/inf that are skipped (no update of the
     weights, optimizer or EMA) before training stops with an error naming the step; 0 stops at
@@ -189,6 +198,10 @@ class TrainConfig:
                               f"weights' matmuls run under bf16 autocast), got precision={self.precision}")
         if not (math.isfinite(self.dist_timeout_minutes) and self.dist_timeout_minutes > 0):
             raise ConfigError(f"dist_timeout_minutes must be a number > 0, got {self.dist_timeout_minutes!r}")
+        if self.checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ConfigError(f"checkpoint_format must be one of {CHECKPOINT_FORMATS} ('full': one set of files "
+                              f"gathered to rank 0; 'sharded': each rank writes its own pieces), got "
+                              f"{self.checkpoint_format!r}")
         if self.optim.grad_sync not in GRAD_SYNCS:
             raise ConfigError(f"optim.grad_sync must be one of {GRAD_SYNCS}, got {self.optim.grad_sync!r}")
         if self.optim.schedule not in ("constant", "cosine"):

@@ -57,6 +57,11 @@ class WeightsMismatch(ValueError):
     """A sound weights file of another model than the config describes (names or shapes)."""
 
 
+class ShardedRunError(ValueError):
+    """Weights were asked of a sharded checkpoint, which only `resforce export` reads; the
+    message names the command."""
+
+
 @dataclass
 class WeightsHeader:
     path: Path
@@ -261,6 +266,13 @@ def resolve_weights(path: str | Path, prefer_ema: bool = True) -> Path:
     name = "ema.safetensors" if prefer_ema else "model.safetensors"
     if (p / name).is_file():
         return p / name
+    from resforce.io.sharded_weights import is_sharded
+
+    if is_sharded(p):  # one file per rank, each a piece of every tensor: nothing here reads that
+        raise ShardedRunError(f"{p} is a sharded checkpoint (checkpoint_format: sharded): its weights are split "
+                              f"over one file per rank. Merge them into one weights file first: resforce export "
+                              f"{path} --out FILE.safetensors (add --dtype float32 for full precision), then "
+                              f"pass FILE.safetensors")
     raise FileNotFoundError(f"{p} holds neither a checkpoint nor {name}")
 
 
@@ -374,11 +386,18 @@ def export_weights(path: str | Path, out: str | Path, dtype: str = "float16", pr
     run, in `dtype` (float16 halves the size of shipped checkpoints; loading upcasts to the
     model's dtype). A LoRA run (lora.rank > 0) exports its adapters alone (lora_A / lora_B
     tensors), or with merge_lora the full model with the adapters folded in (loads like any
-    run's weights)."""
+    run's weights). A sharded checkpoint (checkpoint_format: sharded) is merged here, in this
+    one process, no torchrun needed (io.sharded_weights)."""
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"export dtype must be float32, float16 or bfloat16, got {dtype!r}")
-    weights, header, cfg = inspect_weights(path, prefer_ema)
-    sd, cfg_yaml = read_weights(weights)
+    from resforce.io.sharded_weights import read_sharded_weights, sharded_checkpoint_of
+
+    sharded = sharded_checkpoint_of(path)
+    if sharded is not None:  # merged here, in this process: every rank's pieces of each tensor
+        sd, cfg_yaml, cfg = read_sharded_weights(sharded, prefer_ema)
+    else:
+        weights, _, cfg = inspect_weights(path, prefer_ema)
+        sd, cfg_yaml = read_weights(weights)
     if merge_lora and not has_adapters(sd):
         raise ValueError(f"--merge-lora: {path} holds no LoRA adapters (a run with lora.rank 0, or weights already merged)")
     if has_adapters(sd):

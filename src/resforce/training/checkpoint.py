@@ -20,6 +20,10 @@ checkpoint damaged (resume falls back to the previous one, saying why), as a tru
 Rotation (keep the last `keep`) orders by step number and never removes the one just written.
 A single .safetensors file is enough to generate: its metadata carries the config (the
 weights-file functions live in io/weights.py; they are re-exported here for the trainer).
+
+checkpoint_format: sharded writes another layout into the same step_* directories, each rank
+its own pieces (sharded_checkpoint.py, io/sharded_weights.py); it shares the temporary
+directory, the rename into place, the rotation and the clean-up after a crash defined here.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 from safetensors import SafetensorError
 
 from resforce.io.fileio import atomic_write, fsync_dir
+from resforce.io.sharded_weights import is_sharded
 from resforce.io.weights import (CKPT_DIR, DamagedFileError, WeightsMismatch, checkpoint_dirs, first_nonfinite,
                                  latest_checkpoint, read_weights, save_weights)
 from resforce.io.weights import check_fits as _check_fits
@@ -65,39 +70,72 @@ class CheckpointWriteError(OSError):
 # ----------------------------------------------------------------------------- writing
 def save_checkpoint(run_dir: str | Path, step: int, model_sd, ema_sd, state: dict,
                     config_yaml: str, keep: int = 3) -> Path:
-    root = Path(run_dir) / CKPT_DIR
-    name = f"step_{step:08d}"
+    final = Path(run_dir) / CKPT_DIR / f"step_{step:08d}"
     for what, tree in (("model weights", model_sd), ("EMA weights", ema_sd), ("optimizer/RNG state", state)):
         bad = first_nonfinite(tree)
         if bad is not None:
-            raise NonFiniteCheckpoint(f"step {step}: {what} hold NaN or inf (at {bad}); refusing to write "
-                                      f"{root / name}; the last finite checkpoint stays "
-                                      f"{latest_checkpoint(run_dir) or '(none)'}")
+            raise refuse_nonfinite(run_dir, step, what, bad)
     split_state(state)  # TypeError naming anything that is not data, before a file is touched
-    new_root = not root.is_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    if new_root:
-        fsync_dir(root.parent)
-    final, tmp = root / name, root / f".tmp_{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = final.parent / f".tmp_{final.name}"
     try:
-        tmp.mkdir()
+        tmp = begin_write(run_dir, step)
         save_weights(tmp / "model.safetensors", model_sd, config_yaml)
         save_weights(tmp / "ema.safetensors", ema_sd, config_yaml)
         atomic_write(tmp / "config.yaml", lambda t: t.write_text(config_yaml))
         save_state(tmp, state, checksum=("model.safetensors", "ema.safetensors"))  # state.json last: the checksums
-        _swap_into_place(tmp, final)
+        commit(tmp)
     except (OSError, SafetensorError) as e:  # safetensors reports I/O errors (ENOSPC) as its own type
         shutil.rmtree(tmp, ignore_errors=True)
-        code = getattr(e, "errno", None) or _os_error_code(str(e))
-        why = f"could not write checkpoint {final}: {getattr(e, 'strerror', None) or e}; " \
-              f"earlier checkpoints are untouched"
-        raise (CheckpointWriteError(code, why) if code else CheckpointWriteError(why)) from e
+        raise write_failed(e, final) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _rotate(root, keep, final)
+    rotate(final, keep)
     return final
+
+
+def refuse_nonfinite(run_dir, step: int, what: str, where: str) -> NonFiniteCheckpoint:
+    """The error refusing checkpoint `step` because `what` holds NaN or inf at `where`."""
+    root = Path(run_dir) / CKPT_DIR
+    return NonFiniteCheckpoint(f"step {step}: {what} hold NaN or inf (at {where}); refusing to write "
+                               f"{root / f'step_{step:08d}'}; the last finite checkpoint stays "
+                               f"{latest_checkpoint(run_dir) or '(none)'}")
+
+
+def begin_write(run_dir: str | Path, step: int) -> Path:
+    """A fresh, empty .tmp_step_* directory for checkpoint `step` (checkpoints/ created durably
+    if new); the checkpoint is written into it and then `commit`ted."""
+    root = Path(run_dir) / CKPT_DIR
+    new_root = not root.is_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    if new_root:
+        fsync_dir(root.parent)
+    tmp = root / f".tmp_step_{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def commit(tmp: Path) -> Path:
+    """Rename the finished .tmp_step_* directory into place, durably; returns the checkpoint's
+    directory. Until this rename a crash leaves only the temporary directory (removed at the
+    next start by recover_interrupted_saves) and the earlier checkpoints as they were."""
+    final = tmp.parent / tmp.name[len(".tmp_"):]
+    _swap_into_place(tmp, final)
+    return final
+
+
+def rotate(written: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints of the run (by step), never `written`."""
+    _rotate(written.parent, keep, written)
+
+
+def write_failed(e: BaseException, final: Path) -> CheckpointWriteError:
+    """The CheckpointWriteError (errno kept) for a failed write of checkpoint `final`."""
+    code = getattr(e, "errno", None) or _os_error_code(str(e))
+    why = f"could not write checkpoint {final}: {getattr(e, 'strerror', None) or e}; " \
+          f"earlier checkpoints are untouched"
+    return CheckpointWriteError(code, why) if code else CheckpointWriteError(why)
 
 
 def _os_error_code(message: str) -> int | None:
@@ -177,10 +215,15 @@ def move_aside(ckpt_dir: str | Path) -> Path:
 def load_checkpoint(ckpt_dir: str | Path) -> tuple[dict, dict, dict]:
     """(model_sd, ema_sd, state) of a checkpoint directory. CheckpointDamaged (naming the
     directory, the file and what was expected) if a file is missing, truncated, unreadable or
-    holds NaN/inf."""
+    holds NaN/inf. A sharded checkpoint is merged in this process into the same form (full
+    tensors; sharded_checkpoint.read_sharded_checkpoint); the trainer loads it piecewise instead."""
     d = Path(ckpt_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"checkpoint directory {d} does not exist")
+    if is_sharded(d):
+        from resforce.training.sharded_checkpoint import read_sharded_checkpoint
+
+        return read_sharded_checkpoint(d)
     legacy = not (d / "state.json").is_file() and (d / LEGACY_STATE).is_file()
     needed = FILES[:2] + ((LEGACY_STATE,) if legacy else FILES[2:])
     missing = [n for n in needed if not (d / n).is_file()]

@@ -15,6 +15,9 @@ from resforce.training import distributed as parallel
 from resforce.training.activation_checkpoint import apply_activation_checkpointing
 
 from resforce.training.checkpoint import CheckpointDamaged, CheckpointError, check_fits, checkpoint_dirs, latest_checkpoint, load_checkpoint, move_aside, save_checkpoint
+from resforce.io.sharded_weights import is_sharded
+from resforce.training.sharded_checkpoint import (PARAM_GROUPS, inspect_for_resume, load_sharded_checkpoint,
+                                                  save_sharded_checkpoint, verify_sharded_checkpoint)
 from resforce.config import TrainConfig, to_yaml
 from resforce.worlds import world_of
 from resforce.io.fileio import write_text_atomic
@@ -91,6 +94,16 @@ class RankZeroError(ValueError):
     """Raised on ranks > 0 when rank 0 failed in on_main."""
 
 
+def _read_for_resume(ckpt: Path) -> tuple:
+    """What rank 0 reads of a checkpoint while choosing it: (model_sd, ema_sd, state) of a full
+    one; (model tensor shapes, None, state.json's state) of a sharded one, whose shards are
+    read later by every rank, each its own pieces. CheckpointDamaged if it does not load."""
+    if is_sharded(ckpt):
+        shapes, state = inspect_for_resume(ckpt)
+        return shapes, None, state
+    return load_checkpoint(ckpt)
+
+
 class RunState:
     """The state half of Trainer: what a run holds and how it is built, restored and saved."""
 
@@ -98,8 +111,7 @@ class RunState:
         cfg, o = self.cfg, self.cfg.optim
         self.config_yaml = to_yaml(cfg)
         self._loaded = None  # (checkpoint, its contents) read by rank 0 while choosing it
-        ckpt = on_main(lambda: self._pick_checkpoint(resume, init_from))
-        ckpt = parallel.broadcast_object(ckpt)  # every rank resumes from rank 0's choice
+        ckpt = self._choose_checkpoint(resume, init_from)  # every rank resumes from rank 0's choice
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         # weights that will be loaded (a checkpoint, Wan) are never initialised: the model is
         # built on the meta device and each rank allocates only what it holds (its shards)
@@ -173,22 +185,46 @@ class RunState:
             self.lock = None
 
     # -- state ------------------------------------------------------------------------
-    def _pick_checkpoint(self, resume: bool, init_from) -> Path | None:
+    def _choose_checkpoint(self, resume: bool, init_from) -> Path | None:
+        """The checkpoint to start from, the same on every rank. Rank 0 picks it
+        (_pick_checkpoint); a sharded one is then verified by all ranks together, each hashing
+        its share of the shards, and a damaged one is skipped like any other. Only then are the
+        damaged newer ones moved aside (if none loads, nothing is)."""
+        failed: dict[Path, CheckpointDamaged] = {}
+
+        def pick():
+            ckpt = self._pick_checkpoint(resume, init_from, failed)
+            return ckpt, ckpt is not None and is_sharded(ckpt)
+
+        while True:
+            ckpt, self._sharded = parallel.broadcast_object(on_main(pick))
+            why = verify_sharded_checkpoint(ckpt) if self._sharded else None
+            if why is None:
+                on_main(lambda: self._move_damaged_aside(ckpt))
+                return ckpt
+            failed[ckpt] = CheckpointDamaged(f"checkpoint {ckpt}: {why}")
+            if ckpt.parent.parent != self.run_dir:  # --init-from's checkpoint: no fallback
+                raise failed[ckpt]
+
+    def _pick_checkpoint(self, resume: bool, init_from, failed: dict) -> Path | None:
         """Rank 0: the newest checkpoint of this run that loads (resume), else `init_from`'s.
-        Damaged newer ones are moved aside with a warning saying why; if none loads, an error
-        lists them all and nothing is moved. A checkpoint of another model is an error."""
+        Damaged newer ones (and those in `failed`) are noted for _move_damaged_aside; if none
+        loads, an error lists them all. A checkpoint of another model is an error. A sharded
+        checkpoint gets every check that reads no tensor here (its shards are hashed next, by
+        all ranks)."""
         expected = _meta_model(self.cfg).state_dict()  # names and shapes only
         damaged = []
         for ckpt in reversed(checkpoint_dirs(self.run_dir) if resume else []):
             try:
-                data = load_checkpoint(ckpt)
+                if ckpt in failed:
+                    raise failed[ckpt]
+                data = _read_for_resume(ckpt)
             except CheckpointDamaged as e:
                 damaged.append((ckpt, e))
+                failed[ckpt] = e
                 continue
             check_fits(ckpt, data[0], expected)
-            for bad, why in damaged:
-                warnings.warn(f"skipped checkpoint {bad.name} ({why}); moved it to "
-                              f"{move_aside(bad).name}; resuming from {ckpt.name}", stacklevel=2)
+            self._damaged = damaged
             self._loaded = (ckpt, data)
             return ckpt
         if damaged:
@@ -196,6 +232,7 @@ class RunState:
                                   + "; ".join(str(why) for _, why in damaged)
                                   + ". Repair them, or start over with --no-resume --overwrite "
                                     "(moves this run aside)")
+        self._damaged = []
         if init_from is None:
             return None
         init = Path(init_from)
@@ -205,19 +242,38 @@ class RunState:
         ckpt = latest_checkpoint(init) if (init / "checkpoints").is_dir() else init
         if ckpt is None:
             raise FileNotFoundError(f"--init-from {init}: that run has no checkpoints yet")
-        data = load_checkpoint(ckpt)
+        data = _read_for_resume(ckpt)
         check_fits(ckpt, data[0], expected)
         self._loaded = (ckpt, data)
         return ckpt
 
+    def _move_damaged_aside(self, chosen: Path | None) -> None:
+        """Rank 0, once `chosen` is known to load: the damaged newer checkpoints go aside, each
+        with a warning saying why."""
+        for bad, why in getattr(self, "_damaged", []):
+            warnings.warn(f"skipped checkpoint {bad.name} ({why}); moved it to "
+                          f"{move_aside(bad).name}; resuming from {chosen.name}", stacklevel=3)
+        self._damaged = []
+
     def _restore(self, ckpt: Path) -> None:
-        """Resume from `ckpt` (a full-state checkpoint, read on the CPU). fsdp: rank 0 alone
+        """Resume from `ckpt`. A full checkpoint (read on the CPU) under fsdp: rank 0 alone
         holds it (it read it while choosing it); every tensor is broadcast from rank 0 and each
         rank keeps its shard, on its own device (weights, EMA, optimizer moments), and the rest
         of the state is broadcast as data. none/ddp: every rank reads it (each holds the full
-        model); optimizer tensors go to each parameter's own device."""
+        model); optimizer tensors go to each parameter's own device. A sharded checkpoint (any
+        mode): each rank reads its own pieces (sharded_checkpoint.load_sharded_checkpoint), and
+        rank 0's state.json is broadcast."""
         mode = self.parallel
         loaded, self._loaded = self._loaded, None
+        if self._sharded:  # rank 0's finding, on every rank (_choose_checkpoint)
+            state = None
+            if self.main:
+                state = (loaded[1] if loaded and loaded[0] == ckpt else _read_for_resume(ckpt))[2]
+            del loaded
+            state = parallel.broadcast_object(state)
+            load_sharded_checkpoint(ckpt, self.model, self.ema, self.opt, state[PARAM_GROUPS])
+            self._restore_streams(ckpt, state)
+            return
         if mode == "fsdp" and not self.main:
             model_sd = ema_sd = state = None
         else:
@@ -230,6 +286,11 @@ class RunState:
         if mode == "fsdp":
             state = parallel.broadcast_object(None if state is None else
                                               {k: v for k, v in state.items() if k != "optimizer"})
+        self._restore_streams(ckpt, state)
+
+    def _restore_streams(self, ckpt: Path, state: dict) -> None:
+        """Everything but the weights and optimizer: step, counters, history variants' state,
+        and this rank's data and noise streams (re-derived when the rank count changed)."""
         self.step = state["step"]
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
         self.calibration.load_state_dict(state.get("calibration"))
@@ -275,22 +336,29 @@ class RunState:
         self.gen.manual_seed(self.cfg.seed + 1 + self._branch_offset())
 
     def save(self) -> Path | None:
-        """Write a checkpoint (rank 0; every rank must call it: gathering is collective).
-        Returns its directory on rank 0, None on the other ranks. Refuses NaN/inf weights
-        (NonFiniteCheckpoint) and reports a failed write (CheckpointWriteError) on every rank."""
-        mode = self.parallel
-        model_sd = parallel.full_state_dict(self.model, mode)
-        ema_sd = parallel.full_state_dict(self.ema, mode)
+        """Write a checkpoint (every rank must call it: gathering, or under
+        checkpoint_format=sharded every rank's own write, is collective). Returns its directory
+        on rank 0, None on the other ranks. Refuses NaN/inf weights (NonFiniteCheckpoint) and
+        reports a failed write (CheckpointWriteError) on every rank."""
+        mode, sharded = self.parallel, self.cfg.checkpoint_format == "sharded"
+        if not sharded:
+            model_sd = parallel.full_state_dict(self.model, mode)
+            ema_sd = parallel.full_state_dict(self.ema, mode)
         streams = {"generator": self.gen.get_state(), "generator_device": self.gen.device.type,
                    "torch_rng": torch.get_rng_state(), "data": self.data.state_dict()}
-        state = {"optimizer": parallel.full_optim_state_dict(self.model, self.opt, mode),
-                 "step": self.step, "nonfinite_streak": self.nonfinite_streak, **streams}
+        state = {"step": self.step, "nonfinite_streak": self.nonfinite_streak, **streams}
+        if not sharded:
+            state = {"optimizer": parallel.full_optim_state_dict(self.model, self.opt, mode), **state}
         if self.calibration.shifts or self.previous.clean:  # history variants (calibration.py, previous_step_history.py)
             state.update(calibration=self.calibration.state_dict(), previous_step=self.previous.state_dict())
         if self.world > 1:
             state.update(world_size=self.world, ranks=parallel.gather_objects(streams))
-        path = on_main(lambda: save_checkpoint(self.run_dir, self.step, model_sd, ema_sd, state,
-                                               self.config_yaml, self.cfg.keep_last))
+        if sharded:
+            path = save_sharded_checkpoint(self.run_dir, self.step, self.model, self.ema, self.opt, state,
+                                           self.config_yaml, self.cfg.keep_last)
+        else:
+            path = on_main(lambda: save_checkpoint(self.run_dir, self.step, model_sd, ema_sd, state,
+                                                   self.config_yaml, self.cfg.keep_last))
         parallel.barrier()
         return path
 
