@@ -28,6 +28,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# process groups and torchrun launches run on one test worker (make test runs two: pytest-xdist)
+pytestmark = pytest.mark.xdist_group("processes")
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = str(ROOT / "configs" / "bb_resampling.yaml")
 STEPS = 6
