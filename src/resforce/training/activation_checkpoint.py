@@ -23,9 +23,11 @@ def attention_kernel_ops() -> set:
              "_efficient_attention_forward")
     ops = {getattr(aten, n).default for n in names if hasattr(aten, n)}
     flex = getattr(torch.ops.higher_order, "flex_attention", None)
-    from resforce.model.attention import chunked  # noqa: F401  (registers torch.ops.resforce.chunk_attention_forward)
+    # (importing registers torch.ops.resforce.chunk_attention_forward / routed_attention_forward)
+    from resforce.model.attention import chunked, routing_function  # noqa: F401
 
-    return ops | ({flex} if flex is not None else set()) | {torch.ops.resforce.chunk_attention_forward.default}
+    resforce = {torch.ops.resforce.chunk_attention_forward.default, torch.ops.resforce.routed_attention_forward.default}
+    return ops | ({flex} if flex is not None else set()) | resforce
 
 
 @contextlib.contextmanager
@@ -78,8 +80,9 @@ def _selective_context(cross: _CrossAttentionDepth):
 
 @contextlib.contextmanager
 def _one_op_attention(ctx):
-    """`ctx` with the chunked attention's forward as one op (chunk_attention.as_one_op), so the
-    policy keeps its merged output and LSE, not every tile's."""
+    """`ctx` with the chunked and the routed attention's forward as one op each
+    (chunk_attention.as_one_op), so the policy keeps their merged output and LSE, not every
+    tile's or route's."""
     from resforce.model.attention.chunked import as_one_op
 
     with as_one_op(), ctx:

@@ -9,6 +9,7 @@
 | config.py         | HistoryAttentionConfig (dense / topk / window)                       |
 | routing_naive.py  | the naive routing reference: dense scores under a per-token mask     |
 | routing_grouped.py| queries grouped by selected chunk + LSE merge (MoBA varlen)          |
+| routing_function.py| the training default: all of it as one autograd function per head group |
 | routing_fast.py   | the fast rollout path over the KV cache (grouped + merge)            |
 | router_stats.py   | RouterRecorder: router selections by chunk distance / index          |
 | policy.py         | AttentionPolicy: config -> layouts, passed to every call             |

@@ -11,7 +11,14 @@ reference, routing_naive.py) or keys gathered per query token:
 3. the routes go back to their tokens and a token's routes merge by log-sum-exp in float32,
    which is one softmax over the union of its chunks, i.e. exactly the naive masked softmax.
 Shapes depend only on (B, heads, tokens, routes per token), never on what was selected, so
-no count is read back to the host. Autograd runs through plain ops (gathers, matmuls).
+no count is read back to the host.
+
+Two implementations of the full-sequence layout: by default (`fused=True`) one autograd
+function for the whole layer (routing_function.py: per head group, saving only q, k, v, the
+routes, the merged output and LSE, so no per-route tensor outlives a head group); with
+`fused=False` the steps above through plain autograd ops (gathers, varlen.py's block
+attention, the merge), which keep every route's float32 output and padded copies for the
+backward. The second is the reference the first is tested against (with routing_naive.py).
 
 `GroupedRoutedLayout` is the full-sequence layout (two-stream training, block-causal); the
 KV-cached rollout layout (routing_fast.py) uses `attend_routes` and `merge_routes` directly.
@@ -23,6 +30,7 @@ import torch
 
 from resforce.model.attention.chunked import is_fake
 from resforce.model.attention.config import HistoryAttentionConfig
+from resforce.model.attention.routing_function import heads_per_group, routed_attention
 from resforce.model.attention.varlen import varlen_attention_lse
 
 
@@ -64,11 +72,13 @@ class GroupedRoutedLayout:
     equals: own (Qc, Kc) bool with exactly one True per row (the query chunk's own key chunk);
     cand (Qc, Kc) bool: chunks a query may route to; q_index (Qc,), k_index (Kc,): the chunks'
     positions in time (window mode keeps k_index >= q_index - window or k_index < sink).
-    Building it reads nothing back from the device (no host sync)."""
+    Building it reads nothing back from the device (no host sync). fused: the one-function
+    implementation (routing_function.py); False: plain autograd ops (the reference)."""
 
     def __init__(self, cfg: HistoryAttentionConfig, own: torch.Tensor, cand: torch.Tensor,
-                 q_index: torch.Tensor, k_index: torch.Tensor, tokens_per_chunk: int):
+                 q_index: torch.Tensor, k_index: torch.Tensor, tokens_per_chunk: int, fused: bool = True):
         cfg.validate()
+        self.fused = fused
         # (a check on a GPU would sync; fake tensors, as `resforce memory` uses, have no values)
         if own.device.type == "cpu" and not is_fake(own) and not (own.sum(1) == 1).all():
             raise ValueError("own: every query chunk must have exactly one own key chunk")
@@ -93,12 +103,18 @@ class GroupedRoutedLayout:
         if self.cfg.mode != "topk":
             expand = (b, h, t, self.static_chunks.shape[1])
             return self.static_chunks.expand(expand), self.static_valid.expand(expand)
+        kk = min(self.cfg.topk, self.cand_tokens.shape[-1])
+        step = heads_per_group(b, h, t, kk + 1)  # the (B, heads, T, Kc) scores, a head group at a time
+        indices, values = [], []
         with torch.no_grad():  # an index choice: no gradient flows through it
-            means = k.detach().unflatten(2, (-1, tpc)).mean(3)            # (B, H, Kc, d)
-            scores = q.detach() @ means.transpose(-1, -2)                 # (B, H, T, Kc)
-            scores = scores.masked_fill(~self.cand_tokens, float("-inf"))
-            top = scores.topk(min(self.cfg.topk, scores.shape[-1]), dim=-1)
-        return top.indices, top.values > float("-inf")  # fewer candidates than k: invalid
+            for h0 in range(0, h, step):
+                means = k[:, h0:h0 + step].detach().unflatten(2, (-1, tpc)).mean(3)   # (B, G, Kc, d)
+                scores = q[:, h0:h0 + step].detach() @ means.transpose(-1, -2)       # (B, G, T, Kc)
+                scores = scores.masked_fill(~self.cand_tokens, float("-inf"))
+                top = scores.topk(kk, dim=-1)
+                indices.append(top.indices)
+                values.append(top.values > float("-inf"))  # fewer candidates than k: invalid
+        return torch.cat(indices, 1), torch.cat(values, 1)
 
     def attend(self, layer, q, k, v):
         b, h, t, d = q.shape
@@ -108,6 +124,8 @@ class GroupedRoutedLayout:
         own = self.own_tokens.view(t, 1).expand(b, h, t, 1)
         chunks = torch.cat([sel, own], -1)
         valid = torch.cat([valid, torch.ones_like(own, dtype=torch.bool)], -1)
+        if self.fused:
+            return routed_attention(q, k, v, chunks, valid, tpc)
         rows = chunks + (torch.arange(b * h, device=q.device) * kc).view(b, h, 1, 1)
         k_rows = k.unflatten(2, (kc, tpc)).reshape(b * h * kc, tpc, d)
         v_rows = v.unflatten(2, (kc, tpc)).reshape(b * h * kc, tpc, d)
@@ -135,10 +153,10 @@ def block_causal_routes(num_chunks: int, device=None):
 
 
 def routed_two_stream_layout(cfg: HistoryAttentionConfig, num_chunks: int, tokens_per_chunk: int,
-                             device=None) -> GroupedRoutedLayout:
-    return GroupedRoutedLayout(cfg, *two_stream_routes(num_chunks, device), tokens_per_chunk)
+                             device=None, fused: bool = True) -> GroupedRoutedLayout:
+    return GroupedRoutedLayout(cfg, *two_stream_routes(num_chunks, device), tokens_per_chunk, fused)
 
 
 def routed_block_causal_layout(cfg: HistoryAttentionConfig, num_chunks: int, tokens_per_chunk: int,
-                               device=None) -> GroupedRoutedLayout:
-    return GroupedRoutedLayout(cfg, *block_causal_routes(num_chunks, device), tokens_per_chunk)
+                               device=None, fused: bool = True) -> GroupedRoutedLayout:
+    return GroupedRoutedLayout(cfg, *block_causal_routes(num_chunks, device), tokens_per_chunk, fused)
