@@ -33,9 +33,6 @@ from resforce.model.attention.tile_kernels import KERNELS, autocast_inputs, no_a
 ROUTE_BUDGET = 1 << 21
 """Routes per head group (B x heads x tokens x routes): bounds every per-route tensor. At
 15 s (196,560 tokens x 6 routes) a group is one head."""
-MAX_BLOCK = 1024
-"""Most queries per padded block. Larger blocks gather fewer key chunks (about routes / P
-chunks per group), while the padding stays below one block per key chunk."""
 
 
 def heads_per_group(batch: int, heads: int, tokens: int, routes: int) -> int:
@@ -43,7 +40,15 @@ def heads_per_group(batch: int, heads: int, tokens: int, routes: int) -> int:
     return max(1, min(heads, ROUTE_BUDGET // max(1, batch * tokens * routes)))
 
 
-def _blocks(chunks: torch.Tensor, valid: torch.Tensor, kc: int):
+def block_size(routes: int, rows: int, chunk: int) -> int:
+    """Queries per padded block: the power of two <= a quarter of the mean routes per key
+    chunk row and <= the chunk's tokens. The padding (below one block per row, plus the
+    blocks that the bound from the shapes adds) stays under half the routes, and the keys
+    gathered per block (a chunk each) no more than its queries."""
+    return 1 << (max(1, min(routes // (4 * rows), chunk)).bit_length() - 1)
+
+
+def _blocks(chunks: torch.Tensor, valid: torch.Tensor, kc: int, tpc: int):
     """The padded block layout of one head group's routes.
 
     chunks, valid (B, G, T, m) -> (route_of_slot (N * P,): the route in each padded slot, or
@@ -56,7 +61,7 @@ def _blocks(chunks: torch.Tensor, valid: torch.Tensor, kc: int):
     rows = chunks + (torch.arange(b * g, device=chunks.device) * kc).view(b, g, 1, 1)
     key = rows.masked_fill(~valid, r).flatten()  # r sorts last
     total = key.numel()
-    block = min(MAX_BLOCK, 1 << (max(1, total // r).bit_length() - 1))
+    block = block_size(total, r, tpc)
     num_blocks = min(total // block + min(r, total), total)
     order = key.argsort(stable=True)
     sorted_key = key.index_select(0, order)
@@ -85,7 +90,7 @@ def _group(q, k, v, chunks, valid, h0, h1, tpc):
     b, _, t, d = q.shape
     kc = k.shape[2] // tpc
     sl = slice(h0, h1)
-    route_of_slot, block_row, block = _blocks(chunks[:, sl], valid[:, sl], kc)
+    route_of_slot, block_row, block = _blocks(chunks[:, sl], valid[:, sl], kc, tpc)
     m = chunks.shape[-1]
     tokens = b * (h1 - h0) * t
     token_of_slot = torch.where(route_of_slot < tokens * m, route_of_slot // m, tokens)
