@@ -38,6 +38,8 @@ attention's forward is one op (chunk_attention.as_one_op): the tracker sees its 
 not the tile temporaries inside it (a float32 accumulator of the output and one tile's
 output, ~1.7 GiB at 15 s for 1.3B), which live only during that op in the forward and are
 not part of the peak (in the backward, where the recomputed block and its gradients are).
+The routed attention's forward is one op there too (routing_function.py; its temporaries
+are one head group's routes); its backward, per head group, is plain ops the tracker sees.
 """
 
 from __future__ import annotations

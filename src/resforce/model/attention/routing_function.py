@@ -30,7 +30,7 @@ import torch
 from resforce.model.attention.chunked import _ONE_OP
 from resforce.model.attention.tile_kernels import KERNELS, autocast_inputs, no_autocast, pick_kernel
 
-ROUTE_BUDGET = 1 << 21
+ROUTE_BUDGET = 1 << 20
 """Routes per head group (B x heads x tokens x routes): bounds every per-route tensor. At
 15 s (196,560 tokens x 6 routes) a group is one head."""
 
