@@ -152,3 +152,38 @@ def test_selective_keeps_one_merged_attention_output_per_block(randomize):
         loss = model(X, T, history=H).square().mean()
     assert rec.alive_bytes() == cfg.num_layers * merged
     loss.backward()
+
+
+def test_selective_keeps_the_routed_attention_output(randomize):
+    """Routed top-k training attention (routing_function.py) under selective checkpointing:
+    its forward is one kept op per block, the backward does not re-run it, and the gradients
+    equal those without checkpointing."""
+    from resforce.model.attention import AttentionPolicy, HistoryAttentionConfig
+
+    policy = AttentionPolicy(HistoryAttentionConfig(mode="topk", topk=1))
+    routed = torch.ops.resforce.routed_attention_forward.default
+    base = randomize(build_model(preset="test", patch_size=(1, 4, 4))).train()
+
+    class CountRouted(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += func is routed
+            return func(*args, **(kwargs or {}))
+
+    def routed_step(model):
+        fwd, bwd = CountRouted(), CountRouted()
+        with fwd:
+            loss = model(X, T, history=H, attention=policy).square().mean()
+        with bwd:
+            loss.backward()
+        return fwd.calls, bwd.calls, [p.grad for p in model.parameters()]
+
+    f, b, g_none = routed_step(copy.deepcopy(base))
+    assert (f, b) == (0, 0)  # outside selective checkpointing it is not one op
+    f, b, g_sel = routed_step(activation_checkpoint.apply_activation_checkpointing(copy.deepcopy(base), "selective"))
+    assert (f, b) == (base.config.num_layers, 0)
+    for x, y in zip(g_none, g_sel):
+        torch.testing.assert_close(y, x, rtol=0, atol=1e-6)
