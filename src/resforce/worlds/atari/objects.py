@@ -26,12 +26,13 @@ one half. Objects are fitted one after another, each subtracted from the frame b
 Of the candidates drawn at about the object's full colour (least-squares scale in [0.5, 1.5])
 the one that explains the most is kept; the object is found when it also explains at least
 half of the frame's difference from the scene around it (the sprite's pixels and one pixel
-beyond) and at least half of it lies where the game draws it. A blank frame has no sprite of
-positive scale; a noisy or smeared frame has a difference everywhere that one sprite cannot
-explain; the detector is built to miss a doubtful object rather than invent one. The same
-half-drawn rule says whether the RAM's ground truth shows an object (`shown_in_ram`: the Pong
-ball between points, a paddle beyond the field's edge, Breakout's ball before a serve or below
-the paddle are not shown). The score above the scene's first analysed row (digits that
+beyond) and at least a quarter of it lies where the game draws it (a paddle at the field's
+edge shows 4 of its 16 rows). A blank frame has no sprite of positive scale; a noisy or
+smeared frame has a difference everywhere that one sprite cannot explain; the detector is
+built to miss a doubtful object rather than invent one. The same quarter-drawn rule says
+whether the RAM's ground truth shows an object (`shown_in_ram`: the Pong ball between points,
+the enemy paddle above the field before a game starts, Breakout's ball before a serve or
+below the paddle are not shown). The score above the scene's first analysed row (digits that
 change) is left out of every fit.
 
 Positions are world pixel indices (x, y) of the object's centre (ram.to_world of screen
@@ -56,9 +57,9 @@ MIN_SCALE, MAX_SCALE = 0.5, 1.5
 MIN_EXPLAINED = 0.5
 """A found sprite explains at least this fraction of the frame's difference from the scene
 over its pixels and one pixel beyond."""
-MIN_SHOWN = 0.5
+MIN_SHOWN = 0.25
 """An object is shown (and can be found) when at least this fraction of its sprite lies
-where the game draws it."""
+where the game draws it (a Pong paddle at the bottom of the field shows 4 of its 16 rows)."""
 MIN_WALL_EXPLAINED = 0.85
 """Breakout: the bricks' fit explains at least this fraction of the frame's difference from
 the scene over the wall's rows; below it no wall is found and no brick is counted."""
