@@ -3,7 +3,8 @@ evaluation clips score at the ceiling against their RAM; a video whose objects v
 every vanished object as missing and at the worst position error (never NaN-ignored); a frozen
 video scores position errors; the reference falls back from the RAM to ground-truth frames to
 the given frames, and to the given frames from the first frame whose action did not play the
-ground truth; the eval tables, plots, paired samples and the paired verdict use the metrics."""
+ground truth; the eval tables, plots, paired samples and the paired verdict use the metrics;
+games without a detector (and grayscale worlds) keep the generic metrics."""
 
 import dataclasses
 
@@ -131,3 +132,12 @@ def test_eval_tables_samples_and_verdict_use_the_object_metrics():
     line = paired_verdict([gone, truth], world.verdict_metrics)
     assert "GT keeps more of the game's objects (objects missing per frame GT 0.00" in line, line
     assert "GT puts the objects nearer where the game does" in line, line
+
+
+@pytest.mark.parametrize("atari", [AtariConfig(game="seaquest"), AtariConfig(game="pong", grayscale=True)])
+def test_games_without_a_detector_get_the_generic_metrics(atari):
+    cfg = config("pong")
+    cfg.data.atari = atari
+    world = world_of(cfg.data)
+    assert set(world.score(np.zeros((1, 3, 4, 32, 32), np.float32))) == {"drift", "sharpness", "flicker", "color_drift"}
+    assert world.summary_definition.startswith("drift") and world.reference_note(2) == "reference: the first 2 frame(s)"

@@ -22,7 +22,8 @@ Per frame (samples, frames), lower is better unless said:
                   elsewhere: `missing` counts the rest);
   position_error  mean over the reference's shown objects of min(distance, MISSING_PX) with
                   an object the video lacks counted as MISSING_PX (a quarter of the frame):
-                  a vanished object is the worst error, not a skipped one;
+                  a vanished object is the worst error, not a skipped one (these two only
+                  where a reference has positions: not against the given frames alone);
   bricks          Breakout: bricks left found in the frame (0 where no wall is found);
   brick_error     Breakout: |bricks - the reference's| (the RAM's count, the ground-truth
                   frames', or the last given frame's).

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from resforce.actions import ActionSpace
-from resforce.metrics.video import evaluate_generic
+from resforce.metrics.video import DRIFT_DEFINITION, evaluate_generic
 from resforce.worlds.atari import metrics as atari_metrics
 from resforce.worlds.atari import objects
 from resforce.worlds.atari import ram as ram_objects
@@ -298,13 +298,21 @@ class AtariWorld(World):
     plot_metrics = ("missing", "position_error", "brick_error", "drift")
     per_sample_metrics = ("missing", "spurious", "found_rate", "ball_found", "player_found", "enemy_found",
                           "position_error", "ball_error", "player_error", "enemy_error", "brick_error", "drift")
-    summary_definition = atari_metrics.DEFINITION
     verdict_metrics = {"missing": ("keeps more of the game's objects", "objects missing per frame"),
                        "position_error": ("puts the objects nearer where the game does", "object position error (px)"),
                        "brick_error": ("keeps the bricks' count nearer the game's", "brick-count error")}
 
+    @property
+    def finds_objects(self) -> bool:
+        """The game's objects are found in its frames (Pong, Breakout; in colour)."""
+        return self.config.game in objects.GAMES and not self.config.grayscale
+
+    @property
+    def summary_definition(self) -> str:
+        return atari_metrics.DEFINITION if self.finds_objects else DRIFT_DEFINITION
+
     def reference_note(self, prefix_frames: int) -> str:
-        if self.config.game not in objects.GAMES:
+        if not self.finds_objects:
             return super().reference_note(prefix_frames)
         return f"reference objects: those found in the first {prefix_frames} frame(s)"
 
@@ -313,7 +321,7 @@ class AtariWorld(World):
         (metrics.py): against the RAM's ground truth where states are given, else against
         ground-truth frames, else against the first `ref_frames` frames."""
         generic = evaluate_generic(videos)
-        if self.config.game not in objects.GAMES or self.config.grayscale:
+        if not self.finds_objects:
             return generic
         gt = None if ground_truth is None else np.asarray(ground_truth)
         return {**generic, **atari_metrics.evaluate_objects(videos, self.config.game, states, gt, ref_frames)}
