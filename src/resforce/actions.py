@@ -101,6 +101,30 @@ class ActionSpace:
 
 NO_ACTIONS = ActionSpace()
 
+ALIGNMENTS = ("produces_next", "produced_this")
+"""What the action logged beside frame t of a recording is: the action taken after frame t,
+which produces frame t + 1 (how gymnasium / ALE loops record (observation, action) pairs), or
+the action that produced frame t (resforce's own convention)."""
+
+
+def per_frame_actions(logged, alignment: str, what: str = "alignment") -> np.ndarray:
+    """Logged actions as resforce's per-frame actions (entry f produced frame f). 'produced_this':
+    as they are. 'produces_next': shifted one frame later: frame f gets logged action f - 1 and
+    frame 0, which no logged action produced, the null action (-1 discrete, the zero vector
+    continuous); the last logged action produced no frame and is dropped. Frames are the last
+    axis of integer (discrete) actions, the second-to-last of float (continuous) ones, so one
+    log (frames[, dim]) or a batch (videos, frames[, dim]) converts alike."""
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"{what} must be one of {', '.join(ALIGNMENTS)}, got {alignment!r}")
+    a = np.asarray(logged)
+    discrete = np.issubdtype(a.dtype, np.integer)
+    axis = -1 if discrete else -2
+    if alignment == "produced_this" or a.ndim < -axis or a.shape[axis] == 0:
+        return a
+    a = np.moveaxis(a, axis, 0)
+    null = np.full_like(a[:1], NULL_ACTION) if discrete else np.zeros_like(a[:1])
+    return np.moveaxis(np.concatenate([null, a[:-1]]), 0, axis)
+
 
 def actions_of(info) -> torch.Tensor | None:
     """The per-frame actions a data stream's batch info carries (`info.actions`: (B, F) int64

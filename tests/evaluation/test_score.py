@@ -107,3 +107,46 @@ def test_clear_errors(clips, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["score", str(tmp_path / "big.npy"), "--world", "bouncing_balls"])
     assert "[-1, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("game", ["pong", "breakout"])
+def test_score_world_atari_game_reports_object_metrics(tmp_path, capsys, game):
+    """`--world atari:GAME` scores with that game's object metrics: the world's own clips keep
+    their objects, the same clips with the objects painted out after the given frames lose them
+    (written as resforce writes .mp4: upscaled, scored back at 32x32)."""
+    pytest.importorskip("ale_py", reason="the atari world needs ale-py: pip install 'resforce[atari]'")
+    from resforce.config import DataConfig
+    from resforce.worlds import world_of
+    from resforce.worlds.atari import objects
+    from resforce.worlds.atari.world import AtariConfig
+
+    videos, _ = world_of(DataConfig(kind="atari", atari=AtariConfig(game=game, episode_frames=200))).clips(2, 16, seed=2)
+    scene = objects._model(game, 32)[0].astype(np.float32) / 127.5 - 1
+    missing = {}
+    for name in ("clip", "gone"):
+        v = videos.numpy().copy()
+        if name == "gone":
+            v[:, :, PREFIX:] = scene[None, :, None]
+        files = [tmp_path / f"{name}{i}.mp4" for i in range(2)]
+        for f, x in zip(files, v):
+            save_video(f, x)
+        js = tmp_path / f"{name}.json"
+        text = score(capsys, *files, "--world", f"atari:{game}", "--segment", 8, "--frechet-reference", 0, "--json", js)
+        assert f"with the atari:{game} metrics" in text and "reference objects: those found in the first 2" in text
+        header = next(line for line in text.splitlines() if line.startswith("frames")).split()
+        assert header[:4] == ["frames", "missing", "spurious", "ball_found"] and ("brick_error" in header) == (game == "breakout")
+        missing[name] = [r["mean"]["missing"] for r in json.loads(js.read_text())["rows"]]
+    assert missing["gone"][-1] >= 1 and missing["gone"][-1] > missing["clip"][-1] + 0.5, missing
+
+
+def test_score_world_argument_errors(clips, tmp_path, capsys):
+    np.save(tmp_path / "a.npy", clips[0][0])
+    cases = [(["--world", "bouncing_balls:x"], "--world bouncing_balls:x: the bouncing_balls world takes no argument"),
+             (["--world", "atari:pong", "--config", "configs/atari_pong_teacher.yaml"],
+              "--world atari:pong: the run's config sets the atari world; with --run or --config give --world atari"),
+             (["--world", "bouncing_balls", "--alignment", "produces_next"],
+              "--alignment produces_next says how to read --actions FILE")]
+    for extra, msg in cases:
+        with pytest.raises(SystemExit):
+            main(["score", str(tmp_path / "a.npy"), *extra])
+        assert msg in capsys.readouterr().err, msg

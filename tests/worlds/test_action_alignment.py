@@ -75,3 +75,22 @@ def test_continuous_first_frame_gets_the_zero_vector(tmp_path):
 def test_bad_alignment_names_the_key(tmp_path):
     with pytest.raises(ValueError, match="actions.alignment must be one of produces_next, produced_this"):
         folder(tmp_path, "before")
+
+
+def test_one_conversion_for_sidecars_and_command_line_actions(tmp_path):
+    """resforce.actions.per_frame_actions is the loader's conversion, for one log or a batch,
+    discrete or continuous; an unknown alignment names the flag."""
+    from resforce.actions import per_frame_actions
+
+    ds = VideoFolder(folder(tmp_path))
+    logs = np.stack([np.load(p.with_name(p.stem + ".actions.npy")) for p in ds.files])
+    batch = per_frame_actions(logs, "produces_next")
+    for row, path in zip(batch, ds.files):
+        np.testing.assert_array_equal(row, ds.actions[path])
+    np.testing.assert_array_equal(per_frame_actions(logs, "produced_this"), logs)
+    continuous = np.stack([logs, -logs], -1).astype(np.float32)  # (videos, frames, 2)
+    shifted = per_frame_actions(continuous, "produces_next")
+    np.testing.assert_array_equal(shifted[:, 0], 0.0)
+    np.testing.assert_array_equal(shifted[:, 1:], continuous[:, :-1])
+    with pytest.raises(ValueError, match="--alignment must be one of produces_next, produced_this"):
+        per_frame_actions(logs, "before", "--alignment")

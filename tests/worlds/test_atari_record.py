@@ -75,3 +75,33 @@ def test_record_errors(tmp_path, recording, capsys):
         with pytest.raises(SystemExit):
             main(["record", *argv, "--out", str(out)])
         assert match in capsys.readouterr().err
+
+
+def test_command_line_actions_read_a_recording_as_the_loader_does(recording, capsys):
+    """`score --actions` and generate / eval / compare `--actions` with --alignment produces_next
+    pair a recording's frames with its actions as the video-folder loader does; without the
+    flag (produced_this) the log is taken as it is; the flag without actions is refused."""
+    from argparse import Namespace
+
+    from resforce.cli.args import generation_options
+    from resforce.cli.main import build_parser
+    from resforce.cli.score import load_actions
+
+    ds, meta = load(recording, "produces_next")
+    logs = [path.with_name(path.stem + ".actions.npy") for path in ds.files]
+    space = AtariConfig(game="pong").action_space()
+    scored = load_actions(logs, len(logs), FRAMES, space, "produces_next")
+    as_is = load_actions(logs, len(logs), FRAMES, space)
+    for i, path in enumerate(ds.files):
+        np.testing.assert_array_equal(scored[i], ds.actions[path])
+        np.testing.assert_array_equal(as_is[i], np.load(logs[i]))
+    parser = build_parser()
+    for command in (["generate", "RUN", "--out", "x.mp4"], ["eval", "RUN"], ["compare", "A", "B", "--out", "o"],
+                    ["score", "v.npy"]):
+        args = parser.parse_args([*command, "--actions", str(logs[0]), "--alignment", "produces_next"])
+        assert args.alignment == "produces_next"
+    args = parser.parse_args(["generate", "RUN", "--out", "x.mp4", "--actions", str(logs[0]), "--alignment",
+                              "produces_next"])
+    np.testing.assert_array_equal(generation_options(args)["actions"], ds.actions[ds.files[0]])
+    with pytest.raises(ValueError, match="--alignment produces_next says how to read --actions FILE"):
+        generation_options(Namespace(**{**vars(args), "actions": None}))

@@ -23,6 +23,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="an action model's actions: .npy, one per frame, given frames included (action f produced "
                         "frame f; -1: none), (frames,) for every video or (videos, frames); without --chunks they "
                         "set the rollout's length (default: the world's ground-truth actions, else none)")
+    add_alignment_arg(g)
     g.add_argument("--context", type=context_arg, default=None,
                    help="chunks the model sees at once, its own included (the KV cache rolls past "
                         "it; default: the run's training context); 'all' = dense attention over the "
@@ -33,6 +34,17 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--topk", type=int, default=None, help="route each query to the top-k history chunks")
     r.add_argument("--window", type=int, default=None, help="attend to the w most recent history chunks")
     r.add_argument("--sink", type=int, default=0, help="with --window: always keep the first s chunks")
+
+
+def add_alignment_arg(p) -> None:
+    """--alignment of --actions files (generate, eval, compare, score)."""
+    from resforce.actions import ALIGNMENTS
+
+    p.add_argument("--alignment", default=None, choices=ALIGNMENTS,
+                   help="what the action beside frame t of an --actions file is: produced_this (the action that "
+                        "produced frame t: resforce's convention, the default) or produces_next (the action taken "
+                        "after frame t, which produces frame t + 1: gymnasium's and `resforce record`'s; read "
+                        "shifted one frame, frame 0 getting no action, as data.video_folder.actions.alignment does)")
 
 
 def context_arg(text: str) -> int:
@@ -74,9 +86,20 @@ def generation_options(args, **fixed) -> dict:
     """Keyword arguments of generate / evaluate / compare from the sampling flags."""
     options = dict(sample=sample_overrides(args, **fixed), attention=attention_from_args(args), device=args.device,
                    prefer_ema=not args.online)
+    alignment = alignment_of(args)
     if getattr(args, "actions", None) is not None:
-        options["actions"] = load_actions_file(args.actions)
+        from resforce.actions import per_frame_actions
+
+        options["actions"] = per_frame_actions(load_actions_file(args.actions), alignment, "--alignment")
     return options
+
+
+def alignment_of(args) -> str:
+    """--alignment (default produced_this); ValueError if it is given without --actions."""
+    alignment = getattr(args, "alignment", None)
+    if alignment is not None and not getattr(args, "actions", None):
+        raise ValueError(f"--alignment {alignment} says how to read --actions FILE: give --actions")
+    return alignment or "produced_this"
 
 
 def load_actions_file(path: str):

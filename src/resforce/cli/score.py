@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resforce.cli.args import add_frechet_arg
+from resforce.cli.args import add_alignment_arg, add_frechet_arg, alignment_of
 from resforce.worlds import WORLDS, scoring_worlds, world_of
 
 
@@ -154,15 +154,22 @@ def _world_config(args):
 
     if args.run is not None and args.config is not None:
         raise ValueError("--run and --config both give the world: pass one")
-    if args.world is not None and args.world not in WORLDS:
+    kind, _, argument = (args.world or "").partition(":")
+    if args.world is not None and kind not in WORLDS:
         raise ValueError(f"--world {args.world!r} is not a known world; known: {', '.join(WORLDS)} (own metrics: "
-                         f"{', '.join(scoring_worlds())}; the others: generic metrics and --inverse-dynamics)")
+                         f"{', '.join(scoring_worlds())}; the others: generic metrics and --inverse-dynamics; "
+                         f"atari:GAME for an Atari game, e.g. atari:pong)")
+    if argument and (args.run is not None or args.config is not None):
+        raise ValueError(f"--world {args.world}: the run's config sets the {kind} world; with --run or --config "
+                         f"give --world {kind}")
     if args.run is None and args.config is None:
         if args.world is None:
             raise ValueError("give --run RUN (the videos' own run: its config holds the world), --config "
-                             "config.yaml, or --world KIND (the default world config)")
+                             "config.yaml, or --world KIND (the default world config; atari:GAME for a game)")
         cfg = TrainConfig()
-        cfg.data.kind = args.world
+        cfg.data.kind = kind
+        if argument:
+            setattr(cfg.data, kind, WORLDS[kind].config_for(argument))
         return cfg, None
     flag, given = ("--run", args.run) if args.run is not None else ("--config", args.config)
     p = Path(given)
@@ -174,7 +181,7 @@ def _world_config(args):
         if not p.is_file():
             raise FileNotFoundError(f"--config {given}: no such file (give a run's config.yaml)")
         cfg = load_config(given)
-    if args.world is not None and cfg.data.kind != args.world:
+    if args.world is not None and cfg.data.kind != kind:
         raise ValueError(f"{flag} {given}: data.kind is {cfg.data.kind!r}, not --world {args.world!r}")
     return cfg, f"{flag} {given}"
 
@@ -248,9 +255,12 @@ def _floor_clips(cfg, clips: int, frames: int):
     return world_clips(cfg, clips, frames, FLOOR_SEED)
 
 
-def load_actions(paths: list[Path], videos: int, frames: int, space) -> np.ndarray:
-    """--actions: one .npy per video ((F,): action f produced frame f, prefix included), or one
-    (M, F) file for all M videos; checked against the world's action space -> (M, F) int64."""
+def load_actions(paths: list[Path], videos: int, frames: int, space, alignment: str = "produced_this") -> np.ndarray:
+    """--actions: one .npy per video ((F,): one action per frame, prefix included), or one
+    (M, F) file for all M videos; checked against the world's action space and read with
+    `alignment` (resforce.actions.per_frame_actions: 'produced_this', action f produced frame f;
+    'produces_next', a gymnasium-style log, shifted) -> (M, F) int64, action f produced frame f
+    (-1 where no action of the file did)."""
     if len(paths) not in (1, videos):
         raise ValueError(f"--actions: {len(paths)} files for {videos} videos (one per video, or one (videos, frames) array)")
     arrays = []
@@ -262,7 +272,9 @@ def load_actions(paths: list[Path], videos: int, frames: int, space) -> np.ndarr
         arrays += [space.check(r, frames, f"--actions {p}") for r in rows]
     if len(arrays) != videos:
         raise ValueError(f"--actions: {len(arrays)} action sequences for {videos} videos")
-    return np.stack(arrays)
+    from resforce.actions import per_frame_actions
+
+    return per_frame_actions(np.stack(arrays), alignment, "--alignment")
 
 
 def cmd_score(args) -> None:
@@ -271,9 +283,10 @@ def cmd_score(args) -> None:
     from resforce.metrics.stats import format_table
 
     cfg, from_run = _world_config(args)
+    alignment = alignment_of(args)
     if args.inverse_dynamics is not None and not args.actions:
         raise ValueError("--inverse-dynamics scores videos against their actions: give --actions FILE (one per video)")
-    world_name = cfg.data.kind
+    world_name = args.world or cfg.data.kind
     train = training_context_chunks(cfg) * cfg.model.frames_per_chunk if from_run else None
     paths = [Path(p) for p in args.videos]
     ev, notes = score_files(paths, cfg, args.prefix_frames, args.segment, train, args.frechet_reference)
@@ -283,7 +296,8 @@ def cmd_score(args) -> None:
 
         world = world_of(cfg.data)
         videos = ev.generated.videos.numpy()
-        actions = load_actions([Path(p) for p in args.actions], videos.shape[0], videos.shape[2], world.action_space)
+        actions = load_actions([Path(p) for p in args.actions], videos.shape[0], videos.shape[2], world.action_space,
+                               alignment)
         following = action_following(train_inverse_dynamics(world, steps=args.inverse_dynamics), videos, actions,
                                       world, given_frames=args.prefix_frames)
     s = ev.summary()
@@ -310,7 +324,8 @@ def add_command(sub) -> None:
     s.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, scored as the samples of one table")
     s.add_argument("--world", default=None,
                    help=f"the world whose metrics apply: {', '.join(WORLDS)} (own metrics: {', '.join(scoring_worlds())}; "
-                        f"the others: generic ones; default: --run's or --config's)")
+                        f"the others: generic ones; default: --run's or --config's); atari:GAME: that game's "
+                        f"default config (e.g. atari:breakout; objects are found in pong and breakout)")
     s.add_argument("--run", default=None,
                    help="the videos' own run (run directory, checkpoint directory or .safetensors): its config "
                         "(in the weights' metadata) gives the world's geometry and the training length")
@@ -322,8 +337,9 @@ def add_command(sub) -> None:
     s.add_argument("--segment", type=int, default=None, help="frames per table segment (default: training length)")
     s.add_argument("--json", default=None, help="also write the metrics here (like eval --json)")
     s.add_argument("--actions", nargs="+", default=None, metavar="FILE",
-                   help="the actions each video was made with: .npy, one per video ((frames,): action f produced "
-                        "frame f, given frames included) or one (videos, frames) array")
+                   help="the actions each video was made with: .npy, one per video ((frames,): one action per "
+                        "frame, given frames included; see --alignment) or one (videos, frames) array")
+    add_alignment_arg(s)
     s.add_argument("--inverse-dynamics", type=int, default=None, metavar="STEPS",
                    help="action following: train an inverse-dynamics classifier for STEPS steps (e.g. 400) on the "
                         "world's ground truth and report its accuracy on ground truth (ceiling), on these videos "

@@ -26,6 +26,9 @@ import numpy as np
 import torch
 
 from resforce.actions import ActionSpace
+from resforce.metrics.video import DRIFT_DEFINITION, evaluate_generic
+from resforce.worlds.atari import metrics as atari_metrics
+from resforce.worlds.atari import objects
 from resforce.worlds.atari import ram as ram_objects
 from resforce.worlds.atari.emulator import Emulator, action_names, check_game
 from resforce.worlds.base import EVAL_SEED_OFFSET, World
@@ -108,11 +111,20 @@ class AtariStates:
     objects: dict[str, np.ndarray] = field(default_factory=dict)
     """name -> (F, 2) screen (x, y) or (F,) counts (Pong: ball, player, enemy; Breakout: ball,
     player, bricks); empty for other games."""
+    played: np.ndarray | None = None
+    """(F,) the actions that played `ram` and `objects` (default: `actions`). A rollout given
+    other actions replaces `actions` only, so scoring knows from which frame on the ground
+    truth is not the continuation under the video's actions."""
+
+    def __post_init__(self) -> None:
+        if self.played is None:
+            self.played = np.array(self.actions, copy=True)
 
     @staticmethod
     def stack(states: list["AtariStates"]) -> "AtariStates":
         return AtariStates(np.stack([s.actions for s in states]), np.stack([s.ram for s in states]),
-                           {k: np.stack([s.objects[k] for s in states]) for k in states[0].objects})
+                           {k: np.stack([s.objects[k] for s in states]) for k in states[0].objects},
+                           np.stack([s.played for s in states]))
 
 
 def sticky_step(rng: np.random.Generator, previous: int, n: int, sticky: float) -> int:
@@ -280,7 +292,39 @@ class AtariWorld(World):
     config_class = AtariConfig
     config_doc = "An Atari 2600 game through ale-py (used when kind = atari): pip install 'resforce[atari]'."
     title = "Atari frames"
-    scores_files = False
+    scores_files = True
+    table_metrics = ("missing", "spurious", "ball_found", "position_error", "ball_error", "player_error",
+                     "enemy_error", "brick_error", "drift", "flicker")
+    plot_metrics = ("missing", "position_error", "brick_error", "drift")
+    per_sample_metrics = ("missing", "spurious", "found_rate", "ball_found", "player_found", "enemy_found",
+                          "position_error", "ball_error", "player_error", "enemy_error", "brick_error", "drift")
+    verdict_metrics = {"missing": ("keeps more of the game's objects", "objects missing per frame"),
+                       "position_error": ("puts the objects nearer where the game does", "object position error (px)"),
+                       "brick_error": ("keeps the bricks' count nearer the game's", "brick-count error")}
+
+    @property
+    def finds_objects(self) -> bool:
+        """The game's objects are found in its frames (Pong, Breakout; in colour)."""
+        return self.config.game in objects.GAMES and not self.config.grayscale
+
+    @property
+    def summary_definition(self) -> str:
+        return atari_metrics.DEFINITION if self.finds_objects else DRIFT_DEFINITION
+
+    def reference_note(self, prefix_frames: int) -> str:
+        if not self.finds_objects:
+            return super().reference_note(prefix_frames)
+        return f"reference objects: those found in the first {prefix_frames} frame(s)"
+
+    def score(self, videos: np.ndarray, states=None, ground_truth=None, ref_frames: int = 2) -> dict[str, np.ndarray]:
+        """The generic metrics and, for Pong and Breakout in colour, the object metrics
+        (metrics.py): against the RAM's ground truth where states are given, else against
+        ground-truth frames, else against the first `ref_frames` frames."""
+        generic = evaluate_generic(videos)
+        if not self.finds_objects:
+            return generic
+        gt = None if ground_truth is None else np.asarray(ground_truth)
+        return {**generic, **atari_metrics.evaluate_objects(videos, self.config.game, states, gt, ref_frames)}
 
     @property
     def action_space(self) -> ActionSpace:

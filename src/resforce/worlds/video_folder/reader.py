@@ -41,11 +41,7 @@ import torch
 from resforce.worlds.config_coerce import coerce_config
 from PIL import Image
 
-from resforce.actions import NULL_ACTION, ActionSpace
-
-ALIGNMENTS = ("produces_next", "produced_this")
-"""What the action stored beside frame t of a sidecar is: the action taken after frame t,
-which produces frame t + 1 (gymnasium, ALE), or the action that produced frame t."""
+from resforce.actions import ALIGNMENTS, ActionSpace, per_frame_actions
 
 
 @dataclass
@@ -65,10 +61,7 @@ class SidecarActions(ActionSpace):
     def per_frame(self, logged: np.ndarray) -> np.ndarray:
         """Checked logged actions (frames[, dim]) as resforce's per-frame actions: entry f is the
         action that produced frame f (produces_next: shifted by one, the null action at frame 0)."""
-        if self.alignment == "produced_this" or len(logged) == 0:
-            return logged
-        null = np.full_like(logged[:1], NULL_ACTION) if self.kind == "discrete" else np.zeros_like(logged[:1])
-        return np.concatenate([null, logged[:-1]])
+        return per_frame_actions(logged, self.alignment)
 
 
 class VideoFileError(ValueError):
