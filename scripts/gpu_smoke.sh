@@ -49,8 +49,8 @@ print(f"routed bf16 fwd+bwd ok, {2 * n * L} tokens, peak {torch.cuda.max_memory_
 '
 
 if [ "$CUDA" = 1 ]; then
-  run "CUDA tests" 180 "passed|failed" $PY -m pytest -q -p no:cacheprovider tests/test_chunk_attention.py \
-      tests/test_detached_history.py tests/test_bf16_routed.py -k "cuda or bf16"
+  run "CUDA tests" 180 "passed|failed" $PY -m pytest -q -p no:cacheprovider tests/model/test_chunk_attention.py \
+      tests/training/test_detached_history.py tests/model/test_bf16_routed.py -k "cuda or bf16"
   run "precision check" 120 "." $PY scripts/cuda_precision_check.py
   run "routed bf16 pass (CUDA)" 120 "routed bf16" $PY -c "$ROUTED_CUDA"
   run "1.3B 5 s step (time, peak)" 240 "." $PY benchmarks/gpu_wan_step.py --strategies resampling \
@@ -60,7 +60,7 @@ if [ "$CUDA" = 1 ]; then
 else
   skip "CUDA tests"
   skip "precision check"
-  run "routed bf16 tests (CPU)" 300 "passed|failed" $PY -m pytest -q -p no:cacheprovider tests/test_bf16_routed.py
+  run "routed bf16 tests (CPU)" 300 "passed|failed" $PY -m pytest -q -p no:cacheprovider tests/model/test_bf16_routed.py
   skip "1.3B 5 s step (time, peak)"
   run "routing benchmark --smoke" 300 "." $PY benchmarks/bench_routing_cuda.py --smoke
   run "tiny prepare/train/generate" 300 "generate|train" $PY scripts/tiny_recipe_run.py --device cpu

@@ -5,7 +5,7 @@ the chunked attention, RoPE tables, the history strategies' loops) stays eager.
 
 Inside a compiled block the chunked attention runs as two opaque custom ops (forward and its
 backward: attention/chunked.py `chunk_attention_planned`) with the tile plan the layout made
-on the host, so torch._dynamo traces a block without a graph break (tests/test_compile.py).
+on the host, so torch._dynamo traces a block without a graph break (tests/model/test_compile.py).
 Routed / windowed layouts (routing_grouped.py) are traced as plain torch code.
 """
 

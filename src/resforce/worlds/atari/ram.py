@@ -12,7 +12,7 @@ mila-iqia/atari-representation-learning):
 
 AtariARI gives addresses only; the offsets from RAM value to screen pixel below were measured
 against ALE's rendered 210x160 screens (the centroid of each object's colour) and are checked
-by tests/test_atari_ram.py: the ball within 1.5 screen pixels, a fully visible paddle within 1.
+by tests/worlds/test_atari_ram.py: the ball within 1.5 screen pixels, a fully visible paddle within 1.
 Positions are (x, y) = (column, row) of the object's centre in screen pixel indices; `to_world`
 maps them onto a world frame of R x R pixels. The RAM keeps a position while the object is
 hidden (the Pong ball between points), so a decoded ball is not a visible one.
