@@ -13,12 +13,14 @@ thread (resforce play's default): this model's ops are too small to split across
 When other work shares the cores, frames/s is what the playing thread got; "per CPU s"
 (frames per second of CPU time it used) is what a core of its own would give.
 
-The model: the shipped agent-world model (src/resforce/assets/agent_balls/), or until it
-exists a randomly initialised model of its recipe (configs/agent_resampling.yaml): the same
-shapes, so the same speed. Numbers measured while other work shares the cores are lower bounds.
+The model: the shipped agent-world model (src/resforce/assets/agent_balls/), or a randomly
+initialised model of a recipe (--recipe CONFIG [key=value ...], e.g. configs/atari_pong_teacher.yaml
+for a Pong world model at 32x32, data.atari.resolution=64 for 64x64): the same shapes as the
+trained model, so the same speed. Numbers measured while other work shares the cores are lower bounds.
 Each configuration is timed in --rounds interleaved rounds and shows its best (least
 disturbed) round.
-Usage: python benchmarks/bench_play.py [--model FILE] [--threads N] [--rounds 3] [--quality 8]
+Usage: python benchmarks/bench_play.py [--model FILE | --recipe CONFIG [key=value ...]] [--threads N] [--rounds 3]
+       [--quality 8]
 """
 
 from __future__ import annotations
@@ -48,24 +50,29 @@ def shipped_model() -> Path | None:
     return (rf or files or [None])[0]
 
 
-def load(model_path: str | None):
-    """(model, cfg, what it is)."""
+def load(model_path: str | None, recipe: str | None = None, overrides=()):
+    """(model, cfg, what it is): a weights file or run, else the shipped model, else (or with
+    `recipe`) a random model of the recipe."""
     from resforce.io.weights import load_model
     from resforce.config import load_config
     from resforce.model.dit import CausalVideoDiT
 
-    path = model_path or shipped_model()
+    path = None if recipe else model_path or shipped_model()
     if path is not None:
         model, cfg = load_model(path, "cpu")
         return model, cfg, f"{path} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters)"
-    cfg = load_config(RECIPE, [])
+    recipe = Path(recipe or RECIPE)
+    cfg = load_config(str(recipe), list(overrides))
     model = CausalVideoDiT(cfg.model)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # the zero AdaLN init would make the blocks no-ops: random everywhere
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     n = sum(p.numel() for p in model.parameters()) / 1e6
-    return model.eval(), cfg, f"random model of {RECIPE.name} ({n:.2f}M parameters; no shipped model yet)"
+    from resforce.worlds import world_of
+
+    h, w = world_of(cfg.data).resolution
+    return model.eval(), cfg, f"random model of {' '.join([recipe.name, *overrides])} ({n:.2f}M parameters, {h}x{w} frames)"
 
 
 class Stopwatch:
@@ -135,7 +142,9 @@ def play(model, cfg, steps: int, frames: int, memo: bool = True, cfg_scale: floa
 
     memo = memoize_conditioning(model) if memo else None
     session = InteractiveSession(model, cfg, steps=steps, seed=0, cfg_scale=cfg_scale)
-    actions = ["left", "left", "up", "noop", "right", "down"]
+    names = list(session.action_space.names or [])
+    actions = [a for a in ["left", "left", "up", "noop", "right", "down"] if a in names] or list(range(len(names)))
+    actions = actions or [None]
     for i in range(max(5, session.context_chunks)):  # warm up and fill the rolling context
         session.step(actions[i % len(actions)])
     watch = instrument(model)
@@ -214,6 +223,8 @@ def following(model, cfg, steps: int, episodes: int, frames: int = 32, shift: fl
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="a world model (.safetensors or run); default: the shipped one")
+    p.add_argument("--recipe", default=None, help="time a random model of this recipe instead (the same speed)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of --recipe")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as resforce play)")
     p.add_argument("--frames", type=int, default=30, help="frames timed per configuration and round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each row is its best round")
@@ -225,7 +236,7 @@ def main() -> None:
                    help="shifts of the Euler grid scored by --quality (1 step: the shift changes nothing)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model, cfg, what = load(args.model)
+    model, cfg, what = load(args.model, args.recipe, args.overrides)
     import os
 
     print(f"model: {what}")
