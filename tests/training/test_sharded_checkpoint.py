@@ -358,7 +358,8 @@ def test_export_merges_the_shards_in_one_process(runs, tmp_path, capsys):
 
 
 def test_export_refuses_a_damaged_shard_naming_it(runs, tmp_path):
-    from resforce.io.weights import DamagedFileError, export_weights
+    from resforce.io.export import export_weights
+    from resforce.io.weights import DamagedFileError
 
     out, _, _ = runs
     run = tmp_path / "full"

@@ -78,7 +78,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from resforce.io.weights import export_weights
+    from resforce.io.export import export_weights
 
     out = export_weights(args.run, args.out, args.dtype, prefer_ema=not args.online,
                          merge_lora=args.merge_lora)
