@@ -72,6 +72,13 @@ def test_score_reports_ceiling_videos_and_floor_for_atari(tmp_path, capsys, monk
     with pytest.raises(SystemExit):
         main(["score", *files, "--world", "atari", "--inverse-dynamics", "20"])
     assert "give --actions FILE" in capsys.readouterr().err
+    # bad --actions fail once the videos are read, before any of them is scored
+    from resforce.evaluation import evaluate
+
+    def no_scoring(*a, **k):
+        raise AssertionError("the videos were scored before --actions was checked")
+
+    monkeypatch.setattr(evaluate, "score_videos", no_scoring)
     with pytest.raises(SystemExit):
         main(["score", *files, "--world", "atari", "--actions", str(tmp_path / "a0.npy"), str(tmp_path / "a1.npy"),
               "--inverse-dynamics", "20"])

@@ -187,11 +187,14 @@ def _world_config(args):
 
 
 def score_files(paths: list[Path], cfg, prefix_frames: int = 2, segment_len: int | None = None,
-                train_frames: int | None = None, frechet_reference: int | None = None, name: str | None = None):
+                train_frames: int | None = None, frechet_reference: int | None = None, name: str | None = None,
+                check=None):
     """Score video files as the samples of one evaluation (:class:`resforce.evaluation.evaluate.Evaluation`).
 
-    Every file must have the same frames and size once at the world's resolution. Returns the
-    evaluation and notes on what was done to the input.
+    Every file must have the same frames and size once at the world's resolution. `check`:
+    called with the videos (M, C, F, H, W) once they are read and before any scoring, so input
+    that goes with them (e.g. --actions) fails before the work. Returns the evaluation and
+    notes on what was done to the input.
     """
     import torch
 
@@ -231,6 +234,8 @@ def score_files(paths: list[Path], cfg, prefix_frames: int = 2, segment_len: int
     if segment_len is not None and segment_len > frames:
         raise ValueError(f"--segment {segment_len} is longer than the video ({frames} frames)")
     seg = segment_len or min(train_frames or frames, frames)
+    if check is not None:
+        check(batch)
     per_frame = E.score_videos(batch, cfg, ref_frames=prefix_frames)
     rows = segment_table(per_frame, seg, train_len=train_frames)
     info = {}
@@ -289,17 +294,22 @@ def cmd_score(args) -> None:
     world_name = args.world or cfg.data.kind
     train = training_context_chunks(cfg) * cfg.model.frames_per_chunk if from_run else None
     paths = [Path(p) for p in args.videos]
-    ev, notes = score_files(paths, cfg, args.prefix_frames, args.segment, train, args.frechet_reference)
+    world, actions = world_of(cfg.data), {}
+
+    def read_actions(videos: np.ndarray) -> None:  # before the videos are scored: bad --actions fail first
+        if args.inverse_dynamics is not None:
+            actions["per_frame"] = load_actions([Path(p) for p in args.actions], videos.shape[0], videos.shape[2],
+                                                world.action_space, alignment)
+
+    ev, notes = score_files(paths, cfg, args.prefix_frames, args.segment, train, args.frechet_reference,
+                            check=read_actions)
     following = None
     if args.inverse_dynamics is not None:
         from resforce.metrics.inverse_dynamics import action_following, describe, train_inverse_dynamics
 
-        world = world_of(cfg.data)
         videos = ev.generated.videos.numpy()
-        actions = load_actions([Path(p) for p in args.actions], videos.shape[0], videos.shape[2], world.action_space,
-                               alignment)
-        following = action_following(train_inverse_dynamics(world, steps=args.inverse_dynamics), videos, actions,
-                                      world, given_frames=args.prefix_frames)
+        following = action_following(train_inverse_dynamics(world, steps=args.inverse_dynamics), videos,
+                                     actions["per_frame"], world, given_frames=args.prefix_frames)
     s = ev.summary()
     print(f"scored {s['samples']} video(s) of {s['frames']} frames with the {world_name} metrics "
           f"({'world of ' + from_run if from_run else 'default world config'}); "
