@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 
-# process groups and torchrun launches run on one test worker (make test runs two: pytest-xdist)
+# process groups and torchrun launches run on one test worker (make test runs two: pytest-xdist):
+# two 2-rank launches side by side have aborted a gloo rank
 pytestmark = pytest.mark.xdist_group("processes")
 
 ROOT = Path(__file__).resolve().parents[2]
