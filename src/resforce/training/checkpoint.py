@@ -28,6 +28,7 @@ directory, the rename into place, the rotation and the clean-up after a crash de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -76,22 +77,31 @@ def save_checkpoint(run_dir: str | Path, step: int, model_sd, ema_sd, state: dic
         if bad is not None:
             raise refuse_nonfinite(run_dir, step, what, bad)
     split_state(state)  # TypeError naming anything that is not data, before a file is touched
-    tmp = final.parent / f".tmp_{final.name}"
-    try:
+    with committing(final):
         tmp = begin_write(run_dir, step)
         save_weights(tmp / "model.safetensors", model_sd, config_yaml)
         save_weights(tmp / "ema.safetensors", ema_sd, config_yaml)
         atomic_write(tmp / "config.yaml", lambda t: t.write_text(config_yaml))
         save_state(tmp, state, checksum=("model.safetensors", "ema.safetensors"))  # state.json last: the checksums
+    rotate(final, keep)
+    return final
+
+
+@contextlib.contextmanager
+def committing(final: Path):
+    """The write of checkpoint `final` into its .tmp_ directory happens inside; on success the
+    directory is renamed into place (`commit`). Any failure removes it, and an I/O failure
+    becomes a CheckpointWriteError naming `final` (safetensors reports ENOSPC as its own type)."""
+    tmp = final.parent / f".tmp_{final.name}"
+    try:
+        yield
         commit(tmp)
-    except (OSError, SafetensorError) as e:  # safetensors reports I/O errors (ENOSPC) as its own type
+    except (OSError, SafetensorError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_failed(e, final) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    rotate(final, keep)
-    return final
 
 
 def refuse_nonfinite(run_dir, step: int, what: str, where: str) -> NonFiniteCheckpoint:

@@ -45,8 +45,8 @@ from resforce.io.sharded_weights import (MANIFEST, SHARDS, inspect_sharded, mani
                                          verify_shards)
 from resforce.io.weights import DamagedFileError, sha256_of
 from resforce.training import distributed as parallel
-from resforce.training.checkpoint import (CheckpointDamaged, CheckpointError, begin_write, commit, refuse_nonfinite,
-                                          rotate, write_failed)
+from resforce.training.checkpoint import (CheckpointDamaged, CheckpointError, begin_write, committing,
+                                          refuse_nonfinite, rotate, write_failed)
 from resforce.training.statefile import load_state, save_state, split_state, verify_checksums
 
 PARAM_GROUPS = "optimizer_param_groups"
@@ -154,9 +154,7 @@ def _begin(run_dir, step: int, final: Path) -> Path:
 def _finish(tmp: Path, final: Path, sums: dict, world: int, state: dict, config_yaml: str, keep: int) -> Path:
     """Rank 0, after every rank wrote and hashed its shard: the shard list, the state, state.json
     last (it vouches for shards.json, which vouches for each shard), then the rename."""
-    from safetensors import SafetensorError
-
-    try:
+    with committing(final):
         fsync_dir(tmp / SHARDS)  # the shard files' names are on disk before the list naming them
         if not sums:
             raise OSError(f"no shard file was written into {tmp / SHARDS}")
@@ -164,13 +162,6 @@ def _finish(tmp: Path, final: Path, sums: dict, world: int, state: dict, config_
         text = json.dumps(manifest(sums, world, config_yaml), indent=1)
         atomic_write(tmp / MANIFEST, lambda t: t.write_text(text, encoding="utf-8"))
         save_state(tmp, state, checksum=(MANIFEST, "config.yaml"))  # state.json last
-        commit(tmp)
-    except (OSError, SafetensorError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise write_failed(e, final) from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     rotate(final, keep)
     return final
 
