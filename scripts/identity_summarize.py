@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resforce.metrics.stats import paired_difference
+from resforce.metrics.stats import mean_se, paired_difference
 
 METRICS = ("count_error", "identity_error", "failure")
 BASELINES = {"teacher": "teacher forcing", "noise_aug": "noise augmentation",
@@ -98,8 +98,9 @@ def across_seeds(variants: list[Path], base: Path) -> list[str]:
             cells = []
             for m in METRICS:
                 for s in SEGMENTS:
-                    d = np.array([np.nanmean(v[m][:, s] - b[m][:, s]) for v, b in pairs])
-                    cells.append(f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} ({(d < 0).sum()}/{len(d)})")
+                    d = np.array([paired_difference(v[m][:, s], b[m][:, s])[0] for v, b in pairs])
+                    mean, se = mean_se(d)
+                    cells.append(f"{mean:+.3f} ± {se:.3f} ({(d < 0).sum()}/{len(d)})")
             rows.append(f"| {name} − {label_} ({len(pairs)} seeds) | " + " | ".join(cells) + " |")
     if not rows:
         return []
