@@ -62,8 +62,14 @@ def play_presses(page) -> tuple[list[dict], list[str]]:
     presses = plan_presses(x, y, page.evaluate("resforcePlay.hello.width"))
     for key, action in presses:
         if key == "button":
-            x, y = page.evaluate(f"(() => {{ const r = document.querySelector('#buttons button[data-action={action}]')"
-                                 f".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+            # scrolled into view first: in a 900x900 window the d-pad's lowest row ends below the
+            # viewport, where a mouse event reaches no element
+            x, y, inside = page.evaluate(
+                f"(() => {{ const b = document.querySelector('#buttons button[data-action={action}]');"
+                f" b.scrollIntoView({{block: 'center'}}); const r = b.getBoundingClientRect();"
+                f" const x = r.x + r.width / 2, y = r.y + r.height / 2;"
+                f" return [x, y, x >= 0 && y >= 0 && x < innerWidth && y < innerHeight]; }})()")
+            assert inside, f"the {action} button's middle ({x:.0f}, {y:.0f}) is outside the window"
             page.mouse("mousePressed", x, y)
             time.sleep(HOLD)
             page.mouse("mouseReleased", x, y)
