@@ -110,3 +110,32 @@ def test_entry_point_on_a_trained_tiny_run(tmp_path, capsys):
     assert data["command"].startswith("python -m resforce.diagnostics ")
     assert len(data["history_gap"]["rows"]) == 5 and len(data["identity"]["follow"]) == 2
     assert md.read_text().splitlines()[0].startswith("<!-- python -m resforce.diagnostics")
+    # every history scored with the world's verdict metrics; the rollout's given chunk is the
+    # ground truth itself: no ball missing, none recoloured
+    gap = data["history_gap"]
+    assert gap["scored"] == ["count_error", "identity_error"] and "the world's `identity_error`" in printed
+    assert all(len(row["identity_error"]) == 3 for row in gap["rows"].values())
+    assert gap["rows"]["rollout"]["count_error"][0] == 0 and gap["rows"]["rollout"]["identity_error"][0] == 0
+    diagnose([str(tmp_path / "run"), "--samples", "1", "--shifts", "0.6", "--prefix-chunks", "1",
+              "--world-metrics", "failure", "--json", str(out)])
+    assert json.loads(out.read_text())["history_gap"]["scored"] == ["failure"]
+    with pytest.raises(SystemExit, match="--world-metrics colour: not a metric of the bouncing balls world"):
+        diagnose([str(tmp_path / "run"), "--samples", "1", "--world-metrics", "colour"])
+
+
+def test_history_gap_scores_every_history_with_a_world_metric(model):
+    """chunk_scores averages a per-frame metric per chunk position, NaN left out."""
+    gt = clips()
+
+    def score(video):  # per-frame: the mean absolute difference to the ground truth; NaN in frame 0 of sample 0
+        d = (video - gt).abs().mean(dim=(1, 3, 4)).numpy().astype("float64")
+        d[0, 0] = float("nan")
+        return {"gap": d}
+
+    r = history_gap(model, gt, shifts=(0.6,), strategies=("resampling",), prefix_chunks=1, steps=2, score=score)
+    assert r["scored"] == ["gap"]
+    roll = r["rows"]["rollout"]
+    assert roll["gap"][0] == 0 and min(roll["gap"][1:]) > 0
+    hist = r["rows"]["resampling s=0.6"]
+    assert all(v > 0 for v in hist["gap"]) and all(k in hist for k in ("mse", "hist_l1", "chan_stats"))
+    assert history_gap(model, gt, shifts=(0.6,), strategies=("resampling",), prefix_chunks=1, steps=2)["scored"] == []

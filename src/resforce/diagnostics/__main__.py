@@ -19,6 +19,7 @@ from resforce.io.weights import load_model
 from resforce.io.fileio import write_text_atomic
 from resforce.model.attention.policy import AttentionPolicy
 from resforce.generation.generate import world_clips
+from resforce.worlds import world_of
 from resforce.generation.session import training_context_chunks
 from resforce.diagnostics.history_gap import DISTANCES, gap_table, history_gap, model_rollout
 from resforce.diagnostics.identity import PERMUTATIONS, follow_score, model_generator, permute_channels
@@ -50,6 +51,9 @@ def add_arguments(ap) -> None:
     ap.add_argument("--bins", type=int, default=4, help="colour histogram bins per channel (default 4)")
     ap.add_argument("--perm", default="gbr", choices=sorted(PERMUTATIONS),
                     help="channel permutation of the identity test (default gbr: R<-G, G<-B, B<-R)")
+    ap.add_argument("--world-metrics", nargs="+", default=None, metavar="METRIC",
+                    help="the world's metrics each history is scored with, as if it were a generated video "
+                         "(default: the world's verdict metrics, e.g. count_error identity_error)")
     ap.add_argument("--json", help="also write the numbers here")
     ap.add_argument("--markdown", help="also write the printed report here")
 
@@ -60,27 +64,48 @@ def run(a) -> tuple[dict, str]:
     model, cfg = load_model(a.run)
     fpc = model.config.frames_per_chunk
     n = training_context_chunks(cfg)
-    gt, _ = world_clips(cfg, a.samples, n * fpc, a.seed)
+    gt, states = world_clips(cfg, a.samples, n * fpc, a.seed)
     if gt is None:
         raise SystemExit(f"{a.run}: its world ({cfg.data.kind}) has no ground-truth clips to compare with")
     gt = gt.float()
     steps, shift = cfg.sample.steps, cfg.sample.shift
     attention = AttentionPolicy(cfg.stages[-1].attention)
+    p = a.prefix_chunks * fpc
+    score = world_score(world_of(cfg.data), states, gt, p, a.world_metrics)
     video = model_rollout(model, gt, a.prefix_chunks, steps, shift, seed=a.seed, attention=attention)
     gap = history_gap(model, gt, _floats(a.shifts), a.strategies, a.prefix_chunks, steps, shift, a.seed,
-                      a.bins, attention, rollout_video=video)
+                      a.bins, attention, rollout_video=video, score=score)
     perm = PERMUTATIONS[a.perm]
 
     def transform(v):
         return permute_channels(v, perm)
 
-    p = a.prefix_chunks * fpc
     gen_ph = model_generator(model, n - a.prefix_chunks, steps, shift, a.seed, 0, attention)(transform(gt[:, :, :p]))
     ident = follow_score(video[:, :, p:], gen_ph, transform, fpc)
     numbers = {"run": str(a.run), "samples": a.samples, "clip_chunks": n, "frames_per_chunk": fpc,
                "euler_steps": steps, "sample_shift": shift, "seed": a.seed, "bins": a.bins,
                "history_gap": gap, "identity": {"permutation": a.perm, **ident}}
     return numbers, report(numbers)
+
+
+def world_score(world, states, gt: torch.Tensor, ref_frames: int, metrics: list[str] | None):
+    """A video -> {metric: (B, F)} of the world's `metrics` (default: its verdict metrics)
+    against the clips' ground truth (`states`, `gt`); None where the world names none. A metric
+    the world does not compute is an error naming it and those it does."""
+    names = list(world.verdict_metrics) if metrics is None else metrics
+    if not names:
+        return None
+    known = world.score(gt.numpy(), states, ground_truth=gt, ref_frames=ref_frames)
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        raise SystemExit(f"error: --world-metrics {' '.join(unknown)}: not a metric of the {world.title} world "
+                         f"(its metrics: {', '.join(sorted(known))})")
+
+    def score(video: torch.Tensor) -> dict:
+        m = world.score(video.numpy(), states, ground_truth=gt, ref_frames=ref_frames)
+        return {k: m[k] for k in names}
+
+    return score
 
 
 def report(numbers: dict) -> str:
@@ -97,6 +122,9 @@ def report(numbers: dict) -> str:
               "chan_stats": "per-channel |mean| + |std| difference"}
     for d in DISTANCES:
         out += [f"### {titles[d]}", "", gap_table(gap, d), ""]
+    for m in gap.get("scored", []):
+        out += [f"### the world's `{m}` of each history (scored as a generated video against the ground truth)",
+                "", gap_table(gap, m), ""]
     out += [f"## Identity sensitivity (channel permutation {ident['permutation']})", "",
             "follow = 1 - d(gen(P(H)), P(gen(H))) / d(gen(H), P(gen(H))): 1 = the continuation's colours "
             "follow the history's, 0 = they ignore them. `moved`: per-pixel d(gen(H), P(gen(H))).", "",

@@ -21,12 +21,19 @@ Distances (noise-free, per frame, averaged over the samples and the chunk's fram
 
 A rollout also diverges from the ground truth legitimately (a chaotic world's trajectory),
 which the MSE counts and the two colour distances mostly do not.
+
+With a `score` function (the world's own metrics of a video against the clips' ground truth,
+e.g. the ball-count and per-ball identity errors of bouncing balls) every history is scored
+as if it were a generated video too: whether the training history itself already loses or
+recolours objects, next to what the model's rollout does.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from resforce.history import HistoryConfig, build_history
@@ -99,31 +106,55 @@ def resampled_history(model, ground_truth: torch.Tensor, strategy: str, shift: f
     return hist.clamp(-1, 1).cpu()
 
 
+def chunk_scores(video: torch.Tensor, score: Callable[[torch.Tensor], dict], frames_per_chunk: int) -> dict[str, list[float]]:
+    """{metric: [value at chunk position 0, 1, ...]}: `score(video)`'s per-frame metrics
+    ({name: (B, F)}) averaged over the samples and each chunk's frames (NaN, where a metric is
+    undefined, left out; a position where it is undefined throughout is NaN)."""
+    out = {}
+    for k, v in score(video).items():
+        v = np.asarray(v, dtype=np.float64)
+        n = v.shape[1] // frames_per_chunk
+        per = v[:, :n * frames_per_chunk].reshape(v.shape[0], n, frames_per_chunk).transpose(1, 0, 2).reshape(n, -1)
+        out[k] = [float(np.nanmean(row)) if np.isfinite(row).any() else math.nan for row in per]
+    return out
+
+
 def history_gap(model, ground_truth: torch.Tensor, shifts=(0.1, 0.6, 3.0),
                 strategies=("resampling", "parallel_resampling"), prefix_chunks: int = 2, steps: int = 16,
                 sample_shift: float = 2.0, seed: int = 0, bins: int = 4, attention=None,
-                rollout_video: torch.Tensor | None = None) -> dict:
+                rollout_video: torch.Tensor | None = None,
+                score: Callable[[torch.Tensor], dict] | None = None) -> dict:
     """Distances to the ground truth per chunk position of (a) the model's rollout from the
     first `prefix_chunks` chunks and (b) each strategy's resampled history at each shift:
-    {"prefix_chunks", "chunks", "rows": {label: {distance: [per chunk]}}}. `rollout_video`:
-    the rollout if already made (model_rollout with the same arguments)."""
+    {"prefix_chunks", "chunks", "rows": {label: {distance: [per chunk]}}, "scored": [...]}.
+    `rollout_video`: the rollout if already made (model_rollout with the same arguments).
+    `score`: a video (B, C, F, H, W) -> {metric: per-frame values (B, F)} against the same
+    ground truth (the world's metrics); its metrics join each row next to the distances and
+    are listed in "scored"."""
     fpc = model.config.frames_per_chunk
     gt = ground_truth.float().clamp(-1, 1)
     if rollout_video is None:
         rollout_video = model_rollout(model, gt, prefix_chunks, steps, shift=sample_shift, seed=seed,
                                       attention=attention)
-    rows = {"rollout": chunk_distances(rollout_video, gt, fpc, bins)}
+
+    def row(video):
+        return {**chunk_distances(video, gt, fpc, bins), **(chunk_scores(video, score, fpc) if score else {})}
+
+    rows = {"rollout": row(rollout_video)}
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     for strategy in strategies:
         for s in shifts:
             hist = resampled_history(model, gt, strategy, float(s), g, attention=attention)
-            rows[f"{strategy} s={float(s):g}"] = chunk_distances(hist, gt, fpc, bins)
-    return {"prefix_chunks": prefix_chunks, "chunks": gt.shape[2] // fpc, "samples": gt.shape[0], "rows": rows}
+            rows[f"{strategy} s={float(s):g}"] = row(hist)
+    scored = [k for k in rows["rollout"] if k not in DISTANCES]
+    return {"prefix_chunks": prefix_chunks, "chunks": gt.shape[2] // fpc, "samples": gt.shape[0], "rows": rows,
+            "scored": scored}
 
 
 def generated_mean(values: list[float], prefix_chunks: int) -> float:
-    """Mean over the chunk positions a rollout generates (prefix_chunks onward)."""
-    v = values[prefix_chunks:]
+    """Mean over the chunk positions a rollout generates (prefix_chunks onward); positions
+    where a metric is undefined (NaN) left out."""
+    v = [x for x in values[prefix_chunks:] if not math.isnan(x)]
     return sum(v) / len(v) if v else math.nan
 
 
