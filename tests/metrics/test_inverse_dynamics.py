@@ -83,3 +83,26 @@ def test_score_reports_ceiling_videos_and_floor_for_atari(tmp_path, capsys, monk
         main(["score", *files, "--world", "atari", "--actions", str(tmp_path / "a0.npy"), str(tmp_path / "a1.npy"),
               "--inverse-dynamics", "20"])
     assert "--actions: 2 files for 3 videos" in capsys.readouterr().err
+
+
+def test_eval_scores_the_action_following_of_the_shipped_agent_model(tmp_path, capsys):
+    """`resforce eval --inverse-dynamics`: the shipped agent-world model's rollouts, scored
+    against the ground-truth actions they were commanded, land well above the floor (an
+    action-ignoring model's level); a world without actions is refused before any rollout."""
+    from pathlib import Path
+
+    import resforce
+    from resforce.cli.main import main
+
+    model = Path(resforce.__file__).parent / "assets" / "agent_balls" / "resampling_forcing.safetensors"
+    out = tmp_path / "eval.json"
+    main(["eval", str(model), "--samples", "4", "--chunks", "10", "--frechet-reference", "0",
+          "--inverse-dynamics", "200", "--json", str(out)])
+    assert "(ceiling)" in capsys.readouterr().out
+    result = json.loads(out.read_text())["action_following"]
+    assert result["frames_scored"] == 4 * 10
+    assert result["videos"] > result["floor"] + 0.15, result
+    demo = Path(resforce.__file__).parent / "assets" / "demo" / "resampling_forcing.safetensors"
+    with pytest.raises(SystemExit):
+        main(["eval", str(demo), "--samples", "2", "--chunks", "2", "--inverse-dynamics", "10"])
+    assert "'none' actions" in capsys.readouterr().err

@@ -18,13 +18,16 @@ def cmd_eval(args) -> None:
         check_output(args.json, (".json",), "--json")
     ev = evaluate(args.run, samples=args.samples, prefix_chunks=args.prefix_chunks if args.prefix_chunks is not None else 2,
                   segment_len=args.segment, frechet_reference=args.frechet_reference,
-                  **generation_options(args, seed=args.seed or 0))
+                  inverse_dynamics=args.inverse_dynamics, **generation_options(args, seed=args.seed or 0))
     print(f"{ev.name}: {ev.summary()['samples']} rollouts of {ev.summary()['frames']} frames "
           f"({ev.generated.prefix_frames} given); training clips: {ev.generated.train_frames} frames; "
           f"segments marked * lie beyond the training length")
     print(format_table(ev.rows, table_metrics(ev)))
     if frechet_line(ev):
         print(frechet_line(ev))
+    if ev.action_following is not None:
+        from resforce.metrics.inverse_dynamics import describe
+        print(describe(ev.action_following))
     if args.json:
         print(f"wrote {save_json(ev, args.json)}")
 
@@ -59,6 +62,11 @@ def add_commands(sub) -> None:
     e.add_argument("--samples", type=int, default=16)
     e.add_argument("--segment", type=int, default=None, help="frames per table segment (default: training length)")
     e.add_argument("--json", default=None, help="also write the metrics here")
+    e.add_argument("--inverse-dynamics", type=int, default=0, metavar="STEPS",
+                   help="also score action following: an inverse-dynamics classifier trained STEPS steps on the "
+                        "world's ground truth (e.g. 400) checks each generated frame against the action it was "
+                        "commanded, next to its ceiling and an independent episode's actions (the floor); "
+                        "worlds with discrete actions (default 0: off)")
     add_frechet_arg(e)
     add_sampling_args(e)
     e.set_defaults(func=cmd_eval)

@@ -53,6 +53,9 @@ class Evaluation:
     weights_sha256: str | None = None
     """SHA-256 of the weights file rolled out (None: videos scored, not generated here), so two
     evaluations can be checked to be of the same model before they are paired as such."""
+    action_following: dict | None = None
+    """With `inverse_dynamics` steps: resforce.metrics.inverse_dynamics.action_following of the
+    rollouts against the actions they were commanded (ceiling, videos, floor); else None."""
 
     @property
     def world(self) -> World:
@@ -78,6 +81,7 @@ class Evaluation:
                 "dropped_tail_frames": S.whole_segments(int(self.generated.videos.shape[2]), self.segment_len)[1],
                 "per_sample_segments": self.per_sample_segments(),
                 "frechet_reference": _jsonable(self.frechet_reference),
+                "action_following": _jsonable(self.action_following),
                 "per_frame_mean": {k: _nanmean0(v) for k, v in self.per_frame.items()}}
 
 
@@ -136,7 +140,7 @@ def score_videos(videos, cfg, states=None, ground_truth=None, ref_frames: int = 
 
 def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOverrides | None = None,
              prefix_chunks: int = 2, segment_len: int | None = None, progress: bool = True,
-             frechet_reference: int = FRECHET_REFERENCE_CLIPS, **options) -> Evaluation:
+             frechet_reference: int = FRECHET_REFERENCE_CLIPS, inverse_dynamics: int = 0, **options) -> Evaluation:
     """Roll out ``samples`` videos, score them per frame, summarise them by whole segments.
     ``sample``: overrides of the run's sample config (seed None = 0, the evaluation seeds);
     ``options``: attention, device, prefer_ema of :func:`resforce.generation.generate.generate`.
@@ -144,11 +148,25 @@ def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOve
     With the world's ground truth, each segment also gets its Frechet distance to
     ``frechet_reference`` independent ground-truth clips of the world (0: none), and the
     ground truth of the same clips as the floor (``frechet_floor``).
+
+    ``inverse_dynamics`` > 0 (a world with discrete actions): an inverse-dynamics classifier
+    trained that many steps on the world's ground truth scores whether each generated frame
+    shows the action it was commanded (``Evaluation.action_following``).
     """
     _check_frechet_reference(frechet_reference)
     sample = sample or SampleOverrides()
     if sample.seed is None:
         sample = dataclasses.replace(sample, seed=0)
+    idm = None
+    if inverse_dynamics:  # trained (and its world checked) before any rollout
+        from resforce.io.weights import inspect_weights
+        from resforce.metrics.inverse_dynamics import train_inverse_dynamics
+
+        world = world_of(inspect_weights(path, options.get("prefer_ema", True))[2].data)
+        if options.get("actions") is None and world.clips(1, 2, 0)[0] is None:
+            raise ValueError(f"--inverse-dynamics: data.kind={world.kind} has no ground-truth clips whose actions "
+                             f"the rollouts follow: give --actions")
+        idm = train_inverse_dynamics(world, steps=inverse_dynamics)
     digest = weights_sha256(path, options.get("prefer_ema", True))
     g = generate(path, sample, batch=samples, batch_flag="--samples", prefix_chunks=prefix_chunks, with_ground_truth=True,
                  progress=progress, **options)
@@ -161,7 +179,15 @@ def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOve
     info = {}
     if g.ground_truth is not None and frechet_reference:
         info = add_frechet(rows, g.videos, g.config, seg, frechet_reference, floor=g.ground_truth)
-    return Evaluation(name or Path(str(path)).stem, g, per_frame, rows, seg, info, digest)
+    following = None
+    if idm is not None:
+        from resforce.actions import actions_of
+        from resforce.metrics.inverse_dynamics import action_following
+
+        commanded = actions_of(g.states) if g.states is not None else torch.as_tensor(options["actions"])
+        following = action_following(idm, g.videos, commanded.numpy(), world_of(g.config.data),
+                                     given_frames=g.prefix_frames)
+    return Evaluation(name or Path(str(path)).stem, g, per_frame, rows, seg, info, digest, following)
 
 
 def weights_sha256(path, prefer_ema: bool = True) -> str:
