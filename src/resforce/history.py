@@ -18,7 +18,8 @@ history (arXiv 2512.15702, section 3).
 Variants of the resampling strategies (all off by default; HistoryConfig documents each):
 the strength drawn per chunk (resample_per_chunk), the ground-truth history kept for a share
 of clips or chunks (keep_ground_truth_p), an identity-preserving resampling that puts back
-the ground truth's per-channel statistics or low spatial frequencies (preserve_colour), a
+the ground truth's per-channel statistics or low spatial frequencies (preserve_colour), the
+first chunks kept clean with self-resampling continuing from them (anchor_chunks), a
 strength calibrated to the model's own rollout error (calibrate_every, calibration.py), and a
 history taken from the previous optimizer step's predictions (history_from_previous_step,
 previous_step_history.py).
@@ -87,6 +88,11 @@ class HistoryConfig:
     upsample(avgpool(clean - history)), pooled over preserve_lowpass x preserve_lowpass
     pixels, so its pooled image equals the ground truth's and the high-frequency errors stay.
     'none': the resampled history as it is."""
+    anchor_chunks: int = 0
+    """Resampling strategies: the first this many chunks of every clip's history stay the
+    clean ground truth (t_s = 0, told t = 0), and self-resampling continues from them: every
+    training history keeps a faithful source of the objects' identity (colours), however far
+    its later chunks are degraded. 0 = off (every chunk resampled, the paper)."""
     preserve_lowpass: int = 4
     """preserve_colour 'lowpass': the pooling window in pixels (the frame's height and width
     must be multiples of it)."""
@@ -125,6 +131,8 @@ class HistoryConfig:
                              f"got {self.keep_ground_truth_per!r}")
         if self.preserve_colour not in PRESERVE_COLOUR:
             raise ValueError(f"history.preserve_colour must be one of {PRESERVE_COLOUR}, got {self.preserve_colour!r}")
+        if self.anchor_chunks < 0:
+            raise ValueError(f"history.anchor_chunks must be >= 0 (0 = off), got {self.anchor_chunks}")
         if self.preserve_lowpass < 1:
             raise ValueError(f"history.preserve_lowpass must be >= 1, got {self.preserve_lowpass}")
         if self.calibrate_every < 0:
@@ -136,7 +144,8 @@ class HistoryConfig:
             raise ValueError(f"history.calibrate_samples must be >= 1, got {self.calibrate_samples}")
         for name, on in (("resample_per_chunk", self.resample_per_chunk),
                          ("preserve_colour", self.preserve_colour != "none"),
-                         ("calibrate_every", self.calibrate_every > 0)):
+                         ("calibrate_every", self.calibrate_every > 0),
+                         ("anchor_chunks", self.anchor_chunks > 0)):
             if on and not resampling:
                 raise ValueError(f"history.{name} applies to the resampling strategies {RESAMPLING}, "
                                  f"not strategy {self.strategy!r}")
@@ -298,6 +307,9 @@ def build_history_and_cache(cfg: HistoryConfig, model, clean: torch.Tensor, gene
         t_s = sample_resample_strength_per_chunk(cfg, b, n, generator, clean.device)
     else:
         t_s = sample_resample_strength(cfg, b, generator, clean.device)
+    if cfg.anchor_chunks:  # strength 0: one Euler step of size 0 leaves the clean chunk as it is
+        t_s = (t_s if t_s.ndim == 2 else t_s[:, None].expand(b, n)).clone()
+        t_s[:, :cfg.anchor_chunks] = 0
     was_training = model.training
     model.eval()  # resampling is inference with the online weights
     cache = None

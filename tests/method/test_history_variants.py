@@ -96,6 +96,31 @@ def test_keep_ground_truth(model, strategy):
             assert ((kept.any(1)) & (~kept).any(1)).any()
 
 
+@pytest.mark.parametrize("strategy", ["resampling", "parallel_resampling"])
+def test_anchor_chunks_stay_clean_and_self_resampling_continues_from_them(model, strategy):
+    x = clean()
+    cfg = HistoryConfig(strategy=strategy, anchor_chunks=1)
+    hist, t = build_history(cfg, model, x, g())
+    plain, _ = build_history(HistoryConfig(strategy=strategy), model, x, g())
+    assert torch.equal(hist[:, :, :FPC], x[:, :, :FPC]) and torch.equal(t, torch.zeros(3, N))
+    assert (hist[:, :, FPC:] - x[:, :, FPC:]).abs().max() > 1e-2  # the other chunks are resampled
+    # the same draws (strength, noise) as without the anchor: resampling at strength 0 in the
+    # first chunk and the drawn strength elsewhere
+    gen = g()
+    t_s = sample_resample_strength(cfg, 3, gen)[:, None].expand(3, N).clone()
+    t_s[:, 0] = 0
+    fn = autoregressive_resample if strategy == "resampling" else parallel_resample
+    assert torch.allclose(hist, fn(model, x, t_s, 1, gen), atol=1e-6)
+    if strategy == "parallel_resampling":  # conditioned on the ground truth anyway: the rest unchanged
+        assert torch.allclose(hist[:, :, FPC:], plain[:, :, FPC:], atol=1e-5)
+    else:  # each later chunk attends to the clean first chunk instead of its resampled version
+        assert (hist[:, :, FPC:2 * FPC] - plain[:, :, FPC:2 * FPC]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="anchor_chunks"):
+        HistoryConfig(strategy="teacher", anchor_chunks=1)
+    with pytest.raises(ValueError, match="anchor_chunks must be >= 0"):
+        HistoryConfig(strategy="resampling", anchor_chunks=-1)
+
+
 def test_preserve_colour_channel_stats(model):
     x = clean()
     base, _ = build_history(HistoryConfig(strategy="resampling"), model, x, g())

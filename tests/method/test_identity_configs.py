@@ -22,6 +22,6 @@ def test_variant_configs_branch_from_the_shared_warmup():
         h = variant.history
         changed = (h.resample_per_chunk or h.keep_ground_truth_p > 0 or h.preserve_colour != "none"
                    or h.calibrate_every > 0 or h.history_from_previous_step
-                   or (h.strategy == "parallel_resampling" and h.resample_shift != 0.6))
+                   or (h.strategy == "parallel_resampling" and h.resample_shift != 0.6) or h.anchor_chunks > 0)
         assert changed, f"{path.name} trains no variant"
         assert path.stem.removeprefix("bb_") + ":0" in script, f"{path.name} is not in the script's JOBS"
