@@ -117,8 +117,9 @@ def test_entry_point_on_a_trained_tiny_run(tmp_path, capsys):
     assert all(len(row["identity_error"]) == 3 for row in gap["rows"].values())
     assert gap["rows"]["rollout"]["count_error"][0] == 0 and gap["rows"]["rollout"]["identity_error"][0] == 0
     diagnose([str(tmp_path / "run"), "--samples", "1", "--shifts", "0.6", "--prefix-chunks", "1",
-              "--world-metrics", "failure", "--json", str(out)])
-    assert json.loads(out.read_text())["history_gap"]["scored"] == ["failure"]
+              "--world-metrics", "failure", "--anchor-chunks", "0", "1", "--json", str(out)])
+    gap = json.loads(out.read_text())["history_gap"]
+    assert gap["scored"] == ["failure"] and "resampling s=0.6 anchor 1" in gap["rows"] and len(gap["rows"]) == 5
     with pytest.raises(SystemExit, match="--world-metrics colour: not a metric of the bouncing balls world"):
         diagnose([str(tmp_path / "run"), "--samples", "1", "--world-metrics", "colour"])
 
@@ -139,3 +140,9 @@ def test_history_gap_scores_every_history_with_a_world_metric(model):
     hist = r["rows"]["resampling s=0.6"]
     assert all(v > 0 for v in hist["gap"]) and all(k in hist for k in ("mse", "hist_l1", "chan_stats"))
     assert history_gap(model, gt, shifts=(0.6,), strategies=("resampling",), prefix_chunks=1, steps=2)["scored"] == []
+    # an anchored history: its first chunk is the ground truth (gap 0), the rest resampled
+    r = history_gap(model, gt, shifts=(3.0,), strategies=("resampling",), prefix_chunks=1, steps=2, score=score,
+                    anchors=(0, 1))
+    assert list(r["rows"]) == ["rollout", "resampling s=3", "resampling s=3 anchor 1"]
+    anchored = r["rows"]["resampling s=3 anchor 1"]
+    assert anchored["gap"][0] == 0 and anchored["mse"][0] == 0 and r["rows"]["resampling s=3"]["mse"][0] > 0

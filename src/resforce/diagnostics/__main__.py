@@ -51,6 +51,9 @@ def add_arguments(ap) -> None:
     ap.add_argument("--bins", type=int, default=4, help="colour histogram bins per channel (default 4)")
     ap.add_argument("--perm", default="gbr", choices=sorted(PERMUTATIONS),
                     help="channel permutation of the identity test (default gbr: R<-G, G<-B, B<-R)")
+    ap.add_argument("--anchor-chunks", nargs="+", type=int, default=[0], metavar="K",
+                    help="also build each resampled history with its first K chunks kept clean and "
+                         "self-resampling continuing from them (history.anchor_chunks; default 0: none)")
     ap.add_argument("--world-metrics", nargs="+", default=None, metavar="METRIC",
                     help="the world's metrics each history is scored with, as if it were a generated video "
                          "(default: the world's verdict metrics, e.g. count_error identity_error)")
@@ -74,7 +77,7 @@ def run(a) -> tuple[dict, str]:
     score = world_score(world_of(cfg.data), states, gt, p, a.world_metrics)
     video = model_rollout(model, gt, a.prefix_chunks, steps, shift, seed=a.seed, attention=attention)
     gap = history_gap(model, gt, _floats(a.shifts), a.strategies, a.prefix_chunks, steps, shift, a.seed,
-                      a.bins, attention, rollout_video=video, score=score)
+                      a.bins, attention, rollout_video=video, score=score, anchors=a.anchor_chunks)
     perm = PERMUTATIONS[a.perm]
 
     def transform(v):

@@ -123,14 +123,15 @@ def history_gap(model, ground_truth: torch.Tensor, shifts=(0.1, 0.6, 3.0),
                 strategies=("resampling", "parallel_resampling"), prefix_chunks: int = 2, steps: int = 16,
                 sample_shift: float = 2.0, seed: int = 0, bins: int = 4, attention=None,
                 rollout_video: torch.Tensor | None = None,
-                score: Callable[[torch.Tensor], dict] | None = None) -> dict:
+                score: Callable[[torch.Tensor], dict] | None = None, anchors=(0,)) -> dict:
     """Distances to the ground truth per chunk position of (a) the model's rollout from the
     first `prefix_chunks` chunks and (b) each strategy's resampled history at each shift:
     {"prefix_chunks", "chunks", "rows": {label: {distance: [per chunk]}}, "scored": [...]}.
     `rollout_video`: the rollout if already made (model_rollout with the same arguments).
     `score`: a video (B, C, F, H, W) -> {metric: per-frame values (B, F)} against the same
     ground truth (the world's metrics); its metrics join each row next to the distances and
-    are listed in "scored"."""
+    are listed in "scored". `anchors`: history.anchor_chunks values to build each resampled
+    history with (0: none; k > 0 adds rows labelled "... anchor k")."""
     fpc = model.config.frames_per_chunk
     gt = ground_truth.float().clamp(-1, 1)
     if rollout_video is None:
@@ -144,8 +145,9 @@ def history_gap(model, ground_truth: torch.Tensor, shifts=(0.1, 0.6, 3.0),
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     for strategy in strategies:
         for s in shifts:
-            hist = resampled_history(model, gt, strategy, float(s), g, attention=attention)
-            rows[f"{strategy} s={float(s):g}"] = row(hist)
+            for k in anchors:
+                hist = resampled_history(model, gt, strategy, float(s), g, attention=attention, anchor_chunks=k)
+                rows[f"{strategy} s={float(s):g}" + (f" anchor {k}" if k else "")] = row(hist)
     scored = [k for k in rows["rollout"] if k not in DISTANCES]
     return {"prefix_chunks": prefix_chunks, "chunks": gt.shape[2] // fpc, "samples": gt.shape[0], "rows": rows,
             "scored": scored}
