@@ -146,3 +146,24 @@ def test_history_gap_scores_every_history_with_a_world_metric(model):
     assert list(r["rows"]) == ["rollout", "resampling s=3", "resampling s=3 anchor 1"]
     anchored = r["rows"]["resampling s=3 anchor 1"]
     assert anchored["gap"][0] == 0 and anchored["mse"][0] == 0 and r["rows"]["resampling s=3"]["mse"][0] > 0
+
+
+def test_world_score_defaults_to_the_verdict_metrics_the_world_computes():
+    """A world whose verdict names a metric it does not compute for these clips (Breakout's
+    brick count in a Pong world) is scored with the others; asked for by name, it is an error."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from resforce.diagnostics.__main__ import world_score
+
+    def score(videos, states, ground_truth=None, ref_frames=2):
+        return {"missing": np.zeros(videos.shape[:1] + videos.shape[2:3]), "drift": np.ones(videos.shape[:1] + videos.shape[2:3])}
+
+    world = SimpleNamespace(verdict_metrics={"missing": (), "brick_error": ()}, score=score, title="game")
+    gt = torch.zeros(2, 3, 4, 8, 8)
+    assert set(world_score(world, None, gt, 1, None)(gt)) == {"missing"}
+    assert set(world_score(world, None, gt, 1, ["drift"])(gt)) == {"drift"}
+    with pytest.raises(SystemExit, match="--world-metrics brick_error: not a metric of the game world"):
+        world_score(world, None, gt, 1, ["brick_error"])
+    assert world_score(SimpleNamespace(verdict_metrics={}, score=score, title="videos"), None, gt, 1, None) is None

@@ -92,13 +92,14 @@ def run(a) -> tuple[dict, str]:
 
 
 def world_score(world, states, gt: torch.Tensor, ref_frames: int, metrics: list[str] | None):
-    """A video -> {metric: (B, F)} of the world's `metrics` (default: its verdict metrics)
-    against the clips' ground truth (`states`, `gt`); None where the world names none. A metric
-    the world does not compute is an error naming it and those it does."""
-    names = list(world.verdict_metrics) if metrics is None else metrics
+    """A video -> {metric: (B, F)} of the world's `metrics` (default: those of its verdict
+    metrics it computes for these clips, e.g. no brick count for Pong) against the clips'
+    ground truth (`states`, `gt`); None where there are none. A metric asked for that the
+    world does not compute is an error naming it and those it does."""
+    known = world.score(gt.numpy(), states, ground_truth=gt, ref_frames=ref_frames)
+    names = [m for m in world.verdict_metrics if m in known] if metrics is None else metrics
     if not names:
         return None
-    known = world.score(gt.numpy(), states, ground_truth=gt, ref_frames=ref_frames)
     unknown = [m for m in names if m not in known]
     if unknown:
         raise SystemExit(f"error: --world-metrics {' '.join(unknown)}: not a metric of the {world.title} world "
