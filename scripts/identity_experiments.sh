@@ -30,7 +30,7 @@ mkdir -p "$OUT"
   OMP_NUM_THREADS=2 $RF train configs/bb_teacher.yaml run_dir=$RUNS/bb_warmup --stop-at 1500
 
 JOBS=${JOBS:-"rf_channel_stats:0 rf_lowpass:0 rf_keep_gt:0 rf_keep_gt_chunk:0 rf_per_chunk:0
-  rf_previous_step:0 rf_calibrated:0 rf_parallel_s3:0 rf_anchor:0"}
+  rf_previous_step:0 rf_calibrated:0 rf_parallel_s3:0 rf_anchor:0 rf_anchor_s3:0"}
 for job in $JOBS; do echo "$job"; done | xargs -P 2 -I{} bash -c '
   m=${1%%:*}; s=${1##*:}
   OMP_NUM_THREADS=1 '"$RF"' train configs/bb_${m}.yaml run_dir='"$RUNS"'/bb_${m}_s$s seed=$s \
