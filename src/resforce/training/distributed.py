@@ -124,9 +124,14 @@ def setup(mode: str, device: torch.device, timeout_minutes: float = 60.0) -> tup
     return mode, device
 
 
-def shutdown() -> None:
-    """Destroy the default process group (if any); call once at the end of a torchrun job."""
+def shutdown(synchronize: bool = True) -> None:
+    """Destroy the default process group (if any); call once at the end of a torchrun job.
+    synchronize: wait for every rank first (a barrier), so no rank tears down its Gloo pairs
+    while another still has a collective in flight (a rank then dies with "terminate called
+    without an active exception", SIGABRT); False on an error path, where the others may be gone."""
     if is_distributed():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

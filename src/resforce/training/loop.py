@@ -250,9 +250,12 @@ def train(cfg: TrainConfig, resume: bool = True, stop_at: int | None = None, pro
     """Train (see Trainer). resume=False starts over; in a directory that already holds a run
     that needs overwrite=True, which moves the old run aside (run_dir.old-<time>)."""
     owns_group = not parallel.is_distributed()  # torchrun: set up by the Trainer, shut down here
+    finished = False
     try:
-        return Trainer(cfg, resume=resume, progress=progress, init_from=init_from,
-                       overwrite=overwrite).run(stop_at)
+        run_dir = Trainer(cfg, resume=resume, progress=progress, init_from=init_from,
+                          overwrite=overwrite).run(stop_at)
+        finished = True
+        return run_dir
     finally:
         if owns_group:
-            parallel.shutdown()
+            parallel.shutdown(synchronize=finished)

@@ -171,10 +171,13 @@ def run_prepare(opts: PrepareOptions, after_video: Callable[[str], None] | None 
     sources = [f.relative_to(root).as_posix() for f in files]
     captions = Captions(root, opts.captions)
     ranks = _Ranks()
+    finished = False
     try:
-        return _run(opts, root, out, files, sources, captions, ranks, after_video, progress)
+        result = _run(opts, root, out, files, sources, captions, ranks, after_video, progress)
+        finished = True
+        return result
     finally:
-        ranks.close()
+        ranks.close(synchronize=finished)
 
 
 def _run(opts, root, out, files, sources, captions, ranks, after_video, progress):
@@ -283,8 +286,12 @@ class _Ranks:
         self.dist.all_reduce(s, op=self.dist.ReduceOp.MAX, group=self.group)
         return (*(int(v) for v in x.tolist()), float(s))
 
-    def close(self) -> None:
+    def close(self, synchronize: bool = True) -> None:
+        """Destroy the group this made; synchronize: after a barrier (training.distributed.shutdown
+        says why), not on an error path."""
         if self.owns:
+            if synchronize:
+                self.barrier()
             self.dist.destroy_process_group()
 
 
