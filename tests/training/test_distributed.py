@@ -1,6 +1,6 @@
 """Multi-process training (resforce.training.distributed): 2 CPU ranks with Gloo under torchrun, DDP and FSDP2.
 
-One torchrun launch per mode runs this file as its script (`_driver` below): an uninterrupted
+One torchrun launch runs this file as its script for both modes in turn (`_driver` below): an uninterrupted
 tiny Resampling Forcing run (3 teacher steps, 3 resampling steps, 2 gradient-accumulation
 micro-batches), the same run stopped at step 4 (inside the resampling stage) and resumed by a
 fresh Trainer, and dumps of what each rank holds. The tests then check the files: checkpoints,
@@ -43,7 +43,17 @@ def _overrides(run_dir, mode, *extra):
 
 
 # ----------------------------------------------------------------------------- the torchrun script
-def _driver(mode: str, out: str) -> None:
+def _driver(modes: str, root: str) -> None:
+    """Every mode of `modes` (comma-separated) in turn, in one launch (one torchrun start for
+    all): each in its own folder root/MODE, on the one process group."""
+    from resforce.training import distributed as parallel
+
+    for mode in modes.split(","):
+        _drive(mode, Path(root) / mode)
+    parallel.shutdown()
+
+
+def _drive(mode: str, out: Path) -> None:
     from torch.distributed.tensor import DTensor
 
     from resforce.training import distributed as parallel
@@ -52,7 +62,6 @@ def _driver(mode: str, out: str) -> None:
     from resforce.history import autoregressive_resample
     from resforce.training.loop import Trainer
 
-    out = Path(out)
     t = Trainer(load_config(RECIPE, _overrides(out / "full", mode)), progress=False)
     t.run()
     Trainer(load_config(RECIPE, _overrides(out / "part", mode)), progress=False).run(stop_at=4)
@@ -82,20 +91,19 @@ def _driver(mode: str, out: str) -> None:
     (out / f"resample_rank{r}.json").write_text(json.dumps({
         "resample_max_err": float((got - want).abs().max()),
         "forward_max_err": float((fwd - fwd_want).abs().max())}))
-    parallel.shutdown()
 
 
 # ----------------------------------------------------------------------------- helpers
-def _torchrun(mode: str, out: Path, timeout: float = 120) -> float:
+def _torchrun(modes: str, out: Path, timeout: float = 240) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           __file__, mode, str(out)]
+           __file__, modes, str(out)]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     elapsed = time.perf_counter() - t0
-    assert p.returncode == 0, f"torchrun {mode} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
+    assert p.returncode == 0, f"torchrun {modes} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
     return elapsed
 
 
@@ -139,13 +147,26 @@ def _check_run(out: Path, mode: str) -> None:
 
 
 # ----------------------------------------------------------------------------- torchrun tests
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_torchrun_two_ranks(tmp_path, mode):
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """One 2-rank launch trains both modes (root/ddp, root/fsdp), each from a single-process
+    checkpoint written first; speed is not a unit test's business (benchmarks/)."""
     from resforce.config import load_config
     from resforce.training.loop import train
 
-    train(load_config(RECIPE, _overrides(tmp_path / "single", "none")), stop_at=3, progress=False)
-    _torchrun(mode, tmp_path)  # speed is not a unit test's business (benchmarks/)
+    root = tmp_path_factory.mktemp("torchrun")
+    for mode in ("ddp", "fsdp"):
+        train(load_config(RECIPE, _overrides(root / mode / "single", "none")), stop_at=3, progress=False)
+    _torchrun("ddp,fsdp", root)
+    return root
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_torchrun_two_ranks(launched, mode):
+    from resforce.config import load_config
+    from resforce.training.loop import train
+
+    tmp_path = launched / mode
     _check_run(tmp_path, mode)
     # checkpoints are full and mode-independent, whatever the number of ranks: 1 -> 2 ranks
     # (in the launch) and 2 ranks -> 1 process (here), the streams re-derived with a warning
