@@ -162,7 +162,11 @@ def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOve
         from resforce.io.weights import inspect_weights
         from resforce.metrics.inverse_dynamics import train_inverse_dynamics
 
-        world = world_of(inspect_weights(path, options.get("prefer_ema", True))[2].data)
+        cfg = inspect_weights(path, options.get("prefer_ema", True))[2]
+        world = world_of(cfg.data)
+        if world.action_space.kind == "discrete" and cfg.model.action_kind == "none":
+            raise ValueError("--inverse-dynamics scores how rollouts follow their actions: this run's model "
+                             "takes none (model.action_kind='none')")
         if options.get("actions") is None and world.clips(1, 2, 0)[0] is None:
             raise ValueError(f"--inverse-dynamics: data.kind={world.kind} has no ground-truth clips whose actions "
                              f"the rollouts follow: give --actions")
@@ -181,12 +185,9 @@ def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOve
         info = add_frechet(rows, g.videos, g.config, seg, frechet_reference, floor=g.ground_truth)
     following = None
     if idm is not None:
-        from resforce.actions import actions_of
         from resforce.metrics.inverse_dynamics import action_following
 
-        commanded = actions_of(g.states) if g.states is not None else torch.as_tensor(options["actions"])
-        following = action_following(idm, g.videos, commanded.numpy(), world_of(g.config.data),
-                                     given_frames=g.prefix_frames)
+        following = action_following(idm, g.videos, g.actions.numpy(), world, given_frames=g.prefix_frames)
     return Evaluation(name or Path(str(path)).stem, g, per_frame, rows, seg, info, digest, following)
 
 

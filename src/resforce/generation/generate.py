@@ -47,6 +47,9 @@ class Generated:
     """First chunks kept in view for good when the context rolls (runs trained with a sink)."""
     attention: HistoryAttentionConfig | None = None
     """Which history chunks each query attended to in the rollout (dense, top-k, window)."""
+    actions: torch.Tensor | None = None
+    """(B, F[, D]) the per-frame actions the rollout was commanded (given, else the world's
+    ground truth's); None where none were (no action model, or the null action throughout)."""
 
 
 def world_clips(cfg, batch: int, frames: int, seed: int):
@@ -205,4 +208,5 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
         train_frames = decoder.video_frames(train_frames)
     n_prefix = 0 if prefix is None else prefix.shape[2]
     return Generated(videos.clamp(-1, 1).cpu(), n_prefix, train_frames, gt, states, cfg, recorder,
-                     context_chunks=s.context, sink_chunks=s.sink, attention=attention)
+                     context_chunks=s.context, sink_chunks=s.sink, attention=attention,
+                     actions=None if actions is None else actions.cpu())
