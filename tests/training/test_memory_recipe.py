@@ -7,7 +7,6 @@ gradient accumulation (optim.grad_accum) with the trainer's gradient sync (optim
 import json
 
 import pytest
-import torch
 
 from resforce.cli.main import main
 from resforce.model import build_model
