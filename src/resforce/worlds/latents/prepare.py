@@ -287,12 +287,12 @@ class _Ranks:
         return (*(int(v) for v in x.tolist()), float(s))
 
     def close(self, synchronize: bool = True) -> None:
-        """Destroy the group this made; synchronize: after a barrier (training.distributed.shutdown
-        says why), not on an error path."""
+        """Destroy the group this made (the default group: training.distributed.shutdown, after a
+        barrier unless on an error path)."""
         if self.owns:
-            if synchronize:
-                self.barrier()
-            self.dist.destroy_process_group()
+            from resforce.training import distributed as parallel
+
+            parallel.shutdown(synchronize)
 
 
 def _resumed_index(out: Path, opts: PrepareOptions) -> dict | None:
