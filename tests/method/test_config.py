@@ -27,6 +27,18 @@ def test_model_preset_from_yaml_with_explicit_fields_winning(tmp_path):
         load_config(recipe, ["model.preset=huge"])
 
 
+def test_a_load_leaves_the_defaults_of_the_next_load_alone(tmp_path):
+    """The defaults node is built once per process and copied per load: what a recipe, a
+    preset or an override sets must not reach the next load."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("seed: 7\nmodel:\n  num_layers: 5\n")
+    default = load_config(None)
+    load_config(recipe, ["optim.lr=0.5", "stages.0.steps=3"])
+    load_config(None, ["model.preset=tiny", "optim.batch_size=3"])
+    assert load_config(None) == default
+    assert (default.seed, default.optim.lr) != (7, 0.5)
+
+
 def _config_classes(cls, seen=None):
     seen = seen if seen is not None else []
     if cls not in seen:
