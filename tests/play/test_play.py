@@ -17,7 +17,7 @@ pytest.importorskip("starlette", reason="resforce play needs starlette (pip inst
 pytest.importorskip("uvicorn", reason="resforce play needs uvicorn (pip install 'resforce[play]')")
 websockets = pytest.importorskip("websockets", reason="the test client needs websockets")
 
-from websockets.sync.client import connect  # noqa: E402
+from ws_client import connect  # noqa: E402
 
 from resforce.actions import ActionSpace  # noqa: E402
 from resforce.cli.main import build_parser, main  # noqa: E402

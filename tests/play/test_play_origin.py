@@ -13,7 +13,7 @@ pytest.importorskip("starlette", reason="resforce play needs starlette (pip inst
 pytest.importorskip("uvicorn", reason="resforce play needs uvicorn (pip install 'resforce[play]')")
 websockets = pytest.importorskip("websockets", reason="the test client needs websockets")
 
-from websockets.sync.client import connect  # noqa: E402
+from ws_client import connect  # noqa: E402
 from test_play import CountingSource, frame, frames_until  # noqa: E402
 
 from resforce.cli.main import main  # noqa: E402

@@ -62,7 +62,7 @@ class Chromium:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
                 pages = [t for t in json.load(r) if t.get("type") == "page"]
             if pages:
-                return self.stack.enter_context(connect(pages[0]["webSocketDebuggerUrl"], max_size=None,
+                return self.stack.enter_context(connect(pages[0]["webSocketDebuggerUrl"], max_size=None, max_queue=None,
                                                         open_timeout=timeout))
             time.sleep(0.1)
         raise RuntimeError(f"chromium shows no page for {url}")
