@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -95,11 +94,10 @@ def _drive(mode: str, out: Path) -> None:
 
 # ----------------------------------------------------------------------------- helpers
 def _torchrun(modes: str, out: Path, timeout: float = 240) -> float:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           __file__, modes, str(out)]
+    from torchrun_launch import torchrun_command, torchrun_env
+
+    env = torchrun_env()
+    cmd = torchrun_command(__file__, modes, str(out))
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     elapsed = time.perf_counter() - t0

@@ -6,7 +6,6 @@ one. The checkpoint (gathered to rank 0) loads merged into a plain model."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,11 +48,10 @@ def test_lora_under_fsdp_on_two_ranks(tmp_path):
     from resforce.training.checkpoint import latest_checkpoint, load_checkpoint
     from resforce.training.loop import Trainer
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        __file__, str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    from torchrun_launch import torchrun_command, torchrun_env
+
+    p = subprocess.run(torchrun_command(__file__, tmp_path), cwd=ROOT, env=torchrun_env(), capture_output=True,
+                       text=True, timeout=300)
     assert p.returncode == 0, f"{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
     full, part = (load_checkpoint(latest_checkpoint(tmp_path / n)) for n in ("full", "part"))
     assert full[2]["step"] == part[2]["step"] == 4

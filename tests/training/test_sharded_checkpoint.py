@@ -127,11 +127,10 @@ def _flip(path: Path, back: int = 100) -> None:
 
 
 def _torchrun(what: str, out: Path, **popen) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           __file__, what, str(out)]
+    from torchrun_launch import torchrun_command, torchrun_env
+
+    env = torchrun_env()
+    cmd = torchrun_command(__file__, what, str(out))
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             **popen)
 

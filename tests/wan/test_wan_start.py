@@ -6,7 +6,6 @@ by the test (tests/wan/test_wan.py's tiny_wan); nothing is downloaded."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -154,15 +153,11 @@ def _driver(out: str) -> None:
     save, resume; spies count who reads the Wan folder and the checkpoint."""
     from torch.distributed.tensor import DTensor
 
-    from resforce.training import checkpoint
-
+    from resforce.config import config_from_yaml
     from resforce.training import distributed as parallel
-
     from resforce.training import loop as train
     from resforce.training import state as train_state
-
     from resforce.wan import folder as wan_mod
-    from resforce.config import config_from_yaml
 
     out = Path(out)
     cfg = config_from_yaml((out / "config.yaml").read_text())
@@ -211,17 +206,15 @@ def test_fsdp_starts_sharded_from_wan_and_resumes_from_rank0(tmp_path):
     """2 ranks, fsdp: the model and EMA are sharded from the start and equal the Wan weights
     when gathered; only rank 0 reads the Wan folder and, on resume, the checkpoint; the
     optimizer moments come back as each rank's shards, equal to the checkpoint's."""
+    from torchrun_launch import torchrun_command, torchrun_env
     from resforce.training.checkpoint import latest_checkpoint, load_checkpoint
     from resforce.config import to_yaml
 
     wan = write_wan(tmp_path / "wan")
     cfg = wan_config(tmp_path, wan, "run", "parallel=fsdp")
     (tmp_path / "config.yaml").write_text(to_yaml(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           __file__, str(tmp_path)]
+    env = torchrun_env()
+    cmd = torchrun_command(__file__, str(tmp_path))
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, f"torchrun failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

@@ -54,12 +54,11 @@ def _driver(parts: str, out: str, log: str) -> None:
 def test_two_ranks_split_the_videos_and_write_what_one_process_writes(parts, tmp_path):
     from resforce.worlds.latents.prepare import prepare
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    from torchrun_launch import torchrun_command, torchrun_env
+
+    env = torchrun_env()
     (tmp_path / "log").mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
-           str(parts), str(tmp_path / "two"), str(tmp_path / "log")]
+    cmd = torchrun_command(__file__, parts, tmp_path / "two", tmp_path / "log")
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, f"torchrun failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
     assert "2 rank(s)" in p.stdout and p.stdout.count("encoded 6 clip(s)") == 1  # rank 0 reports the sum
