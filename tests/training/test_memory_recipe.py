@@ -14,8 +14,8 @@ from resforce.model.dit import PRESETS, DiTConfig
 from resforce.training import distributed as parallel
 from resforce.training.memory_estimate import MemoryPlan, estimate_memory
 
-SHAPES = dict(num_layers=3, text_dim=8, ffn_dim=64)
-TINY = dict(preset="test", chunks=3, height=128, width=128, text_tokens=16, precision="fp32",
+SHAPES = dict(num_layers=2, text_dim=8, ffn_dim=64)
+TINY = dict(preset="test", chunks=2, height=128, width=128, text_tokens=16, precision="fp32",
             checkpointing="selective", model_overrides=SHAPES)
 
 
