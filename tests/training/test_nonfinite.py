@@ -2,7 +2,6 @@
 no checkpoint ever holds NaN/inf, and generation refuses NaN in or out."""
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from resforce.training.checkpoint import checkpoint_dirs, latest_checkpoint, loa
 from resforce.cli.main import main
 from resforce.config import load_config
 from resforce.worlds.bouncing_balls.simulator import BouncingBalls
-from resforce.training.loop import NonFiniteError, Trainer, train
+from resforce.training.loop import NonFiniteError, train
 from tiny import tiny
 
 RECIPE = "configs/bb_teacher.yaml"

@@ -5,7 +5,6 @@ A run that resumes from its own checkpoint does not read the folder's weights.""
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path

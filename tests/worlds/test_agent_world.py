@@ -1,12 +1,11 @@
 """The controllable agent world: simulator, stream, actions, metrics (collapse never scores well)."""
 
-import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from resforce.worlds.agent_balls.metrics import evaluate_agent_world, locate_agent
+from resforce.worlds.agent_balls.metrics import locate_agent
 from resforce.config import ConfigError, load_config
 from resforce.worlds.agent_balls.simulator import AgentBalls, AgentBallsConfig, AgentSimulator, simulate, to_uint8
 from resforce.worlds import world_of

@@ -248,7 +248,6 @@ class PlayServer:
 
     def app(self):
         from starlette.applications import Starlette
-        from starlette.responses import FileResponse
         from starlette.routing import Mount, Route, WebSocketRoute
         from starlette.staticfiles import StaticFiles
 
