@@ -42,51 +42,21 @@ CUDA / NCCL: the code paths exist (backend choice, `torch.cuda.set_device(LOCAL_
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+# this process's place among torchrun's ranks: shared with prepare (worlds/latents), re-exported
+# here for the trainer (parallel.rank(), parallel.shutdown(), ...)
+from resforce.process_group import (barrier, env_world_size, is_distributed, is_main,  # noqa: F401
+                                    launched_by_torchrun, local_rank, rank, shutdown, world_size)
 
 
 MODES = ("auto", "none", "ddp", "fsdp")
 RANK_SEED_STRIDE = 1_000_000_007
 """Rank r draws its data and noise from seed + r * RANK_SEED_STRIDE (rank 0: the single-process
 streams)."""
-
-
-# ----------------------------------------------------------------------------- environment
-def launched_by_torchrun() -> bool:
-    return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
-
-
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1")) if launched_by_torchrun() else 1
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 def resolve_mode(mode: str) -> str:
@@ -122,17 +92,6 @@ def setup(mode: str, device: torch.device, timeout_minutes: float = 60.0) -> tup
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
     return mode, device
-
-
-def shutdown(synchronize: bool = True) -> None:
-    """Destroy the default process group (if any); call once at the end of a torchrun job.
-    synchronize: wait for every rank first (a barrier), so no rank tears down its Gloo pairs
-    while another still has a collective in flight (a rank then dies with "terminate called
-    without an active exception", SIGABRT); False on an error path, where the others may be gone."""
-    if is_distributed():
-        if synchronize:
-            dist.barrier()
-        dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- collectives

@@ -32,7 +32,6 @@ import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -44,6 +43,7 @@ from resforce.io.fileio import atomic_write, write_text_atomic
 from resforce.worlds.latents.captions import Captions
 from resforce.worlds.latents.dataset import (CLIPS, EMPTY_PROMPT, FORMAT, INDEX, RECORD_KEY, VERSION, build_listing,
                                              read_index, video_file)
+from resforce.worlds.latents.ranks import Ranks, rank_device
 from resforce.worlds.latents.reader import ClipSpec, SkipVideo, VideoReadError, VideoTask, read_videos
 from resforce.wan.geometry import FRAMES_PER_CHUNK, clip_video_frames
 from resforce.wan.text_encoder import WAN_TEXT_LEN, TextEncoder
@@ -58,10 +58,6 @@ CONTENT = ("videos", "captions", "chunks", "size", "frame_stride", "clips_per_vi
 FLAGS = {"videos": "VIDEO_DIR", "captions": "--captions", "chunks": "--chunks", "size": "--size",
          "frame_stride": "--frame-stride", "clips_per_video": "--clips-per-video", "dtype": "--dtype",
          "text_len": "--text-len"}
-RANK_TIMEOUT = timedelta(days=2)
-"""How long a rank waits for the others at the end: the slowest rank's share of the videos,
-which can be hours (torchrun stops every rank as soon as one fails, so a long wait never hides
-a failure)."""
 
 
 @dataclass
@@ -170,7 +166,7 @@ def run_prepare(opts: PrepareOptions, after_video: Callable[[str], None] | None 
     files = list_videos(root, opts.extensions)
     sources = [f.relative_to(root).as_posix() for f in files]
     captions = Captions(root, opts.captions)
-    ranks = _Ranks()
+    ranks = Ranks()
     finished = False
     try:
         result = _run(opts, root, out, files, sources, captions, ranks, after_video, progress)
@@ -199,7 +195,7 @@ def _run(opts, root, out, files, sources, captions, ranks, after_video, progress
 
     mine = [VideoTask(f, s) for i, (f, s) in enumerate(zip(files, sources))
             if i % ranks.world == ranks.rank and not (out / video_file(s)).is_file()]
-    device = _device(opts.device, ranks.world)
+    device = rank_device(opts.device, ranks.world)
     vae = text = None
     if mine or (ranks.rank == 0 and index is None):
         vae_dtype = torch.bfloat16 if opts.vae_dtype == "bfloat16" or (
@@ -233,66 +229,6 @@ def _run(opts, root, out, files, sources, captions, ranks, after_video, progress
             print(f"skipped {len(index['skipped'])} video(s), listed with the reason in {out / INDEX}")
         print(done.line())
     return ranks.broadcast(index), done
-
-
-def _device(name: str, world: int) -> torch.device:
-    from resforce.device import resolve_device
-    from resforce.training.distributed import local_rank
-
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None and world > 1:  # one GPU per rank
-        device = torch.device("cuda", local_rank())
-        torch.cuda.set_device(device)
-    return device
-
-
-class _Ranks:
-    """This process's place among torchrun's ranks (rank 0 of 1 without torchrun), and the few
-    collectives prepare needs, over Gloo. A process group that is not there is made (and
-    destroyed at the end); under one with another backend a Gloo group is added."""
-
-    def __init__(self) -> None:
-        import torch.distributed as dist
-
-        from resforce.training import distributed as parallel
-
-        self.dist, self.group, self.owns = dist, None, False
-        if parallel.env_world_size() > 1 and not parallel.is_distributed():
-            dist.init_process_group("gloo", timeout=RANK_TIMEOUT)
-            self.owns = True
-        if parallel.is_distributed() and dist.get_backend() != "gloo":
-            self.group = dist.new_group(backend="gloo", timeout=RANK_TIMEOUT)
-        self.rank, self.world = parallel.rank(), parallel.world_size()
-
-    def broadcast(self, obj):
-        """Rank 0's obj on every rank."""
-        if self.world == 1:
-            return obj
-        box = [obj]
-        self.dist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            self.dist.barrier(group=self.group)
-
-    def total(self, counts: list[int], seconds: float) -> tuple:
-        """(*counts summed over the ranks, the largest seconds); waits for every rank."""
-        if self.world == 1:
-            return (*counts, seconds)
-        x = torch.tensor(counts, dtype=torch.float64)
-        s = torch.tensor([seconds], dtype=torch.float64)
-        self.dist.all_reduce(x, group=self.group)
-        self.dist.all_reduce(s, op=self.dist.ReduceOp.MAX, group=self.group)
-        return (*(int(v) for v in x.tolist()), float(s))
-
-    def close(self, synchronize: bool = True) -> None:
-        """Destroy the group this made (the default group: training.distributed.shutdown, after a
-        barrier unless on an error path)."""
-        if self.owns:
-            from resforce.training import distributed as parallel
-
-            parallel.shutdown(synchronize)
 
 
 def _resumed_index(out: Path, opts: PrepareOptions) -> dict | None:
