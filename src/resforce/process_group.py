@@ -5,7 +5,9 @@ training (training/distributed.py, which opens the group and applies DDP/FSDP) a
 
 from __future__ import annotations
 
+import gc
 import os
+from datetime import timedelta
 
 import torch.distributed as dist
 
@@ -43,6 +45,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+def open_group(backend: str, timeout: timedelta) -> None:
+    """Open the default process group of a torchrun job (environment rendezvous).
+
+    torch._dynamo is imported first, on purpose: imported while a group is open (FSDP2,
+    diffusers and transformers import it on the way) it keeps that group alive past
+    destroy_process_group (torch 2.13), so the group's Gloo threads outlive the call and run on
+    into interpreter shutdown, where a thread that still releases a collective's tensors
+    aborts the rank ("terminate called without an active exception", SIGABRT) after all its
+    work is done. Imported before, the group and its threads end in `shutdown`."""
+    import torch._dynamo  # noqa: F401
+
+    dist.init_process_group(backend=backend, timeout=timeout)
+
+
 def shutdown(synchronize: bool = True) -> None:
     """Destroy the default process group (if any); call once at the end of a torchrun job.
     synchronize: wait for every rank first (a barrier), so no rank tears down its Gloo pairs
@@ -51,4 +67,5 @@ def shutdown(synchronize: bool = True) -> None:
     if is_distributed():
         if synchronize:
             dist.barrier()
+        gc.collect()  # reference cycles of a finished model (DDP's) still hold the group
         dist.destroy_process_group()

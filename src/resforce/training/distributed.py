@@ -50,7 +50,8 @@ from torch import nn
 # this process's place among torchrun's ranks: shared with prepare (worlds/latents), re-exported
 # here for the trainer (parallel.rank(), parallel.shutdown(), ...)
 from resforce.process_group import (barrier, env_world_size, is_distributed, is_main,  # noqa: F401
-                                    launched_by_torchrun, local_rank, rank, shutdown, world_size)
+                                    launched_by_torchrun, local_rank, open_group, rank, shutdown,
+                                    world_size)
 
 
 MODES = ("auto", "none", "ddp", "fsdp")
@@ -89,8 +90,7 @@ def setup(mode: str, device: torch.device, timeout_minutes: float = 60.0) -> tup
     if not is_distributed():
         import datetime
 
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
+        open_group("nccl" if device.type == "cuda" else "gloo", datetime.timedelta(minutes=timeout_minutes))
     return mode, device
 
 

@@ -36,7 +36,7 @@ class Ranks:
 
         self.dist, self.group, self.owns = dist, None, False
         if process_group.env_world_size() > 1 and not process_group.is_distributed():
-            dist.init_process_group("gloo", timeout=RANK_TIMEOUT)
+            process_group.open_group("gloo", RANK_TIMEOUT)
             self.owns = True
         if process_group.is_distributed() and dist.get_backend() != "gloo":
             self.group = dist.new_group(backend="gloo", timeout=RANK_TIMEOUT)
