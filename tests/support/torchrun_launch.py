@@ -5,6 +5,7 @@ thread's Python stack (PYTHONFAULTHANDLER), so a crash at exit says where it hap
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,3 +22,12 @@ def torchrun_env() -> dict:
 def torchrun_command(script, *args, ranks: int = 2) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
             str(script), *(str(a) for a in args)]
+
+
+def run_torchrun(script, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `script` on 2 ranks to the end; a failed job fails the test with the tails of its
+    output (every rank's traceback is in stderr)."""
+    p = subprocess.run(torchrun_command(script, *args), cwd=ROOT, env=torchrun_env(), capture_output=True,
+                       text=True, timeout=timeout)
+    assert p.returncode == 0, f"torchrun {Path(script).name} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
+    return p

@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import math
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -93,16 +91,6 @@ def _drive(mode: str, out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _torchrun(modes: str, out: Path, timeout: float = 240) -> float:
-    from torchrun_launch import torchrun_command, torchrun_env
-
-    env = torchrun_env()
-    cmd = torchrun_command(__file__, modes, str(out))
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    elapsed = time.perf_counter() - t0
-    assert p.returncode == 0, f"torchrun {modes} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
-    return elapsed
 
 
 def _ckpt(run_dir):
@@ -149,13 +137,14 @@ def _check_run(out: Path, mode: str) -> None:
 def launched(tmp_path_factory):
     """One 2-rank launch trains both modes (root/ddp, root/fsdp), each from a single-process
     checkpoint written first; speed is not a unit test's business (benchmarks/)."""
+    from torchrun_launch import run_torchrun
     from resforce.config import load_config
     from resforce.training.loop import train
 
     root = tmp_path_factory.mktemp("torchrun")
     for mode in ("ddp", "fsdp"):
         train(load_config(RECIPE, _overrides(root / mode / "single", "none")), stop_at=3, progress=False)
-    _torchrun("ddp,fsdp", root)
+    run_torchrun(__file__, "ddp,fsdp", root)
     return root
 
 
@@ -265,6 +254,6 @@ def test_parallel_mode_errors(monkeypatch):
         parallel.resolve_mode("none")
 
 
-if __name__ == "__main__":  # run by torchrun from _torchrun()
+if __name__ == "__main__":  # run by torchrun from the fixture `launched`
     sys.path.insert(0, str(ROOT / "tests" / "support"))
     _driver(sys.argv[1], sys.argv[2])

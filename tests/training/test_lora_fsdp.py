@@ -6,7 +6,6 @@ one. The checkpoint (gathered to rank 0) loads merged into a plain model."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -48,11 +47,9 @@ def test_lora_under_fsdp_on_two_ranks(tmp_path):
     from resforce.training.checkpoint import latest_checkpoint, load_checkpoint
     from resforce.training.loop import Trainer
 
-    from torchrun_launch import torchrun_command, torchrun_env
+    from torchrun_launch import run_torchrun
 
-    p = subprocess.run(torchrun_command(__file__, tmp_path), cwd=ROOT, env=torchrun_env(), capture_output=True,
-                       text=True, timeout=300)
-    assert p.returncode == 0, f"{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
+    run_torchrun(__file__, tmp_path)
     full, part = (load_checkpoint(latest_checkpoint(tmp_path / n)) for n in ("full", "part"))
     assert full[2]["step"] == part[2]["step"] == 4
     for k, v in full[0].items():

@@ -6,7 +6,6 @@ by the test (tests/wan/test_wan.py's tiny_wan); nothing is downloaded."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -206,17 +205,14 @@ def test_fsdp_starts_sharded_from_wan_and_resumes_from_rank0(tmp_path):
     """2 ranks, fsdp: the model and EMA are sharded from the start and equal the Wan weights
     when gathered; only rank 0 reads the Wan folder and, on resume, the checkpoint; the
     optimizer moments come back as each rank's shards, equal to the checkpoint's."""
-    from torchrun_launch import torchrun_command, torchrun_env
+    from torchrun_launch import run_torchrun
     from resforce.training.checkpoint import latest_checkpoint, load_checkpoint
     from resforce.config import to_yaml
 
     wan = write_wan(tmp_path / "wan")
     cfg = wan_config(tmp_path, wan, "run", "parallel=fsdp")
     (tmp_path / "config.yaml").write_text(to_yaml(cfg))
-    env = torchrun_env()
-    cmd = torchrun_command(__file__, str(tmp_path))
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, f"torchrun failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
+    run_torchrun(__file__, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [d["started"]["reads"]["wan"] for d in ranks] == [1, 0]
     assert [d["resumed"]["reads"] for d in ranks] == [{"wan": 0, "checkpoint": 1}, {"wan": 0, "checkpoint": 0}]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -55,13 +54,10 @@ def _driver(parts: str, out: str, log: str) -> None:
 def test_two_ranks_split_the_videos_and_write_what_one_process_writes(parts, tmp_path):
     from resforce.worlds.latents.prepare import prepare
 
-    from torchrun_launch import torchrun_command, torchrun_env
+    from torchrun_launch import run_torchrun
 
-    env = torchrun_env()
     (tmp_path / "log").mkdir()
-    cmd = torchrun_command(__file__, parts, tmp_path / "two", tmp_path / "log")
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, f"torchrun failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
+    p = run_torchrun(__file__, parts, tmp_path / "two", tmp_path / "log")
     assert "2 rank(s)" in p.stdout and p.stdout.count("encoded 6 clip(s)") == 1  # rank 0 reports the sum
 
     prepare(options(parts, tmp_path / "one"), progress=False)
