@@ -62,8 +62,8 @@ def open_group(backend: str, timeout: timedelta) -> None:
 def shutdown(synchronize: bool = True) -> None:
     """Destroy the default process group (if any); call once at the end of a torchrun job.
     synchronize: wait for every rank first (a barrier), so no rank tears down its Gloo pairs
-    while another still has a collective in flight (a rank then dies with "terminate called
-    without an active exception", SIGABRT); False on an error path, where the others may be gone."""
+    while another still has a collective in flight; False on an error path, where the others
+    may be gone. Whether the group's threads end here too: see `open_group`."""
     if is_distributed():
         if synchronize:
             dist.barrier()
