@@ -72,6 +72,11 @@ class HistoryConfig:
     resample_per_chunk: bool = False
     """Resampling strategies: draw t_s for every chunk of a clip instead of one per clip (per
     sample with resample_per_sample, else one row shared by the batch): t_s is (B, chunks)."""
+    resample_per_chunk_p: float = 1.0
+    """With resample_per_chunk: the probability, per iteration, that t_s is drawn per chunk;
+    otherwise that iteration draws one t_s per clip (the paper). 1 = always per chunk, 0 =
+    never. A mixture of the two draws: per-chunk histories keep the objects' identity,
+    per-clip ones (every chunk degraded together) teach the model to restore lost objects."""
     keep_ground_truth_p: float = 0.0
     """Any strategy but teacher: with this probability, per sample, the history is the clean
     ground truth (t = 0) instead of the strategy's (per clip or per chunk:
@@ -140,6 +145,11 @@ class HistoryConfig:
         if self.calibrate_every and (not self.calibrate_shifts or min(self.calibrate_shifts) <= 0):
             raise ValueError(f"history.calibrate_shifts must be a non-empty list of shifts > 0, "
                              f"got {list(self.calibrate_shifts)}")
+        if not 0.0 <= self.resample_per_chunk_p <= 1.0:
+            raise ValueError(f"history.resample_per_chunk_p must be in [0, 1], got {self.resample_per_chunk_p}")
+        if self.resample_per_chunk_p < 1 and not self.resample_per_chunk:
+            raise ValueError("history.resample_per_chunk_p mixes per-chunk and per-clip draws: "
+                             "set resample_per_chunk: true")
         if self.calibrate_samples < 1:
             raise ValueError(f"history.calibrate_samples must be >= 1, got {self.calibrate_samples}")
         for name, on in (("resample_per_chunk", self.resample_per_chunk),
@@ -303,7 +313,10 @@ def build_history_and_cache(cfg: HistoryConfig, model, clean: torch.Tensor, gene
         level = u * cfg.noise_max if s == "noise_aug" else u
         noise = torch.randn(clean.shape, generator=generator, device=clean.device)
         return _kept(cfg, add_noise(clean, noise, level, fpc), level, clean, fpc, generator, None)
-    if cfg.resample_per_chunk:
+    per_chunk = cfg.resample_per_chunk
+    if per_chunk and cfg.resample_per_chunk_p < 1:  # no extra draw at p = 1: same stream as before
+        per_chunk = bool(torch.rand(1, generator=generator, device=clean.device) < cfg.resample_per_chunk_p)
+    if per_chunk:
         t_s = sample_resample_strength_per_chunk(cfg, b, n, generator, clean.device)
     else:
         t_s = sample_resample_strength(cfg, b, generator, clean.device)

@@ -76,6 +76,31 @@ def test_strength_per_chunk(model, strategy):
     assert (c[:, :, FPC:] - d[:, :, FPC:]).abs().max() > 1e-2
 
 
+def test_strength_per_chunk_mixed_with_per_clip(model):
+    x = clean()
+    per_chunk = HistoryConfig(strategy="resampling", resample_per_chunk=True)
+    # p = 1 is resample_per_chunk as it is, bit for bit (no extra random draw)
+    assert torch.equal(build_history(dataclasses.replace(per_chunk, resample_per_chunk_p=1.0), model, x, g())[0],
+                       build_history(per_chunk, model, x, g())[0])
+    # otherwise one uniform draw per iteration picks the per-chunk or the per-clip strength
+    mixed = dataclasses.replace(per_chunk, resample_per_chunk_p=0.5)
+    picked = set()
+    for seed in range(12):
+        gen = g(seed)
+        chunkwise = bool(torch.rand(1, generator=gen) < 0.5)
+        t_s = (sample_resample_strength_per_chunk(mixed, 3, N, gen) if chunkwise
+               else sample_resample_strength(mixed, 3, gen))
+        ref = autoregressive_resample(model, x, t_s, 1, gen)
+        assert torch.equal(build_history(mixed, model, x, g(seed))[0], ref), seed
+        picked.add(chunkwise)
+    assert picked == {True, False}
+    # p = 0 is the paper's per-clip draw after the one uniform draw
+    gen = g(3)
+    torch.rand(1, generator=gen)
+    ref = autoregressive_resample(model, x, sample_resample_strength(per_chunk, 3, gen), 1, gen)
+    assert torch.equal(build_history(dataclasses.replace(per_chunk, resample_per_chunk_p=0.0), model, x, g(3))[0], ref)
+
+
 @pytest.mark.parametrize("strategy", ["resampling", "parallel_resampling", "noise_aug", "diffusion_forcing"])
 def test_keep_ground_truth(model, strategy):
     x = clean(b=8)
@@ -164,6 +189,9 @@ def test_changed_history_drops_the_resampling_cache(model):
     ({"strategy": "teacher", "resample_per_chunk": True}, "resample_per_chunk applies"),
     ({"strategy": "noise_aug", "preserve_colour": "lowpass"}, "preserve_colour applies"),
     ({"strategy": "teacher", "calibrate_every": 10}, "calibrate_every applies"),
+    ({"strategy": "resampling", "resample_per_chunk": True, "resample_per_chunk_p": 1.5},
+     r"resample_per_chunk_p must be in \[0, 1\]"),
+    ({"strategy": "resampling", "resample_per_chunk_p": 0.5}, "set resample_per_chunk: true"),
     ({"strategy": "resampling", "preserve_colour": "hue"}, "preserve_colour must be one of"),
     ({"strategy": "resampling", "keep_ground_truth_p": 1.5}, r"keep_ground_truth_p must be in \[0, 1\]"),
     ({"strategy": "teacher", "keep_ground_truth_p": 0.5}, "always keeps the ground truth"),
