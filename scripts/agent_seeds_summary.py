@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,8 @@ def per_rollout(path: Path) -> dict[tuple[str, bool], np.ndarray]:
         a = np.array([[np.nan if x is None else x for x in r] for r in ev["per_sample_segments"][m]], float)
         for last in WHERE.values():
             # segment 0 holds the 2 given frames: only generated segments are compared
-            with np.errstate(all="ignore"):  # a rollout with no value in a segment stays NaN
+            with warnings.catch_warnings():  # a rollout with no value in a segment stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
                 out[m, last] = np.nanmean(a[:, -1:] if last else a[:, 1:], axis=1)
     return out
 
