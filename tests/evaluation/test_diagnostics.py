@@ -7,7 +7,7 @@ import torch
 
 from resforce.config import load_config
 from resforce.diagnostics import (chunk_distances, colour_histograms, follow_score, frame_distances, history_gap,
-                                  identity_sensitivity, permute_channels)
+                                  identity_sensitivity, permute_channels, resampled_history)
 from resforce.diagnostics.__main__ import main as diagnose
 from resforce.diagnostics.identity import model_generator
 from resforce.model import build_model
@@ -146,6 +146,16 @@ def test_history_gap_scores_every_history_with_a_world_metric(model):
     assert list(r["rows"]) == ["rollout", "resampling s=3", "resampling s=3 anchor 1"]
     anchored = r["rows"]["resampling s=3 anchor 1"]
     assert anchored["gap"][0] == 0 and anchored["mse"][0] == 0 and r["rows"]["resampling s=3"]["mse"][0] > 0
+
+    # a per-chunk history: the history resample_per_chunk builds, next to the per-clip one
+    r = history_gap(model, gt, shifts=(3.0,), strategies=("resampling",), prefix_chunks=1, steps=2,
+                    per_chunk=(False, True), seed=4)
+    assert list(r["rows"]) == ["rollout", "resampling s=3", "resampling s=3 per chunk"]
+    g = torch.Generator().manual_seed(4)
+    resampled_history(model, gt, "resampling", 3.0, g)  # the per-clip row's draws come first
+    ref = chunk_distances(resampled_history(model, gt, "resampling", 3.0, g, resample_per_chunk=True), gt, 1, 4)
+    assert r["rows"]["resampling s=3 per chunk"]["mse"] == ref["mse"]
+    assert r["rows"]["resampling s=3 per chunk"]["mse"] != r["rows"]["resampling s=3"]["mse"]
 
 
 def test_world_score_defaults_to_the_verdict_metrics_the_world_computes():

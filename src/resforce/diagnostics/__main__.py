@@ -54,6 +54,8 @@ def add_arguments(ap) -> None:
     ap.add_argument("--anchor-chunks", nargs="+", type=int, default=[0], metavar="K",
                     help="also build each resampled history with its first K chunks kept clean and "
                          "self-resampling continuing from them (history.anchor_chunks; default 0: none)")
+    ap.add_argument("--per-chunk", action="store_true",
+                    help="also build each resampled history with t_s drawn per chunk (history.resample_per_chunk)")
     ap.add_argument("--world-metrics", nargs="+", default=None, metavar="METRIC",
                     help="the world's metrics each history is scored with, as if it were a generated video "
                          "(default: the world's verdict metrics, e.g. count_error identity_error)")
@@ -77,7 +79,8 @@ def run(a) -> tuple[dict, str]:
     score = world_score(world_of(cfg.data), states, gt, p, a.world_metrics)
     video = model_rollout(model, gt, a.prefix_chunks, steps, shift, seed=a.seed, attention=attention)
     gap = history_gap(model, gt, _floats(a.shifts), a.strategies, a.prefix_chunks, steps, shift, a.seed,
-                      a.bins, attention, rollout_video=video, score=score, anchors=a.anchor_chunks)
+                      a.bins, attention, rollout_video=video, score=score, anchors=a.anchor_chunks,
+                      per_chunk=(False, True) if a.per_chunk else (False,))
     perm = PERMUTATIONS[a.perm]
 
     def transform(v):

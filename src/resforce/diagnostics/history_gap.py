@@ -123,7 +123,7 @@ def history_gap(model, ground_truth: torch.Tensor, shifts=(0.1, 0.6, 3.0),
                 strategies=("resampling", "parallel_resampling"), prefix_chunks: int = 2, steps: int = 16,
                 sample_shift: float = 2.0, seed: int = 0, bins: int = 4, attention=None,
                 rollout_video: torch.Tensor | None = None,
-                score: Callable[[torch.Tensor], dict] | None = None, anchors=(0,)) -> dict:
+                score: Callable[[torch.Tensor], dict] | None = None, anchors=(0,), per_chunk=(False,)) -> dict:
     """Distances to the ground truth per chunk position of (a) the model's rollout from the
     first `prefix_chunks` chunks and (b) each strategy's resampled history at each shift:
     {"prefix_chunks", "chunks", "rows": {label: {distance: [per chunk]}}, "scored": [...]}.
@@ -131,7 +131,9 @@ def history_gap(model, ground_truth: torch.Tensor, shifts=(0.1, 0.6, 3.0),
     `score`: a video (B, C, F, H, W) -> {metric: per-frame values (B, F)} against the same
     ground truth (the world's metrics); its metrics join each row next to the distances and
     are listed in "scored". `anchors`: history.anchor_chunks values to build each resampled
-    history with (0: none; k > 0 adds rows labelled "... anchor k")."""
+    history with (0: none; k > 0 adds rows labelled "... anchor k"). `per_chunk`:
+    history.resample_per_chunk values (True adds rows labelled "... per chunk": t_s drawn for
+    every chunk instead of once per clip)."""
     fpc = model.config.frames_per_chunk
     gt = ground_truth.float().clamp(-1, 1)
     if rollout_video is None:
@@ -146,8 +148,11 @@ def history_gap(model, ground_truth: torch.Tensor, shifts=(0.1, 0.6, 3.0),
     for strategy in strategies:
         for s in shifts:
             for k in anchors:
-                hist = resampled_history(model, gt, strategy, float(s), g, attention=attention, anchor_chunks=k)
-                rows[f"{strategy} s={float(s):g}" + (f" anchor {k}" if k else "")] = row(hist)
+                for pc in per_chunk:
+                    hist = resampled_history(model, gt, strategy, float(s), g, attention=attention, anchor_chunks=k,
+                                             resample_per_chunk=pc)
+                    label = f"{strategy} s={float(s):g}" + (f" anchor {k}" if k else "") + (" per chunk" if pc else "")
+                    rows[label] = row(hist)
     scored = [k for k in rows["rollout"] if k not in DISTANCES]
     return {"prefix_chunks": prefix_chunks, "chunks": gt.shape[2] // fpc, "samples": gt.shape[0], "rows": rows,
             "scored": scored}
