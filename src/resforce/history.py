@@ -16,8 +16,9 @@ Resampling runs under no_grad with the current online weights and returns a deta
 history (arXiv 2512.15702, section 3).
 
 Variants of the resampling strategies (all off by default; HistoryConfig documents each):
-the strength drawn per chunk (resample_per_chunk; mixed with per-clip draws: resample_per_chunk_p), the ground-truth history kept for a share
-of clips or chunks (keep_ground_truth_p), an identity-preserving resampling that puts back
+the strength drawn per chunk (resample_per_chunk; mixed with per-clip draws:
+resample_per_chunk_p), the ground-truth history kept for a share of clips or chunks
+(keep_ground_truth_p), an identity-preserving resampling that puts back
 the ground truth's per-channel statistics or low spatial frequencies (preserve_colour), the
 first chunks kept clean with self-resampling continuing from them (anchor_chunks), a
 strength calibrated to the model's own rollout error (calibrate_every, calibration.py), and a
