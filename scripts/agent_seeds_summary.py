@@ -4,9 +4,10 @@ all branched from one warm-up, so rollout r of every file starts from the same g
 actions and initial noise (differences are paired over rollouts).
 
 Prints, per metric, each method's mean over frames 8-128 and over the last segment (frames
-120-128; the 2 frames past the last full segment are dropped) as mean ± s.e. over seeds, then for each candidate method its paired difference
-(mean ± s.e. over rollouts) against every baseline in every seed, and in how many seeds it is
-better, worse (by more than 1.5 paired standard errors) or level.
+120-128; the 2 frames past the last full segment are dropped) as mean ± s.e. over seeds, then
+for each candidate method its paired difference (mean ± s.e. over rollouts) against every
+baseline in every seed, and in how many seeds it is better, worse (by more than 1.5 paired
+standard errors) or level.
 
     python scripts/agent_seeds_summary.py results/agent/seeds --candidate rf_per_chunk \
         --baselines teacher resampling parallel_resampling

@@ -315,7 +315,7 @@ def build_history_and_cache(cfg: HistoryConfig, model, clean: torch.Tensor, gene
         noise = torch.randn(clean.shape, generator=generator, device=clean.device)
         return _kept(cfg, add_noise(clean, noise, level, fpc), level, clean, fpc, generator, None)
     per_chunk = cfg.resample_per_chunk
-    if per_chunk and cfg.resample_per_chunk_p < 1:  # no extra draw at p = 1: same stream as before
+    if per_chunk and cfg.resample_per_chunk_p < 1:  # no extra draw at p = 1: the random stream of resample_per_chunk
         per_chunk = bool(torch.rand(1, generator=generator, device=clean.device) < cfg.resample_per_chunk_p)
     if per_chunk:
         t_s = sample_resample_strength_per_chunk(cfg, b, n, generator, clean.device)
