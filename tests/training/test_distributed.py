@@ -257,3 +257,6 @@ def test_parallel_mode_errors(monkeypatch):
 if __name__ == "__main__":  # run by torchrun from the fixture `launched`
     sys.path.insert(0, str(ROOT / "tests" / "support"))
     _driver(sys.argv[1], sys.argv[2])
+    from torchrun_launch import end_rank
+
+    end_rank()  # no interpreter teardown: see end_rank

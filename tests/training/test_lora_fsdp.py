@@ -67,3 +67,6 @@ def test_lora_under_fsdp_on_two_ranks(tmp_path):
 if __name__ == "__main__":  # run by torchrun from the test
     sys.path.insert(0, str(ROOT / "tests" / "support"))
     _driver(sys.argv[1])
+    from torchrun_launch import end_rank
+
+    end_rank()  # no interpreter teardown: see end_rank

@@ -382,3 +382,6 @@ def test_checkpoint_format_is_checked(tmp_path):
 if __name__ == "__main__":  # run by torchrun from _torchrun()
     sys.path.insert(0, str(ROOT / "tests" / "support"))
     _driver(sys.argv[1], sys.argv[2])
+    from torchrun_launch import end_rank
+
+    end_rank()  # no interpreter teardown: see end_rank

@@ -234,4 +234,8 @@ def test_fsdp_starts_sharded_from_wan_and_resumes_from_rank0(tmp_path):
 
 
 if __name__ == "__main__":  # run by torchrun from the test above
+    sys.path.insert(0, str(ROOT / "tests" / "support"))
     _driver(sys.argv[1])
+    from torchrun_launch import end_rank
+
+    end_rank()  # no interpreter teardown: see end_rank
