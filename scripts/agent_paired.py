@@ -10,14 +10,14 @@ import sys
 
 import numpy as np
 
+from resforce.evaluation.evaluate import saved_segments
 from resforce.metrics.stats import paired_difference
 
 DEFAULT = ("follow", "follow_chance", "agent_found", "lost", "identity_error", "count_error")
 
 
 def per_rollout(ev: dict, metric: str, last: bool) -> np.ndarray:
-    rows = [[np.nan if x is None else x for x in r] for r in ev["per_sample_segments"][metric]]
-    a = np.array(rows, dtype=float)
+    a = saved_segments(ev)[metric]
     # segment 0 holds the given frames: the rest (all generated) is compared
     a = a[:, -1:] if last else a[:, 1:] if a.shape[1] > 1 else a
     return np.nanmean(a, axis=1)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resforce.evaluation.evaluate import saved_segments
 from resforce.metrics.stats import mean_se, paired_difference
 
 # metric -> +1 where higher is better, -1 where lower is better
@@ -31,10 +32,10 @@ WHERE = {"frames 8-128": False, "frames 120-128": True}  # 16 segments of 8; the
 
 def per_rollout(path: Path) -> dict[tuple[str, bool], np.ndarray]:
     """(metric, last segment only) -> per-rollout mean over the generated segments."""
-    ev = json.loads(path.read_text())
+    segs = saved_segments(json.loads(path.read_text()))
     out = {}
     for m in METRICS:
-        a = np.array([[np.nan if x is None else x for x in r] for r in ev["per_sample_segments"][m]], float)
+        a = segs[m]
         for last in WHERE.values():
             # segment 0 holds the 2 given frames: only generated segments are compared
             with warnings.catch_warnings():  # a rollout with no value in a segment stays NaN

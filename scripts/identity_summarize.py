@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resforce.evaluation.evaluate import saved_segments
 from resforce.metrics.stats import mean_se, paired_difference
 
 METRICS = ("count_error", "identity_error", "failure")
@@ -28,9 +29,8 @@ SEGMENTS = (0, 3)  # frames 0-32 and 96-128 (16x the 8-frame training clips)
 
 def segments(path: Path) -> dict[str, np.ndarray]:
     """metric -> (rollouts, segments) per-sample segment means (NaN where undefined)."""
-    ev = json.loads(path.read_text())
-    return {m: np.array([[np.nan if x is None else x for x in row] for row in ev["per_sample_segments"][m]], float)
-            for m in METRICS}
+    segs = saved_segments(json.loads(path.read_text()))
+    return {m: segs[m] for m in METRICS}
 
 
 def label(seg: int) -> str:

@@ -254,3 +254,10 @@ def save_json(ev: Evaluation, path, extra: dict | None = None) -> Path:
     write_text_atomic(path, json.dumps({**ev.summary(), **_jsonable(extra or {})}, indent=1))
     return path
 
+
+
+def saved_segments(summary: dict) -> dict[str, np.ndarray]:
+    """A saved evaluation's (save_json's) per-sample segment means back as arrays: metric ->
+    (samples, segments) float64, NaN where a segment had no value (saved as null)."""
+    return {m: np.array([[np.nan if x is None else x for x in row] for row in rows], dtype=np.float64)
+            for m, rows in summary["per_sample_segments"].items()}
