@@ -25,3 +25,17 @@ def test_variant_configs_branch_from_the_shared_warmup():
                    or (h.strategy == "parallel_resampling" and h.resample_shift != 0.6) or h.anchor_chunks > 0)
         assert changed, f"{path.name} trains no variant"
         assert path.stem.removeprefix("bb_") + ":0" in script, f"{path.name} is not in the script's JOBS"
+
+
+def test_agent_configs_branch_from_the_shared_agent_warmup():
+    """configs/agent_*.yaml: the same 1500-step teacher-forcing warm-up and network, then 600
+    steps of one method each, so every branch starts from runs/agent_warmup (--init-from)."""
+    paths = sorted(p for p in (ROOT / "configs").glob("agent_*.yaml") if p.stem != "agent_base")
+    assert len(paths) >= 9
+    ref = load_config(ROOT / "configs" / "agent_resampling.yaml")
+    for path in paths:
+        cfg = load_config(path)
+        warm, branch = cfg.stages
+        assert (warm.steps, warm.clip_chunks, warm.history.strategy) == (1500, 8, "teacher"), path.name
+        assert (branch.steps, branch.clip_chunks) == (600, 8), path.name
+        assert cfg.model == ref.model and cfg.optim == ref.optim and cfg.data == ref.data, path.name

@@ -108,6 +108,40 @@ def test_previous_step_history_resumes_exactly(tmp_path):
     assert_same_weights(tmp_path / "full", tmp_path / "part")
 
 
+AGENT = ["data.kind=agent_balls", "data.agent_balls.balls.resolution=8", "data.agent_balls.balls.radius_min=1.5",
+         "data.agent_balls.balls.radius_max=2.0", "data.agent_balls.agent_radius=1.5", "model.action_dropout=0.5"]
+
+
+def agent_cfg(tmp_path, name, *extra):
+    return load_config("configs/agent_rf_previous_step.yaml",
+                       tiny(tmp_path / name, *AGENT, "stages.0.steps=2", "stages.1.steps=4",
+                            "stages.0.clip_chunks=3", "stages.1.clip_chunks=3", *extra))
+
+
+def test_previous_step_history_keeps_the_actions_of_an_action_model(tmp_path, monkeypatch):
+    """The kept clips are conditioned on the actions they were trained with (after action
+    dropout), and a resumed run trains what the uninterrupted one does."""
+    seen = []
+    real = previous_step_history.loss_and_prediction
+
+    def spy(model, clean, history, *a, **k):
+        seen.append((clean.clone(), k["actions"].clone()))
+        return real(model, clean, history, *a, **k)
+
+    monkeypatch.setattr(previous_step_history, "loss_and_prediction", spy)
+    train(agent_cfg(tmp_path, "full"), progress=False)
+    assert len(seen) == 4 and seen[0][1].shape == (4, 3)
+    for (c0, a0), (c1, a1) in zip(seen, seen[1:]):
+        assert torch.equal(c1[2:], c0[:2]) and torch.equal(a1[2:], a0[:2])
+    assert not all(torch.equal(a0[:2], a1[:2]) for (_, a0), (_, a1) in zip(seen, seen[1:]))  # new clips, new actions
+    monkeypatch.undo()
+    train(agent_cfg(tmp_path, "part"), stop_at=4, progress=False)
+    state = load_checkpoint(latest_checkpoint(tmp_path / "part"))[2]
+    assert state["previous_step"]["actions"]["0"].shape == (2, 3)
+    train(agent_cfg(tmp_path, "part"), progress=False)
+    assert_same_weights(tmp_path / "full", tmp_path / "part")
+
+
 def test_previous_step_history_refuses_other_strategies():
     with pytest.raises(ValueError, match="set strategy 'teacher'"):
         HistoryConfig(strategy="resampling", history_from_previous_step=True)

@@ -129,6 +129,14 @@ class TrainConfig:
     loss_space: str = "velocity"
     """'velocity' (the paper's velocity MSE) or 'x0' (the same error measured on the clean
     video: velocity MSE weighted by t^2; steadier for x0-predicting models)."""
+    loss_motion_weight: float = 0.0
+    """Extra loss weight of what moves in the ground truth (resforce.loss.weigh_motion): each
+    element's squared error times 1 + w where the frame differs from the clip's previous frame
+    (grown by one pixel), 1 elsewhere. 0 (default): the plain loss. For worlds whose moving
+    objects are a tiny share of the frame (Atari: a ball, paddles)."""
+    loss_motion_threshold: float = 0.1
+    """What counts as moving for loss_motion_weight: a change larger than this in any channel
+    between consecutive frames (data values in [-1, 1])."""
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     """The recipe: stages run in order (e.g. teacher-forcing warm-up, then resampling)."""
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -245,6 +253,8 @@ _RULES = [  # (key, test, what is expected)
     ("optim.batch_size", lambda v: v >= 1, "an integer >= 1 (clips per optimizer step)"),
     ("optim.grad_accum", lambda v: v >= 1, "an integer >= 1 (micro-batches per step)"),
     ("optim.ema_decay", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("loss_motion_weight", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0 (0: no motion weighting)"),
+    ("loss_motion_threshold", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
     ("sample.chunks", lambda v: v >= 1, "an integer >= 1"),
     ("sample.steps", lambda v: v >= 1, "an integer >= 1 (Euler steps per chunk)"),
     ("sample.shift", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),

@@ -165,7 +165,8 @@ class Trainer(RunState):
                 with forward():
                     loss = flow_matching_loss(self.model, clean, history, t_hist, cfg.timesteps, self.gen,
                                               context=context, space=cfg.loss_space, attention=attention,
-                                              history_kv=kv, actions=actions)
+                                              history_kv=kv, actions=actions, motion_weight=cfg.loss_motion_weight,
+                                              motion_threshold=cfg.loss_motion_threshold)
                 (loss / o.grad_accum).backward()
             loss_sum = loss_sum + loss.detach() / o.grad_accum  # on the device: no sync per micro-batch
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip if o.grad_clip > 0 else float("inf"))

@@ -20,20 +20,24 @@ before, at no extra forward pass. The first step of the stage (nothing kept yet)
 whole fresh micro-batch with teacher forcing.
 
 The kept clips and predictions are part of the checkpoint state (`state["previous_step"]`),
-so a resumed run trains what the uninterrupted one does. Models with text or action
-conditioning are not supported (their kept context would need keeping too).
+so a resumed run trains what the uninterrupted one does. An action model's kept clips keep
+the actions they were trained with (after action dropout) and are conditioned on them again;
+models with text conditioning are not supported.
 """
 
 from __future__ import annotations
 
 import torch
 
+from resforce.actions import training_actions
 from resforce.training import distributed as parallel
 from resforce.flow import add_noise, per_frame, velocity_target
+from resforce.loss import weigh_motion
 
 
 def loss_and_prediction(model, clean: torch.Tensor, history: torch.Tensor, sampler, generator=None,
-                        space: str = "velocity", attention=None) -> tuple[torch.Tensor, torch.Tensor]:
+                        space: str = "velocity", attention=None, actions=None, motion_weight: float = 0.0,
+                        motion_threshold: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, x0_hat): loss.flow_matching_loss (same draws: t, then the noise) and the
     forward's clean-video prediction x0_hat = x_t - t v_hat, detached."""
     fpc = model.config.frames_per_chunk
@@ -41,14 +45,15 @@ def loss_and_prediction(model, clean: torch.Tensor, history: torch.Tensor, sampl
     t = sampler((b, n), generator=generator, device=clean.device)
     noise = torch.randn(clean.shape, generator=generator, device=clean.device)
     x_t = add_noise(clean, noise, t, fpc)
-    v = model(x_t, t, history=history, t_history=torch.zeros(b, n, device=clean.device), attention=attention)
+    v = model(x_t, t, history=history, t_history=torch.zeros(b, n, device=clean.device), attention=attention,
+              actions=actions)
     err = (v.float() - velocity_target(clean, noise).float()).pow(2)
     if space == "x0":
         err = err * per_frame(t, fpc).pow(2)
     elif space != "velocity":
         raise ValueError(f"loss space must be 'velocity' or 'x0', got {space!r}")
     x0_hat = (x_t - per_frame(t, fpc).to(x_t.dtype) * v).detach()
-    return err.mean(), x0_hat
+    return weigh_motion(err, clean, motion_weight, motion_threshold).mean(), x0_hat
 
 
 class PreviousStepHistory:
@@ -57,40 +62,51 @@ class PreviousStepHistory:
     def __init__(self):
         self.clean: dict[int, torch.Tensor] = {}
         self.pred: dict[int, torch.Tensor] = {}
+        self.actions: dict[int, torch.Tensor] = {}
 
     def micro_step(self, trainer, k: int, micro: int, frames: int, attention, forward) -> torch.Tensor:
         """Forward and backward of micro-batch k of a step (see the module docstring); returns
         its loss, detached."""
         cfg, o = trainer.cfg, trainer.cfg.optim
-        if cfg.model.text_dim > 0 or cfg.model.action_kind != "none":
-            raise ValueError("history.history_from_previous_step does not support text or action conditioning")
+        if cfg.model.text_dim > 0:
+            raise ValueError("history.history_from_previous_step does not support text conditioning (model.text_dim > 0)")
         half = micro // 2
         kept = self.clean.get(k)
         if kept is not None and (kept.shape[0] != half or kept.shape[2] != frames):
             kept = None  # the batch or clip length changed (a new stage): start over
-        fresh, _ = trainer.data.batch(micro if kept is None else micro - half, frames)
+        fresh, info = trainer.data.batch(micro if kept is None else micro - half, frames)
         fresh = fresh.to(trainer.device)
+        fresh_actions = training_actions(info, cfg.model, trainer.device, trainer.gen)  # None: no action model
+        actions = fresh_actions
         if kept is None:
             clean, history = fresh, fresh
         else:
             clean = torch.cat([fresh, kept.to(trainer.device)])
             history = torch.cat([fresh, self.pred[k].to(trainer.device)])
+            if fresh_actions is not None:
+                actions = torch.cat([fresh_actions, self.actions[k].to(trainer.device)])
         with parallel.no_grad_sync(trainer.model, parallel.skips_grad_sync(trainer.parallel, o.grad_sync, k, o.grad_accum)):
             with forward():
                 loss, x0_hat = loss_and_prediction(trainer.model, clean, history, cfg.timesteps, trainer.gen,
-                                                   space=cfg.loss_space, attention=attention)
+                                                   space=cfg.loss_space, attention=attention, actions=actions,
+                                                   motion_weight=cfg.loss_motion_weight,
+                                                   motion_threshold=cfg.loss_motion_threshold)
             (loss / o.grad_accum).backward()
         self.clean[k], self.pred[k] = fresh[:half].detach(), x0_hat[:half].float()
+        if fresh_actions is not None:
+            self.actions[k] = fresh_actions[:half].detach()
         return loss.detach()
 
     def clear(self) -> None:
-        self.clean, self.pred = {}, {}
+        self.clean, self.pred, self.actions = {}, {}, {}
 
     def state_dict(self) -> dict:
         return {"clean": {str(k): v for k, v in self.clean.items()},
-                "pred": {str(k): v for k, v in self.pred.items()}}
+                "pred": {str(k): v for k, v in self.pred.items()},
+                "actions": {str(k): v for k, v in self.actions.items()}}
 
     def load_state_dict(self, state: dict | None, device=None) -> None:
         state = state or {}
         self.clean = {int(k): v.to(device) for k, v in state.get("clean", {}).items()}
         self.pred = {int(k): v.to(device) for k, v in state.get("pred", {}).items()}
+        self.actions = {int(k): v.to(device) for k, v in state.get("actions", {}).items()}
