@@ -4,7 +4,7 @@
 # models' own sampling (4 Euler steps, shift 2.0: what `resforce play` uses), under the
 # ROLLING CONTEXT of training (8 chunks; the default of `resforce eval`). The actions of every
 # rollout are those of the world's ground-truth clip of the same seed (a sticky random policy),
-# so both models are commanded alike. Then the paired differences (scripts/agent_paired.py).
+# so both models are commanded alike. Then the paired differences (scripts/eval_paired.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RF=${RESFORCE:-.venv/bin/resforce}
@@ -18,4 +18,4 @@ for m in teacher_forcing resampling_forcing; do
   $RF eval $ASSETS/$m.safetensors --samples $SAMPLES --chunks $CHUNKS --prefix-chunks 2 \
       --frechet-reference 0 --json $OUT/$m.json | tee $OUT/$m.txt
 done
-$PY scripts/agent_paired.py $OUT/teacher_forcing.json $OUT/resampling_forcing.json | tee $OUT/paired.txt
+$PY scripts/eval_paired.py $OUT/teacher_forcing.json $OUT/resampling_forcing.json | tee $OUT/paired.txt

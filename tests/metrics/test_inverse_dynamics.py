@@ -29,6 +29,10 @@ def test_ground_truth_follows_and_a_frozen_video_does_not(agent):
     gt = action_following(idm, videos, states.actions, world, given_frames=2)
     assert gt["frames_scored"] == 16 * 8
     assert gt["videos"] > gt["floor"] + 0.2 and gt["videos"] < idm.ceiling + 0.1, gt
+    own, floor = (np.array(gt["per_sample"][k]) for k in ("videos", "floor"))  # per video, for paired tests
+    assert own.shape == floor.shape == (16,)
+    assert np.isclose(own.mean(), gt["videos"]) and np.isclose(floor.mean(), gt["floor"])
+    assert (own > floor).mean() > 0.5  # 8 frames a video: noisy one by one, above the floor in most
     frozen = videos[:, :, :1].expand_as(videos)  # ignores every action: no move at all
     ignored = action_following(idm, frozen, states.actions, world, given_frames=2)
     assert ignored["videos"] < gt["floor"] + 0.1, (ignored, gt)

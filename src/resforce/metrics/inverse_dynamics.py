@@ -124,7 +124,9 @@ def action_following(classifier: Classifier, videos, actions, world, given_frame
                      seed: int = 0) -> dict[str, float]:
     """Accuracy of the classifier on videos (B, C, F, H, W) against their actions (B, F), over
     the generated frames (f >= given_frames, f >= 1), next to its ceiling and the floor (the
-    same frames against the actions of independent ground-truth clips of the world)."""
+    same frames against the actions of independent ground-truth clips of the world).
+    per_sample: each video's own accuracy and floor (its frames' mean; NaN for a video with no
+    scored frame), so two models rolled out on the same seeds can be compared paired."""
     actions = np.asarray(actions)
     b, frames = actions.shape
     first = max(given_frames, 1) - 1  # correct()'s column j scores frame j + 1
@@ -133,7 +135,17 @@ def action_following(classifier: Classifier, videos, actions, world, given_frame
     other = _actions(info)
     floor = classifier.correct(videos, other)[:, first:]
     return {"ceiling": classifier.ceiling, "videos": float(np.nanmean(own)), "floor": float(np.nanmean(floor)),
-            "frames_scored": int(np.isfinite(own).sum()), "steps": classifier.steps}
+            "frames_scored": int(np.isfinite(own).sum()), "steps": classifier.steps,
+            "per_sample": {"videos": _row_means(own), "floor": _row_means(floor)}}
+
+
+def _row_means(a: np.ndarray) -> list:
+    """Per-row nanmean as a JSON-ready list (None where a row has no finite value)."""
+    out = []
+    for row in a:
+        ok = np.isfinite(row)
+        out.append(float(row[ok].mean()) if ok.any() else None)
+    return out
 
 
 def describe(result: dict[str, float]) -> str:
