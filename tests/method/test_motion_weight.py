@@ -72,3 +72,18 @@ def test_training_uses_the_motion_weight(tmp_path):
         return json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["loss"]
 
     assert first_loss("w", "loss_motion_weight=20") > 1.05 * first_loss("plain")
+
+
+def test_a_stage_sets_its_own_motion_weight(tmp_path):
+    """stages.N.loss_motion_weight overrides the run's for that stage only: the first stage
+    trains exactly as a plain run, the second's first loss is larger."""
+    def losses(name, *extra):
+        c = load_config("configs/bb_resampling.yaml", tiny(tmp_path / name, "stages.0.steps=2", "stages.1.steps=1",
+                                                           "stages.0.clip_chunks=3", "stages.1.clip_chunks=3", *extra))
+        train(c, progress=False)
+        return [json.loads(x)["loss"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    plain, staged = losses("plain"), losses("staged", "stages.1.loss_motion_weight=20")
+    assert staged[:2] == plain[:2] and staged[2] > 1.05 * plain[2]
+    with pytest.raises(ConfigError, match=r"stages.1.loss_motion_weight=-2.0: expected a finite number >= 0"):
+        load_config("configs/bb_resampling.yaml", tiny(tmp_path / "r", "stages.1.loss_motion_weight=-2.0"))

@@ -99,6 +99,8 @@ class StageConfig:
     without gradient (self-resampling's own KV cache, or one no-grad block-causal pass for the
     other strategies) and only the noisy stream runs with autograd; same loss value, about
     half the trained tokens (resforce.training.detached_history)."""
+    loss_motion_weight: float | None = None
+    """This stage's loss_motion_weight (the extra loss weight of what moves); None: the run's."""
 
 
 @dataclass
@@ -133,7 +135,8 @@ class TrainConfig:
     """Extra loss weight of what moves in the ground truth (resforce.loss.weigh_motion): each
     element's squared error times 1 + w where the frame differs from the clip's previous frame
     (grown by one pixel), 1 elsewhere. 0 (default): the plain loss. For worlds whose moving
-    objects are a tiny share of the frame (Atari: a ball, paddles)."""
+    objects are a tiny share of the frame (Atari: a ball, paddles). A stage may set its own
+    (stages.N.loss_motion_weight)."""
     loss_motion_threshold: float = 0.1
     """What counts as moving for loss_motion_weight: a change larger than this in any channel
     between consecutive frames (data values in [-1, 1])."""
@@ -223,6 +226,9 @@ class TrainConfig:
                 raise ConfigError(f"stages.{i}: steps must be >= 0 and clip_chunks >= 1")
             if s.lr is not None and not (math.isfinite(s.lr) and s.lr > 0):
                 raise ConfigError(f"stages.{i}.lr={s.lr!r}: expected a finite number > 0 (or null: optim.lr)")
+            if s.loss_motion_weight is not None and not (math.isfinite(s.loss_motion_weight) and s.loss_motion_weight >= 0):
+                raise ConfigError(f"stages.{i}.loss_motion_weight={s.loss_motion_weight!r}: expected a finite number "
+                                  f">= 0 (or null: loss_motion_weight)")
             if not isinstance(s.history_grad, bool):
                 raise ConfigError(f"stages.{i}.history_grad={s.history_grad!r}: expected true (two-stream) "
                                   f"or false (detached history)")
@@ -260,6 +266,11 @@ _RULES = [  # (key, test, what is expected)
     ("sample.shift", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
     ("sample.history_noise", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
 ]
+
+
+def motion_weight(cfg: "TrainConfig", stage: StageConfig) -> float:
+    """The loss_motion_weight a stage trains with: its own, else the run's."""
+    return cfg.loss_motion_weight if stage.loss_motion_weight is None else stage.loss_motion_weight
 
 
 def _check_numbers(cfg: "TrainConfig") -> None:

@@ -50,6 +50,7 @@ from resforce.training import distributed as parallel
 from resforce import device as precision
 from resforce.training.checkpoint import latest_checkpoint
 from resforce.config import TrainConfig
+from resforce.config.recipe import motion_weight
 from resforce.training.detached_history import history_kv
 from resforce.history import build_history, build_history_and_cache
 from resforce.loss import flow_matching_loss
@@ -141,7 +142,8 @@ class Trainer(RunState):
         forward = lambda: precision.autocast(cfg.precision, self.device)  # noqa: E731 (forward passes only)
         for k in range(o.grad_accum):
             if stage.history.history_from_previous_step:  # no resampling pass: previous_step_history.py
-                loss_sum = loss_sum + self.previous.micro_step(self, k, micro, frames, attention, forward) / o.grad_accum
+                loss_sum = loss_sum + self.previous.micro_step(self, k, micro, frames, attention, forward,
+                                                                       motion_weight(cfg, stage)) / o.grad_accum
                 continue
             clean, info = self.data.batch(micro, frames)
             clean = clean.to(self.device)
@@ -165,7 +167,7 @@ class Trainer(RunState):
                 with forward():
                     loss = flow_matching_loss(self.model, clean, history, t_hist, cfg.timesteps, self.gen,
                                               context=context, space=cfg.loss_space, attention=attention,
-                                              history_kv=kv, actions=actions, motion_weight=cfg.loss_motion_weight,
+                                              history_kv=kv, actions=actions, motion_weight=motion_weight(cfg, stage),
                                               motion_threshold=cfg.loss_motion_threshold)
                 (loss / o.grad_accum).backward()
             loss_sum = loss_sum + loss.detach() / o.grad_accum  # on the device: no sync per micro-batch

@@ -64,9 +64,10 @@ class PreviousStepHistory:
         self.pred: dict[int, torch.Tensor] = {}
         self.actions: dict[int, torch.Tensor] = {}
 
-    def micro_step(self, trainer, k: int, micro: int, frames: int, attention, forward) -> torch.Tensor:
+    def micro_step(self, trainer, k: int, micro: int, frames: int, attention, forward,
+                   motion_weight: float = 0.0) -> torch.Tensor:
         """Forward and backward of micro-batch k of a step (see the module docstring); returns
-        its loss, detached."""
+        its loss, detached. motion_weight: the stage's loss_motion_weight."""
         cfg, o = trainer.cfg, trainer.cfg.optim
         if cfg.model.text_dim > 0:
             raise ValueError("history.history_from_previous_step does not support text conditioning (model.text_dim > 0)")
@@ -89,7 +90,7 @@ class PreviousStepHistory:
             with forward():
                 loss, x0_hat = loss_and_prediction(trainer.model, clean, history, cfg.timesteps, trainer.gen,
                                                    space=cfg.loss_space, attention=attention, actions=actions,
-                                                   motion_weight=cfg.loss_motion_weight,
+                                                   motion_weight=motion_weight,
                                                    motion_threshold=cfg.loss_motion_threshold)
             (loss / o.grad_accum).backward()
         self.clean[k], self.pred[k] = fresh[:half].detach(), x0_hat[:half].float()
