@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from resforce.evaluation.evaluate import saved_segments
+from resforce.evaluation.evaluate import saved_following, saved_segments
 from resforce.metrics.stats import paired_difference
 
 DEFAULT = ("follow", "follow_chance", "agent_found", "lost", "identity_error", "count_error",
@@ -31,10 +31,10 @@ def per_rollout(ev: dict, metric: str, last: bool) -> np.ndarray:
 
 def following(ev: dict) -> dict[str, np.ndarray]:
     """Per-rollout action following (accuracy; accuracy - floor), when the eval measured it."""
-    per = (ev.get("action_following") or {}).get("per_sample")
-    if not per:
+    saved = saved_following(ev)
+    if saved is None:
         return {}
-    own, floor = (np.array([np.nan if x is None else x for x in per[k]], float) for k in ("videos", "floor"))
+    own, floor = saved
     return {"action_following": own, "following_above_floor": own - floor}
 
 

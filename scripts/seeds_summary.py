@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resforce.evaluation.evaluate import saved_segments
+from resforce.evaluation.evaluate import saved_following, saved_segments
 from resforce.metrics.stats import mean_se, paired_difference
 
 # the agent world's metrics: +1 where higher is better, -1 where lower is better
@@ -41,11 +41,10 @@ def per_rollout(path: Path, metrics: dict[str, int]) -> dict[tuple[str, str], np
     out = {}
     for m in metrics:
         if m == FOLLOWING:
-            per = (ev.get("action_following") or {}).get("per_sample")
-            if not per:
+            saved = saved_following(ev)
+            if saved is None:
                 raise SystemExit(f"error: {path}: no per-rollout action following (evaluate with --inverse-dynamics)")
-            own, floor = (np.array([np.nan if x is None else x for x in per[k]], float) for k in ("videos", "floor"))
-            out[m, "generated frames"] = own - floor
+            out[m, "generated frames"] = saved[0] - saved[1]
             continue
         if m not in segs:
             raise SystemExit(f"error: {path}: no metric {m!r} (it has: {', '.join(sorted(segs))})")

@@ -261,3 +261,13 @@ def saved_segments(summary: dict) -> dict[str, np.ndarray]:
     (samples, segments) float64, NaN where a segment had no value (saved as null)."""
     return {m: np.array([[np.nan if x is None else x for x in row] for row in rows], dtype=np.float64)
             for m, rows in summary["per_sample_segments"].items()}
+
+
+def saved_following(summary: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """A saved evaluation's per-rollout action following (`eval --inverse-dynamics`): (accuracy,
+    floor) per rollout as float64 arrays, NaN for a rollout with no scored frame; None when the
+    evaluation did not measure it per rollout."""
+    per = (summary.get("action_following") or {}).get("per_sample")
+    if not per:
+        return None
+    return tuple(np.array([np.nan if x is None else x for x in per[k]], dtype=np.float64) for k in ("videos", "floor"))
