@@ -81,7 +81,7 @@ def main(argv=None) -> None:
     missing = [m for m in a.candidate + a.baselines if m not in runs]
     if missing:
         raise SystemExit(f"error: {a.folder}: no METHOD_sN.json for {', '.join(missing)}")
-    methods = a.baselines + a.candidate
+    methods = a.baselines + [c for c in a.candidate if c not in a.baselines]
     columns = list(next(iter(runs[methods[0]].values())))
     rollouts = len(next(iter(next(iter(runs[methods[0]].values())).values())))
     print(f"## Means over seeds (each seed: mean over {rollouts} rollouts)\n")
@@ -97,7 +97,7 @@ def main(argv=None) -> None:
         print(f"\n## {cand} minus each baseline, paired over rollouts, per seed\n")
         print("| baseline | metric | where | " + " | ".join(f"seed {s}" for s in sorted(runs[cand])) + " | better / level / worse |")
         print("|---|---|---|" + "---|" * len(runs[cand]) + "---|")
-        for base in a.baselines:
+        for base in (b for b in a.baselines if b != cand):
             for m, where in columns:
                 sign, cells, tally = metrics[m], [], [0, 0, 0]
                 for s in sorted(runs[cand]):
