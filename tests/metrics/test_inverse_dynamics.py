@@ -5,6 +5,7 @@ video that ignores its actions near the floor; `resforce score --inverse-dynamic
 three numbers for the atari world."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +111,26 @@ def test_eval_scores_the_action_following_of_the_shipped_agent_model(tmp_path, c
     with pytest.raises(SystemExit):
         main(["eval", str(demo), "--samples", "2", "--chunks", "2", "--inverse-dynamics", "10"])
     assert "'none' actions" in capsys.readouterr().err
+
+
+def test_a_rollout_longer_than_an_atari_episode_is_refused_before_any_work(monkeypatch, tmp_path):
+    """The floor scores rollouts against stream clips of the same length, which one Atari
+    episode must hold: too long an evaluation is an error before training the classifier or
+    rolling anything out; a training stage too long for an episode is an error when its config loads."""
+    pytest.importorskip("ale_py", reason="the atari world needs ale-py: pip install 'resforce[atari]'")
+    import resforce
+    from resforce.config import ConfigError, load_config
+    from resforce.evaluation import evaluate as ev
+    from resforce.generation.generate import SampleOverrides
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the length was checked")
+
+    monkeypatch.setattr(ev, "generate", no_work)
+    monkeypatch.setattr("resforce.metrics.inverse_dynamics.train_inverse_dynamics", no_work)
+    model = Path(resforce.__file__).parent / "assets" / "atari_pong" / "teacher_forcing.safetensors"
+    with pytest.raises(ValueError, match=r"--inverse-dynamics with --chunks 1022 and --prefix-chunks 2 \(1024 frames.*"
+                                         r"need data.atari.episode_frames >= 1024, got 1000"):
+        ev.evaluate(model, samples=1, sample=SampleOverrides(chunks=1022), inverse_dynamics=5, progress=False)
+    with pytest.raises(ConfigError, match=r"stages.0.clip_chunks=8: clips of 8 frames need data.atari.episode_frames >= 8, got 6"):
+        load_config("configs/atari_pong_motion_teacher.yaml", [f"run_dir={tmp_path}", "data.atari.episode_frames=6"])

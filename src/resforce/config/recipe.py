@@ -292,7 +292,12 @@ def _check_data_fits_model(cfg: "TrainConfig") -> None:
                           f"must be {channels}")
     for i, s in enumerate(cfg.stages):  # a stage of 0 steps (skipped) draws no clips
         if s.steps > 0:
-            world.check_clip_frames(s.clip_chunks * m.frames_per_chunk, f"stages.{i}.clip_chunks={s.clip_chunks}")
+            try:
+                world.check_clip_frames(s.clip_chunks * m.frames_per_chunk, f"stages.{i}.clip_chunks={s.clip_chunks}")
+            except ConfigError:
+                raise
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     space = world.action_space  # a model without actions may train on a world with them (ignored)
     if m.action_kind != "none" and (m.action_kind, m.action_dim) != (space.kind, space.width):
         raise ConfigError(f"model.action_kind={m.action_kind!r}, model.action_dim={m.action_dim}: data.kind="

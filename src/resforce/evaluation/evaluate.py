@@ -170,6 +170,11 @@ def evaluate(path, name: str | None = None, samples: int = 16, sample: SampleOve
         if options.get("actions") is None and world.clips(1, 2, 0)[0] is None:
             raise ValueError(f"--inverse-dynamics: data.kind={world.kind} has no ground-truth clips whose actions "
                              f"the rollouts follow: give --actions")
+        chunks = sample.chunks if sample.chunks is not None else cfg.sample.chunks
+        frames = (prefix_chunks + chunks) * cfg.model.frames_per_chunk
+        # the floor scores the rollouts against clips of the world's stream of the same length
+        world.check_clip_frames(frames, f"--inverse-dynamics with --chunks {chunks} and --prefix-chunks {prefix_chunks} "
+                                        f"({frames} frames, scored against other episodes' actions)")
         idm = train_inverse_dynamics(world, steps=inverse_dynamics)
     digest = weights_sha256(path, options.get("prefer_ema", True))
     g = generate(path, sample, batch=samples, batch_flag="--samples", prefix_chunks=prefix_chunks, with_ground_truth=True,

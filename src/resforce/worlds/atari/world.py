@@ -298,6 +298,12 @@ class AtariWorld(World):
     plot_metrics = ("missing", "position_error", "brick_error", "drift")
     per_sample_metrics = ("missing", "spurious", "found_rate", "ball_found", "player_found", "enemy_found",
                           "position_error", "ball_error", "player_error", "enemy_error", "brick_error", "drift")
+
+    def check_clip_frames(self, frames: int, key: str) -> None:
+        """A stream clip is cut from one episode: it cannot be longer than data.atari.episode_frames."""
+        if frames > self.config.episode_frames:
+            raise ValueError(f"{key}: clips of {frames} frames need data.atari.episode_frames >= {frames}, "
+                             f"got {self.config.episode_frames}")
     verdict_metrics = {"missing": ("keeps more of the game's objects", "objects missing per frame"),
                        "position_error": ("puts the objects nearer where the game does", "object position error (px)"),
                        "brick_error": ("keeps the bricks' count nearer the game's", "brick-count error")}
