@@ -17,7 +17,6 @@ model learns first and well; the weight gives the moving part a stated share of 
 from __future__ import annotations
 
 import torch
-
 import torch.nn.functional as F
 
 from resforce.flow import TimestepSampler, add_noise, per_frame, velocity_target
@@ -66,6 +65,13 @@ def flow_matching_loss(model, clean: torch.Tensor, history: torch.Tensor, t_hist
                   actions=actions)
     else:
         v = model(x_t, t, history_kv=history_kv, context=context, attention=attention, actions=actions)
+    return prediction_loss(v, clean, noise, t, fpc, space, motion_weight, motion_threshold)
+
+
+def prediction_loss(v: torch.Tensor, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, fpc: int,
+                    space: str = "velocity", motion_weight: float = 0.0, motion_threshold: float = 0.1) -> torch.Tensor:
+    """The loss of a velocity prediction v for clean videos noised with `noise` at per-chunk
+    timesteps t: squared velocity error (times t^2 in space 'x0'), weighted on what moves, mean."""
     err = (v.float() - velocity_target(clean, noise).float()).pow(2)
     if space == "x0":
         err = err * per_frame(t, fpc).pow(2)

@@ -292,10 +292,8 @@ def _check_data_fits_model(cfg: "TrainConfig") -> None:
                           f"must be {channels}")
     for i, s in enumerate(cfg.stages):  # a stage of 0 steps (skipped) draws no clips
         if s.steps > 0:
-            try:
+            try:  # a world's check raises ValueError (worlds do not import the config)
                 world.check_clip_frames(s.clip_chunks * m.frames_per_chunk, f"stages.{i}.clip_chunks={s.clip_chunks}")
-            except ConfigError:
-                raise
             except ValueError as e:
                 raise ConfigError(str(e)) from None
     space = world.action_space  # a model without actions may train on a world with them (ignored)

@@ -260,11 +260,10 @@ def save_json(ev: Evaluation, path, extra: dict | None = None) -> Path:
     return path
 
 
-
 def saved_segments(summary: dict) -> dict[str, np.ndarray]:
     """A saved evaluation's (save_json's) per-sample segment means back as arrays: metric ->
     (samples, segments) float64, NaN where a segment had no value (saved as null)."""
-    return {m: np.array([[np.nan if x is None else x for x in row] for row in rows], dtype=np.float64)
+    return {m: np.array([_nan_for_null(row) for row in rows], dtype=np.float64)
             for m, rows in summary["per_sample_segments"].items()}
 
 
@@ -275,4 +274,9 @@ def saved_following(summary: dict) -> tuple[np.ndarray, np.ndarray] | None:
     per = (summary.get("action_following") or {}).get("per_sample")
     if not per:
         return None
-    return tuple(np.array([np.nan if x is None else x for x in per[k]], dtype=np.float64) for k in ("videos", "floor"))
+    return tuple(np.array(_nan_for_null(per[k]), dtype=np.float64) for k in ("videos", "floor"))
+
+
+def _nan_for_null(values: list) -> list:
+    """JSON's null (no value) back as NaN."""
+    return [np.nan if x is None else x for x in values]

@@ -31,8 +31,8 @@ import torch
 
 from resforce.actions import training_actions
 from resforce.training import distributed as parallel
-from resforce.flow import add_noise, per_frame, velocity_target
-from resforce.loss import weigh_motion
+from resforce.flow import add_noise, per_frame
+from resforce.loss import prediction_loss
 
 
 def loss_and_prediction(model, clean: torch.Tensor, history: torch.Tensor, sampler, generator=None,
@@ -47,13 +47,8 @@ def loss_and_prediction(model, clean: torch.Tensor, history: torch.Tensor, sampl
     x_t = add_noise(clean, noise, t, fpc)
     v = model(x_t, t, history=history, t_history=torch.zeros(b, n, device=clean.device), attention=attention,
               actions=actions)
-    err = (v.float() - velocity_target(clean, noise).float()).pow(2)
-    if space == "x0":
-        err = err * per_frame(t, fpc).pow(2)
-    elif space != "velocity":
-        raise ValueError(f"loss space must be 'velocity' or 'x0', got {space!r}")
     x0_hat = (x_t - per_frame(t, fpc).to(x_t.dtype) * v).detach()
-    return weigh_motion(err, clean, motion_weight, motion_threshold).mean(), x0_hat
+    return prediction_loss(v, clean, noise, t, fpc, space, motion_weight, motion_threshold), x0_hat
 
 
 class PreviousStepHistory:

@@ -163,6 +163,14 @@ def play_clip(emulator: Emulator, rng: np.random.Generator, frames: int, cfg: At
     return np.stack(out), AtariStates(np.asarray(acts, dtype=np.int64), ram, objects), previous, False
 
 
+def check_episode_holds(cfg: AtariConfig, frames: int, key: str | None = None) -> None:
+    """ValueError (prefixed with `key`) when a clip of `frames` frames is longer than one episode
+    of the stream (data.atari.episode_frames): every stream clip is cut from one episode."""
+    if frames > cfg.episode_frames:
+        raise ValueError(("" if key is None else f"{key}: ") + f"clips of {frames} frames need "
+                         f"data.atari.episode_frames >= {frames}, got {cfg.episode_frames}")
+
+
 class AtariStream:
     """Seeded, resumable stream of game clips: batch(n, frames) -> ((n, 3, F, R, R) in [-1, 1],
     AtariStates with `.actions` (n, F))."""
@@ -187,9 +195,7 @@ class AtariStream:
     def sample(self, num_frames: int | None = None) -> tuple[torch.Tensor, AtariStates]:
         frames = num_frames or self.num_frames
         cfg = self.config
-        if frames > cfg.episode_frames:
-            raise ValueError(f"clips of {frames} frames need data.atari.episode_frames >= {frames}, "
-                             f"got {cfg.episode_frames}")
+        check_episode_holds(cfg, frames)
         lane = self._lane(int(self.rng.integers(LANES)))
         if lane.pop("fresh", False):  # a new lane starts somewhere inside its first episode
             skip = int(self.rng.integers(cfg.episode_frames - frames + 1))
@@ -298,15 +304,12 @@ class AtariWorld(World):
     plot_metrics = ("missing", "position_error", "brick_error", "drift")
     per_sample_metrics = ("missing", "spurious", "found_rate", "ball_found", "player_found", "enemy_found",
                           "position_error", "ball_error", "player_error", "enemy_error", "brick_error", "drift")
-
-    def check_clip_frames(self, frames: int, key: str) -> None:
-        """A stream clip is cut from one episode: it cannot be longer than data.atari.episode_frames."""
-        if frames > self.config.episode_frames:
-            raise ValueError(f"{key}: clips of {frames} frames need data.atari.episode_frames >= {frames}, "
-                             f"got {self.config.episode_frames}")
     verdict_metrics = {"missing": ("keeps more of the game's objects", "objects missing per frame"),
                        "position_error": ("puts the objects nearer where the game does", "object position error (px)"),
                        "brick_error": ("keeps the bricks' count nearer the game's", "brick-count error")}
+
+    def check_clip_frames(self, frames: int, key: str) -> None:
+        check_episode_holds(self.config, frames, key)
 
     @property
     def finds_objects(self) -> bool:
