@@ -177,3 +177,56 @@ def test_world_score_defaults_to_the_verdict_metrics_the_world_computes():
     with pytest.raises(SystemExit, match="--world-metrics brick_error: not a metric of the game world"):
         world_score(world, None, gt, 1, ["brick_error"])
     assert world_score(SimpleNamespace(verdict_metrics={}, score=score, title="videos"), None, gt, 1, None) is None
+
+
+AGENT = ["data.kind=agent_balls", "data.agent_balls.balls.resolution=8", "data.agent_balls.balls.radius_min=1.5",
+         "data.agent_balls.balls.radius_max=2.0", "data.agent_balls.agent_radius=1.5"]
+
+
+def test_diagnose_commands_an_action_model_with_its_clips_actions(tmp_path, monkeypatch):
+    """An action model's rollout, every resampled history and the identity continuations are
+    commanded by the evaluation clips' own actions, as eval and training do: not by its null
+    action, which would measure a history gap the model never trains or rolls out with."""
+    import sys
+
+    from resforce.actions import actions_of
+    from resforce.generation.generate import world_clips
+
+    cfg = load_config("configs/agent_resampling.yaml", tiny(tmp_path / "run", *AGENT, "stages.0.clip_chunks=3",
+                                                                "stages.1.clip_chunks=3"))
+    train(cfg, stop_at=1, progress=False)
+    # the modules (the package exports functions of the same names)
+    hg, ident = sys.modules["resforce.diagnostics.history_gap"], sys.modules["resforce.diagnostics.identity"]
+    seen = []
+
+    def spy(real, what):
+        def call(*a, **k):
+            seen.append((what, k.get("actions")))
+            return real(*a, **k)
+        return call
+
+    monkeypatch.setattr(hg, "rollout", spy(hg.rollout, "rollout"))
+    monkeypatch.setattr(hg, "build_history", spy(hg.build_history, "history"))
+    monkeypatch.setattr(ident, "rollout", spy(ident.rollout, "identity"))
+    diagnose([str(tmp_path / "run"), "--samples", "2", "--shifts", "0.6", "--prefix-chunks", "1"])
+    expected = actions_of(world_clips(cfg, 2, 3, 0)[1])[:, :3]
+    assert [w for w, _ in seen] == ["rollout", "history", "history", "identity"]
+    for what, actions in seen:
+        assert actions is not None and torch.equal(actions.cpu(), expected), what
+
+
+def test_an_action_models_rollout_follows_the_actions_it_is_given(tmp_path):
+    """model_rollout's actions reach the model: the same clips and noise commanded by two
+    different action sequences give two different continuations."""
+    from resforce.diagnostics import model_rollout
+    from resforce.io.weights import load_model
+
+    cfg = load_config("configs/agent_resampling.yaml", tiny(tmp_path / "run", *AGENT, "stages.0.clip_chunks=3",
+                                                                "stages.1.clip_chunks=3"))
+    train(cfg, stop_at=4, progress=False)
+    model, _ = load_model(tmp_path / "run")
+    gt = clips(2)
+    left, right = torch.full((2, N), 1), torch.full((2, N), 2)
+    a = model_rollout(model, gt, 1, 2, 2.0, actions=left)
+    assert torch.equal(a, model_rollout(model, gt, 1, 2, 2.0, actions=left))
+    assert not torch.allclose(a, model_rollout(model, gt, 1, 2, 2.0, actions=right))

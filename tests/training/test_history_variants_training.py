@@ -142,6 +142,30 @@ def test_previous_step_history_keeps_the_actions_of_an_action_model(tmp_path, mo
     assert_same_weights(tmp_path / "full", tmp_path / "part")
 
 
+def test_calibration_commands_an_action_models_rollout_with_the_clips_actions(tmp_path, monkeypatch):
+    """The calibration rollout and resampled histories of an action model see the calibration
+    clips' own actions (those of the stream's batch), as training's resampling passes do."""
+    from resforce.training import calibration
+
+    seen = []
+    real = calibration.calibrate_shift
+
+    def spy(model, clean, *a, **k):
+        seen.append((clean.shape, k.get("actions")))
+        return real(model, clean, *a, **k)
+
+    monkeypatch.setattr(calibration, "calibrate_shift", spy)
+    c = load_config("configs/agent_rf_calibrated.yaml",
+                    tiny(tmp_path / "run", *AGENT, "stages.0.steps=1", "stages.1.steps=3", "stages.0.clip_chunks=3",
+                         "stages.1.clip_chunks=3", "stages.1.history.calibrate_every=2",
+                         "stages.1.history.calibrate_samples=2"))
+    train(c, progress=False)
+    assert len(seen) == 2
+    for shape, actions in seen:
+        assert actions is not None and actions.shape == (2, 3) and actions.dtype == torch.int64
+        assert shape[0] == 2 and actions.min() >= 0 and actions.max() < 5
+
+
 def test_previous_step_history_refuses_other_strategies():
     with pytest.raises(ValueError, match="set strategy 'teacher'"):
         HistoryConfig(strategy="resampling", history_from_previous_step=True)

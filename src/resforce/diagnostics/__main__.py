@@ -15,6 +15,7 @@ import sys
 
 import torch
 
+from resforce.actions import actions_of
 from resforce.io.weights import load_model
 from resforce.io.fileio import write_text_atomic
 from resforce.model.attention.policy import AttentionPolicy
@@ -73,20 +74,25 @@ def run(a) -> tuple[dict, str]:
     if gt is None:
         raise SystemExit(f"{a.run}: its world ({cfg.data.kind}) has no ground-truth clips to compare with")
     gt = gt.float()
+    # an action model is commanded with the clips' own actions, as eval does and as training's
+    # resampling passes see them (without them it would run on its null action)
+    actions = actions_of(states) if model.config.action_kind != "none" else None
+    actions = None if actions is None else actions[:, :n * fpc]
     steps, shift = cfg.sample.steps, cfg.sample.shift
     attention = AttentionPolicy(cfg.stages[-1].attention)
     p = a.prefix_chunks * fpc
     score = world_score(world_of(cfg.data), states, gt, p, a.world_metrics)
-    video = model_rollout(model, gt, a.prefix_chunks, steps, shift, seed=a.seed, attention=attention)
+    video = model_rollout(model, gt, a.prefix_chunks, steps, shift, seed=a.seed, attention=attention, actions=actions)
     gap = history_gap(model, gt, _floats(a.shifts), a.strategies, a.prefix_chunks, steps, shift, a.seed,
                       a.bins, attention, rollout_video=video, score=score, anchors=a.anchor_chunks,
-                      per_chunk=(False, True) if a.per_chunk else (False,))
+                      per_chunk=(False, True) if a.per_chunk else (False,), actions=actions)
     perm = PERMUTATIONS[a.perm]
 
     def transform(v):
         return permute_channels(v, perm)
 
-    gen_ph = model_generator(model, n - a.prefix_chunks, steps, shift, a.seed, 0, attention)(transform(gt[:, :, :p]))
+    gen_ph = model_generator(model, n - a.prefix_chunks, steps, shift, a.seed, 0, attention,
+                             actions=actions)(transform(gt[:, :, :p]))
     ident = follow_score(video[:, :, p:], gen_ph, transform, fpc)
     numbers = {"run": str(a.run), "samples": a.samples, "clip_chunks": n, "frames_per_chunk": fpc,
                "euler_steps": steps, "sample_shift": shift, "seed": a.seed, "bins": a.bins,

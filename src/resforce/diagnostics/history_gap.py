@@ -79,10 +79,11 @@ def chunk_distances(a: torch.Tensor, b: torch.Tensor, frames_per_chunk: int, bin
 
 @torch.no_grad()
 def model_rollout(model, ground_truth: torch.Tensor, prefix_chunks: int, steps: int, shift: float,
-                  seed: int = 0, attention=None) -> torch.Tensor:
+                  seed: int = 0, attention=None, actions: torch.Tensor | None = None) -> torch.Tensor:
     """The model's own video of the same length as `ground_truth` (B, C, F, H, W): its first
     `prefix_chunks` chunks given, the rest generated (all history in view: the clip is a
-    training clip), clamped to [-1, 1]."""
+    training clip), clamped to [-1, 1]. `actions`: an action model's per-frame actions of the
+    clips (B, F[, D]), the ones that produced the ground truth."""
     fpc = model.config.frames_per_chunk
     b, _, f, h, w = ground_truth.shape
     n = f // fpc
@@ -91,18 +92,21 @@ def model_rollout(model, ground_truth: torch.Tensor, prefix_chunks: int, steps: 
     s = SampleConfig(chunks=n - prefix_chunks, steps=steps, shift=shift, seed=seed, context=0)
     device = next(model.parameters()).device
     video = rollout(model, b, h, w, s, prefix=ground_truth[:, :, :prefix_chunks * fpc].to(device),
-                    attention=attention, device=device)
+                    attention=attention, device=device, actions=None if actions is None else actions.to(device))
     return video.clamp(-1, 1).cpu()
 
 
 @torch.no_grad()
 def resampled_history(model, ground_truth: torch.Tensor, strategy: str, shift: float, generator=None,
-                      attention=None, **history_fields) -> torch.Tensor:
+                      attention=None, actions: torch.Tensor | None = None, **history_fields) -> torch.Tensor:
     """The training history of `ground_truth` under a resampling strategy at shift s (t_s per
-    sample, as the trainer draws it with resample_per_sample), clamped to [-1, 1]."""
+    sample, as the trainer draws it with resample_per_sample), clamped to [-1, 1]. `actions`:
+    an action model's per-frame actions of the clips, which the resampling passes see as in
+    training."""
     cfg = HistoryConfig(strategy=strategy, resample_shift=shift, resample_per_sample=True, **history_fields)
     device = next(model.parameters()).device
-    hist, _ = build_history(cfg, model, ground_truth.to(device), generator, attention=attention)
+    hist, _ = build_history(cfg, model, ground_truth.to(device), generator, attention=attention,
+                            actions=None if actions is None else actions.to(device))
     return hist.clamp(-1, 1).cpu()
 
 
@@ -123,7 +127,8 @@ def history_gap(model, ground_truth: torch.Tensor, shifts=(0.1, 0.6, 3.0),
                 strategies=("resampling", "parallel_resampling"), prefix_chunks: int = 2, steps: int = 16,
                 sample_shift: float = 2.0, seed: int = 0, bins: int = 4, attention=None,
                 rollout_video: torch.Tensor | None = None,
-                score: Callable[[torch.Tensor], dict] | None = None, anchors=(0,), per_chunk=(False,)) -> dict:
+                score: Callable[[torch.Tensor], dict] | None = None, anchors=(0,), per_chunk=(False,),
+                actions: torch.Tensor | None = None) -> dict:
     """Distances to the ground truth per chunk position of (a) the model's rollout from the
     first `prefix_chunks` chunks and (b) each strategy's resampled history at each shift:
     {"prefix_chunks", "chunks", "rows": {label: {distance: [per chunk]}}, "scored": [...]}.
@@ -133,12 +138,14 @@ def history_gap(model, ground_truth: torch.Tensor, shifts=(0.1, 0.6, 3.0),
     are listed in "scored". `anchors`: history.anchor_chunks values to build each resampled
     history with (0: none; k > 0 adds rows labelled "... anchor k"). `per_chunk`:
     history.resample_per_chunk values (True adds rows labelled "... per chunk": t_s drawn for
-    every chunk instead of once per clip)."""
+    every chunk instead of once per clip). `actions`: an action model's per-frame actions of
+    the clips (B, F[, D]): the rollout is commanded and the resampling passes see them, as
+    in evaluation and training (without them an action model runs on its null action)."""
     fpc = model.config.frames_per_chunk
     gt = ground_truth.float().clamp(-1, 1)
     if rollout_video is None:
         rollout_video = model_rollout(model, gt, prefix_chunks, steps, shift=sample_shift, seed=seed,
-                                      attention=attention)
+                                      attention=attention, actions=actions)
 
     def row(video):
         return {**chunk_distances(video, gt, fpc, bins), **(chunk_scores(video, score, fpc) if score else {})}
@@ -149,8 +156,8 @@ def history_gap(model, ground_truth: torch.Tensor, shifts=(0.1, 0.6, 3.0),
         for s in shifts:
             for k in anchors:
                 for pc in per_chunk:
-                    hist = resampled_history(model, gt, strategy, float(s), g, attention=attention, anchor_chunks=k,
-                                             resample_per_chunk=pc)
+                    hist = resampled_history(model, gt, strategy, float(s), g, attention=attention, actions=actions,
+                                             anchor_chunks=k, resample_per_chunk=pc)
                     label = f"{strategy} s={float(s):g}" + (f" anchor {k}" if k else "") + (" per chunk" if pc else "")
                     rows[label] = row(hist)
     scored = [k for k in rows["rollout"] if k not in DISTANCES]

@@ -77,17 +77,19 @@ def identity_sensitivity(generate: Callable[[torch.Tensor], torch.Tensor], histo
 
 
 def model_generator(model, chunks: int, steps: int, shift: float, seed: int = 0, context: int = 0,
-                    attention=None) -> Callable[[torch.Tensor], torch.Tensor]:
+                    attention=None, actions: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """generate(history) for identity_sensitivity: `chunks` new chunks after the history from
     a model, the same noise every call (seed), clamped to [-1, 1]. context: chunks seen at
-    once (0 = all history)."""
+    once (0 = all history). actions: an action model's per-frame actions (B, F[, D]) of the
+    history's frames and the generated ones, the same every call."""
     device = next(model.parameters()).device
 
     @torch.no_grad()
     def generate(history: torch.Tensor) -> torch.Tensor:
         b, _, f, h, w = history.shape
         s = SampleConfig(chunks=chunks, steps=steps, shift=shift, seed=seed, context=context)
-        video = rollout(model, b, h, w, s, prefix=history.to(device), attention=attention, device=device)
+        a = None if actions is None else actions[:, :f + chunks * model.config.frames_per_chunk].to(device)
+        video = rollout(model, b, h, w, s, prefix=history.to(device), attention=attention, device=device, actions=a)
         return video[:, :, f:].clamp(-1, 1).cpu()
 
     return generate

@@ -22,6 +22,7 @@ import dataclasses
 
 import torch
 
+from resforce.actions import actions_of
 from resforce.diagnostics.history_gap import frame_distances, model_rollout, resampled_history
 from resforce.history import HistoryConfig
 
@@ -31,18 +32,22 @@ CALIBRATION_SEED = 9_000_001
 
 @torch.no_grad()
 def calibrate_shift(model, clean: torch.Tensor, cfg: HistoryConfig, steps: int, sample_shift: float,
-                    prefix_chunks: int = 1, seed: int = 0, attention=None) -> tuple[float, dict]:
+                    prefix_chunks: int = 1, seed: int = 0, attention=None,
+                    actions: torch.Tensor | None = None) -> tuple[float, dict]:
     """(shift, gaps): the shift of cfg.calibrate_shifts whose resampled history (cfg's
     strategy and variants, t_s per sample; kept ground truth left out) has the per-pixel MSE
     to `clean` (B, C, F, H, W) closest to that of the model's rollout from the first
     `prefix_chunks` chunks (`steps` Euler steps, grid shift `sample_shift`), both over the
-    generated chunk positions. gaps: {"rollout": mse, "s=<shift>": mse, ...}."""
+    generated chunk positions. gaps: {"rollout": mse, "s=<shift>": mse, ...}. `actions`: an
+    action model's per-frame actions of the clips (B, F[, D]), commanding the rollout and seen
+    by the resampling passes as in training."""
     fpc = model.config.frames_per_chunk
     was_training = model.training
     model.eval()
     try:
         gt = clean.float().clamp(-1, 1)
-        video = model_rollout(model, gt, prefix_chunks, steps, sample_shift, seed=seed, attention=attention)
+        video = model_rollout(model, gt, prefix_chunks, steps, sample_shift, seed=seed, attention=attention,
+                              actions=actions)
         p = prefix_chunks * fpc
 
         def gap(v):
@@ -54,7 +59,8 @@ def calibrate_shift(model, clean: torch.Tensor, cfg: HistoryConfig, steps: int, 
                   if f.name not in ("strategy", "resample_shift", "resample_per_sample", "keep_ground_truth_p",
                                     "calibrate_every")}
         for s in cfg.calibrate_shifts:
-            hist = resampled_history(model, gt, cfg.strategy, float(s), g, attention=attention, **fields)
+            hist = resampled_history(model, gt, cfg.strategy, float(s), g, attention=attention, actions=actions,
+                                     **fields)
             gaps[f"s={float(s):g}"] = gap(hist)
     finally:
         model.train(was_training)
@@ -82,11 +88,14 @@ class Calibration:
 
             frames = stage.clip_chunks * cfg.model.frames_per_chunk
             stream = world_of(cfg.data).stream(cfg.seed + CALIBRATION_SEED + trainer.step)
-            clean = stream.batch(stage.history.calibrate_samples, frames)[0].to(trainer.device)
+            clean, info = stream.batch(stage.history.calibrate_samples, frames)
+            clean = clean.to(trainer.device)
+            actions = actions_of(info) if trainer.model.config.action_kind != "none" else None
             from resforce.model.attention.policy import AttentionPolicy
 
             shift, gaps = calibrate_shift(trainer.model, clean, stage.history, cfg.sample.steps, cfg.sample.shift,
-                                          seed=cfg.seed + trainer.step, attention=AttentionPolicy(stage.attention))
+                                          seed=cfg.seed + trainer.step, attention=AttentionPolicy(stage.attention),
+                                          actions=actions)
             self.shifts[stage_idx] = shift
             self.last = {"step": trainer.step, "shift": shift, **gaps}
         history = dataclasses.replace(stage.history, resample_shift=self.shifts[stage_idx])
