@@ -82,3 +82,19 @@ def test_config_errors_name_the_key(override, match):
 def test_grayscale_fills_three_channels():
     v, _ = AtariStream(AtariConfig(game="breakout", grayscale=True, episode_frames=30), 3).batch(1)
     assert torch.equal(v[:, 0], v[:, 1]) and torch.equal(v[:, 1], v[:, 2])
+
+
+def test_evaluation_clips_longer_than_the_games_episodes_are_an_error(monkeypatch):
+    """Breakout's episodes under the sticky random policy end after a few hundred frames: asking
+    for longer evaluation clips is an error naming the length and the longest episode played,
+    after a bounded number of episodes (it used to retry seeds forever)."""
+    import resforce.worlds.atari.world as atari_world
+
+    monkeypatch.setattr(atari_world, "EPISODE_TRIES", 2)
+    world = world_of(DataConfig(kind="atari", atari=AtariConfig(game="breakout", episode_frames=3000)))
+    with pytest.raises(ValueError, match=r"1 clips of 2000 frames: 0 of the 2 breakout episodes .* held that long "
+                                         r"\(the longest played \d+ frames .*--chunks"):
+        world.clips(1, 2000, seed=0)
+    monkeypatch.undo()
+    videos, _ = world.clips(1, 9, seed=0)  # short clips still come (after a few episodes that end in their warm-up)
+    assert videos.shape[2] == 9

@@ -38,6 +38,9 @@ LANES = 16
 """Episodes the training stream keeps running at once (clips are drawn from them at random)."""
 NOOP_MAX = 30
 """An episode starts with 0..NOOP_MAX NOOP actions (seeded), so episodes start apart."""
+EPISODE_TRIES = 64
+"""Evaluation clips: episodes tried per clip asked for before clips() gives up with an error
+(an episode that ends before the clip does is replaced by the next seed's)."""
 
 BROWSER_KEYS = {"ArrowLeft": "LEFT", "ArrowRight": "RIGHT", "ArrowUp": "UP", "ArrowDown": "DOWN", " ": "FIRE",
                 "a": "LEFT", "d": "RIGHT", "w": "UP", "s": "DOWN"}
@@ -351,10 +354,17 @@ class AtariWorld(World):
         check_game(self.config.game)
         cfg = self.config
         videos, states, s = [], [], cfg.seed + EVAL_SEED_OFFSET + seed * 7919
+        tries, longest = 0, 0
         while len(videos) < batch:
+            # a game whose episodes under the policy end sooner than `frames` (Breakout's last
+            # a few hundred frames) would be retried forever: a bounded number, then an error
+            if tries >= EPISODE_TRIES * batch:
+                raise ValueError(f"{batch} clips of {frames} frames: {len(videos)} of the {tries} {cfg.game} episodes "
+                                 f"of the sticky policy held that long (the longest played {longest} frames after "
+                                 f"its warm-up): evaluate shorter rollouts (--chunks)")
             warmup = int(np.random.default_rng([s, 1]).integers(max(cfg.episode_frames - frames, 0) + 1))
             v, st = episode(cfg, s, frames, warmup=warmup)
-            s += 1
+            s, tries, longest = s + 1, tries + 1, max(longest, len(v))
             if len(v) == frames:
                 videos.append(torch.from_numpy(v).permute(1, 0, 2, 3)), states.append(st)
         return torch.stack(videos), AtariStates.stack(states)
