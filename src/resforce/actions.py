@@ -135,6 +135,13 @@ def actions_of(info) -> torch.Tensor | None:
     return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
 
 
+def commanded_actions(model, info) -> torch.Tensor | None:
+    """The actions a batch's info carries (actions_of) when `model` takes actions, else None:
+    what an action model is commanded with when it replays ground-truth clips (evaluation,
+    diagnostics, strength calibration), rather than its null action."""
+    return actions_of(info) if model.config.action_kind != "none" else None
+
+
 def null_actions(like: torch.Tensor) -> torch.Tensor:
     """The null action in the shape of `like` (discrete: -1s, continuous: zeros)."""
     return torch.full_like(like, NULL_ACTION) if not like.is_floating_point() else torch.zeros_like(like)

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from resforce.actions import actions_of
+from resforce.actions import commanded_actions
 from resforce.io.weights import load_model
 from resforce.io.fileio import write_text_atomic
 from resforce.model.attention.policy import AttentionPolicy
@@ -76,7 +76,7 @@ def run(a) -> tuple[dict, str]:
     gt = gt.float()
     # an action model is commanded with the clips' own actions, as eval does and as training's
     # resampling passes see them (without them it would run on its null action)
-    actions = actions_of(states) if model.config.action_kind != "none" else None
+    actions = commanded_actions(model, states)
     actions = None if actions is None else actions[:, :n * fpc]
     steps, shift = cfg.sample.steps, cfg.sample.shift
     attention = AttentionPolicy(cfg.stages[-1].attention)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from resforce.actions import NULL_ACTION, actions_of
+from resforce.actions import NULL_ACTION, commanded_actions
 from resforce.generation.budget import check_rollout_fits
 from resforce.io.weights import inspect_weights, load_model
 from resforce.io.checks import check_counts, check_finite_output, check_prefix_fits, check_video_values
@@ -185,8 +185,8 @@ def generate(path, sample: SampleOverrides | None = None, attention: HistoryAtte
     # the run's precision on CUDA; on the CPU fp32 (bf16 autocast is ~29x slower there, and the
     # checkpoint holds the fp32 master weights)
     prec = cfg.precision if dev.type == "cuda" else "fp32"
-    if actions is None and model.config.action_kind != "none" and states is not None:
-        actions = actions_of(states)[:, :(prefix_chunks + s.chunks) * fpc]
+    if actions is None and (given := commanded_actions(model, states)) is not None:
+        actions = given[:, :(prefix_chunks + s.chunks) * fpc]
     elif actions is not None and getattr(states, "actions", None) is not None:
         # scored against what was commanded: the given actions replace the ground truth's
         states = dataclasses.replace(states, actions=actions.numpy())

@@ -22,7 +22,7 @@ import dataclasses
 
 import torch
 
-from resforce.actions import actions_of
+from resforce.actions import commanded_actions
 from resforce.diagnostics.history_gap import frame_distances, model_rollout, resampled_history
 from resforce.history import HistoryConfig
 
@@ -90,7 +90,7 @@ class Calibration:
             stream = world_of(cfg.data).stream(cfg.seed + CALIBRATION_SEED + trainer.step)
             clean, info = stream.batch(stage.history.calibrate_samples, frames)
             clean = clean.to(trainer.device)
-            actions = actions_of(info) if trainer.model.config.action_kind != "none" else None
+            actions = commanded_actions(trainer.model, info)
             from resforce.model.attention.policy import AttentionPolicy
 
             shift, gaps = calibrate_shift(trainer.model, clean, stage.history, cfg.sample.steps, cfg.sample.shift,
